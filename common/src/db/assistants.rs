@@ -1,0 +1,185 @@
+//! `assistants` and their knowledge bases.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::AssertSqlSafe;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::Page;
+
+/// A persona: instructions, model and settings.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Assistant {
+    /// Id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// System prompt.
+    pub instructions: String,
+    /// Model name sent to the provider.
+    pub model: String,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Cap on answer length.
+    pub max_output_tokens: Option<i32>,
+    /// `off` or `input`.
+    pub moderation: String,
+    /// Days of inactivity after which threads are deleted; `None` = global default.
+    pub retention_days: Option<i32>,
+    /// Free-form client data.
+    pub metadata: Value,
+    /// Knowledge bases searched for answers.
+    pub knowledge_base_ids: Vec<Uuid>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Fields of a new assistant, or the full new state of an updated one.
+#[derive(Debug, Clone)]
+pub struct AssistantFields {
+    /// Display name.
+    pub name: String,
+    /// System prompt.
+    pub instructions: String,
+    /// Model name.
+    pub model: String,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Cap on answer length.
+    pub max_output_tokens: Option<i32>,
+    /// `off` or `input`.
+    pub moderation: String,
+    /// Retention override.
+    pub retention_days: Option<i32>,
+    /// Free-form client data.
+    pub metadata: Value,
+    /// Knowledge bases.
+    pub knowledge_base_ids: Vec<Uuid>,
+}
+
+const COLUMNS: &str = "a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens, a.moderation,
+    a.retention_days, a.metadata, a.created_at, a.updated_at,
+    COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
+              FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS knowledge_base_ids";
+
+/// Creates an assistant.
+pub async fn create(pool: &PgPool, f: &AssistantFields) -> Result<Assistant, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let id = crate::new_id();
+    sqlx::query(
+        "INSERT INTO assistants (id, name, instructions, model, temperature, max_output_tokens, moderation,
+                                 retention_days, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(id)
+    .bind(&f.name)
+    .bind(&f.instructions)
+    .bind(&f.model)
+    .bind(f.temperature)
+    .bind(f.max_output_tokens)
+    .bind(&f.moderation)
+    .bind(f.retention_days)
+    .bind(&f.metadata)
+    .execute(&mut *tx)
+    .await?;
+    set_knowledge_bases(&mut tx, id, &f.knowledge_base_ids).await?;
+    let a = get_in(&mut tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    tx.commit().await?;
+    Ok(a)
+}
+
+async fn set_knowledge_bases(tx: &mut Transaction<'_, Postgres>, id: Uuid, kbs: &[Uuid]) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM assistant_knowledge_bases WHERE assistant_id = $1").bind(id).execute(&mut **tx).await?;
+    sqlx::query(
+        "INSERT INTO assistant_knowledge_bases (assistant_id, knowledge_base_id)
+         SELECT $1, kb FROM UNNEST($2::uuid[]) AS kb ON CONFLICT DO NOTHING",
+    )
+    .bind(id)
+    .bind(kbs)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn get_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
+    sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM assistants a WHERE a.id = $1 AND a.deleted_at IS NULL"
+    )))
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await
+}
+
+/// A live (not deleted) assistant.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
+    sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM assistants a WHERE a.id = $1 AND a.deleted_at IS NULL"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Live assistants in creation order after the cursor.
+pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page<Assistant>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM assistants a
+         WHERE a.deleted_at IS NULL AND ($1::uuid IS NULL OR a.id > $1)
+         ORDER BY a.id LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+/// Replaces the fields of a live assistant.
+pub async fn update(pool: &PgPool, id: Uuid, f: &AssistantFields) -> Result<Option<Assistant>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE assistants SET name = $2, instructions = $3, model = $4, temperature = $5, max_output_tokens = $6,
+                moderation = $7, retention_days = $8, metadata = $9
+         WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(&f.name)
+    .bind(&f.instructions)
+    .bind(&f.model)
+    .bind(f.temperature)
+    .bind(f.max_output_tokens)
+    .bind(&f.moderation)
+    .bind(f.retention_days)
+    .bind(&f.metadata)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Ok(None);
+    }
+    set_knowledge_bases(&mut tx, id, &f.knowledge_base_ids).await?;
+    let a = get_in(&mut tx, id).await?;
+    tx.commit().await?;
+    Ok(a)
+}
+
+/// Soft-deletes an assistant: existing threads and runs keep their history.
+pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query("UPDATE assistants SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
+        .bind(id)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    Ok(n > 0)
+}
+
+/// An assistant even if deleted since (a run submitted before the delete still answers).
+pub async fn get_including_deleted(pool: &PgPool, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
+    sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM assistants a WHERE a.id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}

@@ -1,0 +1,85 @@
+//! `messages`: the conversation history.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::AssertSqlSafe;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::Page;
+
+/// One message of a thread.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Message {
+    /// Id (time-ordered: history order).
+    pub id: Uuid,
+    /// Thread.
+    pub thread_id: Uuid,
+    /// `user` or `assistant`.
+    pub role: String,
+    /// Text.
+    pub content: String,
+    /// The run this message started (user) or that wrote it (assistant).
+    pub run_id: Option<Uuid>,
+    /// The client's own id of a user message, for idempotent submits.
+    pub client_message_id: Option<String>,
+    /// Sources cited by an answer.
+    pub citations: Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+const COLUMNS: &str = "id, thread_id, role, content, run_id, client_message_id, citations, created_at";
+
+/// History of a thread, oldest first, after the cursor.
+pub async fn list(
+    pool: &PgPool,
+    thread_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Page<Message>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, Message>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM messages WHERE thread_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    )))
+    .bind(thread_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+/// The newest `limit` messages of a thread up to and including `until`, newest first
+/// (the worker trims them to the token budget).
+pub async fn recent_until(
+    pool: &PgPool,
+    thread_id: Uuid,
+    until: Uuid,
+    limit: i64,
+) -> Result<Vec<Message>, sqlx::Error> {
+    sqlx::query_as::<_, Message>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM messages WHERE thread_id = $1 AND id <= $2 ORDER BY id DESC LIMIT $3"
+    )))
+    .bind(thread_id)
+    .bind(until)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// One message.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
+    sqlx::query_as::<_, Message>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM messages WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Citations of a run's answer (empty when there is no answer yet).
+pub async fn answer_citations(pool: &PgPool, run_id: Uuid) -> Result<Value, sqlx::Error> {
+    let c: Option<(Value,)> = sqlx::query_as("SELECT citations FROM messages WHERE run_id = $1 AND role = 'assistant'")
+        .bind(run_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(c.map(|c| c.0).unwrap_or_else(|| Value::Array(Vec::new())))
+}

@@ -1,0 +1,446 @@
+//! `runs`: submit, claim with a lease, progress, finish. Every worker write is fenced on
+//! `attempt` so a worker that lost its lease cannot change the run.
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sqlx::AssertSqlSafe;
+use sqlx::{PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+use super::{Page, events, usage};
+use crate::events::{EventKind, RunEvent};
+
+/// Name of the partial unique index allowing one active run per thread.
+pub const ONE_ACTIVE_PER_THREAD: &str = "runs_one_active_per_thread";
+/// Name of the unique constraint on `(api_key_id, idempotency_key)`.
+pub const IDEMPOTENCY_KEY: &str = "runs_idempotency_key_key";
+/// Name of the unique constraint on `(thread_id, client_message_id)`.
+pub const CLIENT_MESSAGE_ID: &str = "messages_client_message_id_key";
+
+/// A run as stored.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Run {
+    /// Id.
+    pub id: Uuid,
+    /// Thread.
+    pub thread_id: Uuid,
+    /// Assistant answering.
+    pub assistant_id: Uuid,
+    /// Key that submitted it.
+    pub api_key_id: Uuid,
+    /// The user message it answers.
+    pub user_message_id: Uuid,
+    /// `queued`, `in_progress`, `completed`, `failed`, `cancelled`.
+    pub status: String,
+    /// Claims so far.
+    pub attempt: i32,
+    /// Worker holding the lease.
+    pub lease_owner: Option<String>,
+    /// When the lease lapses unless renewed.
+    pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Earliest time of the next attempt (retries).
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why a queued run waits, for clients.
+    pub waiting_reason: Option<String>,
+    /// The client's `Idempotency-Key`.
+    pub idempotency_key: Option<String>,
+    /// Model used.
+    pub model: String,
+    /// Answer so far.
+    pub output_text: String,
+    /// Last event sequence number written to Postgres.
+    pub last_seq: i64,
+    /// Why generation stopped.
+    pub finish_reason: Option<String>,
+    /// Stable error code of a failed run.
+    pub error_code: Option<String>,
+    /// End-user message of a failed run.
+    pub error_message: Option<String>,
+    /// Input tokens (cached included).
+    pub input_tokens: Option<i32>,
+    /// Cached input tokens.
+    pub cached_input_tokens: Option<i32>,
+    /// Output tokens.
+    pub output_tokens: Option<i32>,
+    /// Cost in USD, `None` when unpriced or unfinished.
+    pub cost_usd: Option<f64>,
+    /// Submit time.
+    pub created_at: DateTime<Utc>,
+    /// First claim.
+    pub started_at: Option<DateTime<Utc>>,
+    /// First answer text.
+    pub first_token_at: Option<DateTime<Utc>>,
+    /// Terminal time.
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Cancel requested.
+    pub cancel_requested_at: Option<DateTime<Utc>>,
+}
+
+impl Run {
+    /// Whether the run reached a final status.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
+const COLUMNS: &str = "id, thread_id, assistant_id, api_key_id, user_message_id, status, attempt, lease_owner,
+    lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text, last_seq, finish_reason,
+    error_code, error_message, input_tokens, cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd,
+    created_at, started_at, first_token_at, completed_at, cancel_requested_at";
+
+/// A run to submit.
+#[derive(Debug, Clone)]
+pub struct NewRun<'a> {
+    /// Thread.
+    pub thread_id: Uuid,
+    /// Assistant.
+    pub assistant_id: Uuid,
+    /// Model of the assistant at submit time.
+    pub model: &'a str,
+    /// Submitting key.
+    pub api_key_id: Uuid,
+    /// The user's text.
+    pub input: &'a str,
+    /// Client's message id.
+    pub client_message_id: Option<&'a str>,
+    /// Client's idempotency key.
+    pub idempotency_key: Option<&'a str>,
+}
+
+/// In one transaction: the user message, the queued run and its `run.queued` event.
+/// Unique violations surface as errors naming [`ONE_ACTIVE_PER_THREAD`], [`IDEMPOTENCY_KEY`]
+/// or [`CLIENT_MESSAGE_ID`].
+pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let run_id = crate::new_id();
+    let message_id = crate::new_id();
+    sqlx::query(
+        "INSERT INTO messages (id, thread_id, role, content, run_id, client_message_id) VALUES ($1, $2, 'user', $3, $4, $5)",
+    )
+    .bind(message_id)
+    .bind(new.thread_id)
+    .bind(new.input)
+    .bind(run_id)
+    .bind(new.client_message_id)
+    .execute(&mut *tx)
+    .await?;
+    let run = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "INSERT INTO runs (id, thread_id, assistant_id, api_key_id, user_message_id, idempotency_key, model, last_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING {COLUMNS}"
+    )))
+    .bind(run_id)
+    .bind(new.thread_id)
+    .bind(new.assistant_id)
+    .bind(new.api_key_id)
+    .bind(message_id)
+    .bind(new.idempotency_key)
+    .bind(new.model)
+    .fetch_one(&mut *tx)
+    .await?;
+    events::insert(&mut *tx, &RunEvent::queued(run_id)).await?;
+    sqlx::query("UPDATE threads SET last_activity_at = now() WHERE id = $1")
+        .bind(new.thread_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(run)
+}
+
+/// One run.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM runs WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The run a key created with this `Idempotency-Key`.
+pub async fn find_by_idempotency_key(pool: &PgPool, api_key_id: Uuid, key: &str) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM runs WHERE api_key_id = $1 AND idempotency_key = $2"
+    )))
+    .bind(api_key_id)
+    .bind(key)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The run started by the user message with this client id.
+pub async fn find_by_client_message_id(pool: &PgPool, thread_id: Uuid, cmid: &str) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM runs WHERE user_message_id =
+           (SELECT id FROM messages WHERE thread_id = $1 AND client_message_id = $2)"
+    )))
+    .bind(thread_id)
+    .bind(cmid)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The queued or in-progress run of a thread.
+pub async fn active_for_thread(pool: &PgPool, thread_id: Uuid) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM runs WHERE thread_id = $1 AND status IN ('queued', 'in_progress')"
+    )))
+    .bind(thread_id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Runs of a thread, oldest first after the cursor.
+pub async fn list_for_thread(
+    pool: &PgPool,
+    thread_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Page<Run>, sqlx::Error> {
+    let rows = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM runs WHERE thread_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    )))
+    .bind(thread_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+/// Claims a run for `owner`: a queued run that is due, or an in-progress run whose lease
+/// lapsed (its worker died). Increments `attempt`, which fences every later write. `None`
+/// when the run is terminal, not due, or leased by a live worker.
+pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Result<Option<Run>, sqlx::Error> {
+    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
+        "UPDATE runs SET status = 'in_progress', attempt = attempt + 1, lease_owner = $2,
+                lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(started_at, now()),
+                next_attempt_at = NULL, waiting_reason = NULL, output_text = ''
+         WHERE id = $1
+           AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+                OR (status = 'in_progress' AND lease_expires_at < now()))
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(owner)
+    .bind(lease_secs)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Extends the lease of an attempt; `false` when the attempt no longer owns the run.
+pub async fn renew_lease(pool: &PgPool, id: Uuid, attempt: i32, lease_secs: f64) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3)
+         WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(lease_secs)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Progress of one run since the last flush, applied by the batched event writer.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    /// Run.
+    pub run_id: Uuid,
+    /// Attempt that produced it (fence).
+    pub attempt: i32,
+    /// Text to append to `output_text`.
+    pub append: String,
+    /// Highest event seq written in this flush.
+    pub last_seq: i64,
+    /// When the first text arrived, if in this flush.
+    pub first_token_at: Option<DateTime<Utc>>,
+}
+
+/// Applies the progress of many runs in one statement. The `last_seq` guard makes a retried
+/// flush harmless: text already appended is not appended again.
+pub async fn apply_progress(tx: &mut Transaction<'_, Postgres>, items: &[Progress]) -> Result<u64, sqlx::Error> {
+    if items.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = items.iter().map(|p| p.run_id).collect();
+    let attempts: Vec<i32> = items.iter().map(|p| p.attempt).collect();
+    let appends: Vec<&str> = items.iter().map(|p| p.append.as_str()).collect();
+    let seqs: Vec<i64> = items.iter().map(|p| p.last_seq).collect();
+    let firsts: Vec<Option<DateTime<Utc>>> = items.iter().map(|p| p.first_token_at).collect();
+    let n = sqlx::query(
+        "UPDATE runs r SET output_text = r.output_text || u.append, last_seq = u.last_seq,
+                first_token_at = COALESCE(r.first_token_at, u.first_token_at)
+         FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::timestamptz[])
+              AS u(id, attempt, append, last_seq, first_token_at)
+         WHERE r.id = u.id AND r.attempt = u.attempt AND r.status = 'in_progress' AND r.last_seq < u.last_seq",
+    )
+    .bind(&ids)
+    .bind(&attempts)
+    .bind(&appends)
+    .bind(&seqs)
+    .bind(&firsts)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n)
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The answer is complete.
+    Completed {
+        /// Full answer.
+        output_text: String,
+        /// Provider's finish reason.
+        finish_reason: String,
+        /// Input tokens.
+        input_tokens: i64,
+        /// Cached input tokens.
+        cached_input_tokens: i64,
+        /// Output tokens.
+        output_tokens: i64,
+        /// Cost, `None` when unpriced.
+        cost_usd: Option<f64>,
+        /// Citations of the answer.
+        citations: Value,
+    },
+    /// The run failed for good.
+    Failed {
+        /// Stable error code.
+        code: String,
+        /// End-user message.
+        message: String,
+        /// Text produced before the failure (kept on the run, not as a message).
+        partial_text: String,
+    },
+    /// The run was stopped on request; the partial answer is kept as the message.
+    Cancelled {
+        /// Text produced before the cancel.
+        partial_text: String,
+    },
+}
+
+/// Everything a finish writes besides the run itself.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// The run.
+    pub run_id: Uuid,
+    /// The attempt finishing it (fence).
+    pub attempt: i32,
+    /// Sequence number of the terminal event.
+    pub seq: i64,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The provider call to record, if one was made.
+    pub usage: Option<usage::NewUsage>,
+}
+
+/// Finishes a run in one transaction: run fields, the assistant message (completed or
+/// cancelled with text), the terminal event and the usage record. Returns the terminal event,
+/// or `None` when the attempt no longer owns the run (nothing is written).
+pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let (status, text, finish_reason, code, message, tokens, cost, citations) = match &f.outcome {
+        Outcome::Completed {
+            output_text,
+            finish_reason,
+            input_tokens,
+            cached_input_tokens,
+            output_tokens,
+            cost_usd,
+            citations,
+        } => (
+            "completed",
+            output_text.as_str(),
+            Some(finish_reason.as_str()),
+            None,
+            None,
+            Some((*input_tokens, *cached_input_tokens, *output_tokens)),
+            *cost_usd,
+            citations.clone(),
+        ),
+        Outcome::Failed { code, message, partial_text } => {
+            ("failed", partial_text.as_str(), None, Some(code.as_str()), Some(message.as_str()), None, None, json!([]))
+        }
+        Outcome::Cancelled { partial_text } => {
+            ("cancelled", partial_text.as_str(), None, None, None, None, None, json!([]))
+        }
+    };
+    let thread_id: Option<(Uuid,)> = sqlx::query_as(
+        "UPDATE runs SET status = $3, output_text = $4, finish_reason = $5, error_code = $6, error_message = $7,
+                input_tokens = $8, cached_input_tokens = $9, output_tokens = $10, cost_usd = $11::float8::numeric,
+                completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, last_seq = $12
+         WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
+         RETURNING thread_id",
+    )
+    .bind(f.run_id)
+    .bind(f.attempt)
+    .bind(status)
+    .bind(text)
+    .bind(finish_reason)
+    .bind(code)
+    .bind(message)
+    .bind(tokens.map(|t| t.0 as i32))
+    .bind(tokens.map(|t| t.1 as i32))
+    .bind(tokens.map(|t| t.2 as i32))
+    .bind(cost)
+    .bind(f.seq)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((thread_id,)) = thread_id else {
+        return Ok(None);
+    };
+    let keep_message = status == "completed" || (status == "cancelled" && !text.is_empty());
+    if keep_message {
+        sqlx::query(
+            "INSERT INTO messages (id, thread_id, role, content, run_id, citations) VALUES ($1, $2, 'assistant', $3, $4, $5)",
+        )
+        .bind(crate::new_id())
+        .bind(thread_id)
+        .bind(text)
+        .bind(f.run_id)
+        .bind(&citations)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let data = match &f.outcome {
+        Outcome::Completed { finish_reason, input_tokens, cached_input_tokens, output_tokens, cost_usd, .. } => json!({
+            "usage": {"input_tokens": input_tokens, "cached_input_tokens": cached_input_tokens, "output_tokens": output_tokens},
+            "cost_usd": cost_usd,
+            "finish_reason": finish_reason,
+        }),
+        Outcome::Failed { code, message, .. } => json!({"error": {"code": code, "message": message}}),
+        Outcome::Cancelled { .. } => json!({}),
+    };
+    let kind = match status {
+        "completed" => EventKind::Completed,
+        "failed" => EventKind::Failed,
+        _ => EventKind::Cancelled,
+    };
+    let event = RunEvent { run_id: f.run_id, seq: f.seq, attempt: f.attempt, kind, data };
+    events::insert(&mut *tx, &event).await?;
+    if let Some(u) = &f.usage {
+        usage::insert(&mut *tx, u).await?;
+    }
+    sqlx::query("UPDATE threads SET last_activity_at = now() WHERE id = $1").bind(thread_id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Some(event))
+}
+
+/// Marks runs whose job may be lost as re-enqueued and returns them: queued runs that are due,
+/// and in-progress runs whose lease lapsed (their worker died), not pushed for `stale_secs`.
+pub async fn take_stale(pool: &PgPool, stale_secs: f64, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE runs SET enqueued_at = now() WHERE id IN (
+            SELECT id FROM runs
+            WHERE ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
+                   OR (status = 'in_progress' AND lease_expires_at < now()))
+              AND enqueued_at < now() - make_interval(secs => $1)
+            ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(stale_secs)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,83 @@
+//! Run events: the durable per-run log (`run_events`) and its live copy in a Redis stream.
+//! `seq` is gapless per run and is the SSE `id:`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// The type of a run event (the SSE `event:` name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// The run was accepted and waits for a worker.
+    #[serde(rename = "run.queued")]
+    Queued,
+    /// A worker started an attempt: `{attempt}`.
+    #[serde(rename = "run.started")]
+    Started,
+    /// More answer text: `{text}`.
+    #[serde(rename = "message.delta")]
+    Delta,
+    /// A retry discards the partial text shown so far: `{attempt, reason}`.
+    #[serde(rename = "run.reset")]
+    Reset,
+    /// A cited source: `{index, document_id, chunk_id, filename, location, quote}`.
+    #[serde(rename = "citation")]
+    Citation,
+    /// Terminal: `{usage, cost_usd, finish_reason}`.
+    #[serde(rename = "run.completed")]
+    Completed,
+    /// Terminal: `{error: {code, message}}`.
+    #[serde(rename = "run.failed")]
+    Failed,
+    /// Terminal: the run was stopped on request.
+    #[serde(rename = "run.cancelled")]
+    Cancelled,
+}
+
+impl EventKind {
+    /// The wire name, e.g. `message.delta`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Queued => "run.queued",
+            EventKind::Started => "run.started",
+            EventKind::Delta => "message.delta",
+            EventKind::Reset => "run.reset",
+            EventKind::Citation => "citation",
+            EventKind::Completed => "run.completed",
+            EventKind::Failed => "run.failed",
+            EventKind::Cancelled => "run.cancelled",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Self> {
+        serde_json::from_value(Value::String(s.to_string())).ok()
+    }
+
+    /// Whether the stream ends after this event.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, EventKind::Completed | EventKind::Failed | EventKind::Cancelled)
+    }
+}
+
+/// One event of one run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunEvent {
+    /// The run.
+    pub run_id: Uuid,
+    /// Position in the run's log, from 1, gapless.
+    pub seq: i64,
+    /// The attempt that produced it.
+    pub attempt: i32,
+    /// Its type.
+    pub kind: EventKind,
+    /// Its payload.
+    pub data: Value,
+}
+
+impl RunEvent {
+    /// The `run.queued` event written with the run at submit time.
+    pub fn queued(run_id: Uuid) -> Self {
+        Self { run_id, seq: 1, attempt: 0, kind: EventKind::Queued, data: json!({ "run_id": run_id }) }
+    }
+}
