@@ -1,0 +1,170 @@
+//! `[[fake key=value ...]]` directives: finding them in a message and parsing their keys.
+
+/// What `fail=` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FailKind {
+    /// An HTTP status with an OpenAI JSON error body.
+    Status(u16),
+    /// 429 `insufficient_quota` (permanent, no retry-after).
+    InsufficientQuota,
+    /// 502 with an HTML body, as a reverse proxy would send.
+    Html502,
+    /// 400 `context_length_exceeded`.
+    ContextLength,
+}
+
+/// A parsed `fail=KIND[xN]` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Fail {
+    pub kind: FailKind,
+    /// Fail only the first N requests carrying the directive; `None` = always.
+    pub times: Option<u64>,
+}
+
+/// The keys a directive may set; `None` means "not set here, fall back".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Directive {
+    pub tokens: Option<usize>,
+    pub ttft_ms: Option<u64>,
+    pub delay_ms: Option<u64>,
+    pub fail: Option<Fail>,
+    pub retry_after_ms: Option<u64>,
+    pub cut_after: Option<usize>,
+    pub garbage_after: Option<usize>,
+    pub error_after: Option<usize>,
+    pub cached: Option<u32>,
+    pub echo_prompt: Option<bool>,
+}
+
+impl Directive {
+    /// Parses `key=value key=value ...`. Unknown keys and unparsable values are ignored,
+    /// so a typo degrades to "no effect" rather than an error the client would not expect.
+    pub fn parse(text: &str) -> Self {
+        let mut d = Directive::default();
+        for pair in text.split_whitespace() {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            match key {
+                "tokens" => d.tokens = value.parse().ok().or(d.tokens),
+                "ttft_ms" => d.ttft_ms = value.parse().ok().or(d.ttft_ms),
+                "delay_ms" => d.delay_ms = value.parse().ok().or(d.delay_ms),
+                "fail" => d.fail = parse_fail(value).or(d.fail),
+                "retry_after_ms" => d.retry_after_ms = value.parse().ok().or(d.retry_after_ms),
+                "cut_after" => d.cut_after = value.parse().ok().or(d.cut_after),
+                "garbage_after" => d.garbage_after = value.parse().ok().or(d.garbage_after),
+                "error_after" => d.error_after = value.parse().ok().or(d.error_after),
+                "cached" => d.cached = value.parse().ok().or(d.cached),
+                "echo" => d.echo_prompt = Some(value == "prompt"),
+                _ => {}
+            }
+        }
+        d
+    }
+
+    /// Returns `self` with every key that `over` sets replaced by `over`'s value.
+    pub fn overlay(&self, over: &Directive) -> Directive {
+        Directive {
+            tokens: over.tokens.or(self.tokens),
+            ttft_ms: over.ttft_ms.or(self.ttft_ms),
+            delay_ms: over.delay_ms.or(self.delay_ms),
+            fail: over.fail.or(self.fail),
+            retry_after_ms: over.retry_after_ms.or(self.retry_after_ms),
+            cut_after: over.cut_after.or(self.cut_after),
+            garbage_after: over.garbage_after.or(self.garbage_after),
+            error_after: over.error_after.or(self.error_after),
+            cached: over.cached.or(self.cached),
+            echo_prompt: over.echo_prompt.or(self.echo_prompt),
+        }
+    }
+}
+
+fn parse_fail(value: &str) -> Option<Fail> {
+    let (kind, times) = match value.rsplit_once('x') {
+        Some((kind, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => (kind, Some(n.parse().ok()?)),
+        _ => (value, None),
+    };
+    let kind = match kind {
+        "insufficient_quota" => FailKind::InsufficientQuota,
+        "502html" => FailKind::Html502,
+        "context_length" => FailKind::ContextLength,
+        status => match status.parse::<u16>() {
+            Ok(code @ 400..=599) => FailKind::Status(code),
+            _ => return None,
+        },
+    };
+    Some(Fail { kind, times })
+}
+
+/// Removes every `[[fake ...]]` directive from `text`. Returns the remaining text and the
+/// directives' inner texts joined by a space (empty when there were none). An unterminated
+/// `[[fake` is left as ordinary text.
+pub(crate) fn extract(text: &str) -> (String, String) {
+    const OPEN: &str = "[[fake";
+    let mut rest = text;
+    let mut stripped = String::with_capacity(text.len());
+    let mut inner = String::new();
+    while let Some(start) = rest.find(OPEN) {
+        let after = &rest[start + OPEN.len()..];
+        // `[[fakeness]]` is not a directive: the keyword must end here.
+        let keyword_ends = after.starts_with("]]") || after.starts_with(char::is_whitespace);
+        match after.find("]]") {
+            Some(end) if keyword_ends => {
+                stripped.push_str(&rest[..start]);
+                stripped.push(' ');
+                if !inner.is_empty() {
+                    inner.push(' ');
+                }
+                inner.push_str(after[..end].trim());
+                rest = &after[end + 2..];
+            }
+            _ => {
+                stripped.push_str(&rest[..start + OPEN.len()]);
+                rest = after;
+            }
+        }
+    }
+    stripped.push_str(rest);
+    (stripped, inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directive_is_removed_and_its_keys_parsed() {
+        let (text, inner) = extract("hello [[fake tokens=5 fail=500x2]] world");
+        assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["hello", "world"]);
+        assert_eq!(inner, "tokens=5 fail=500x2");
+        let d = Directive::parse(&inner);
+        assert_eq!(d.tokens, Some(5));
+        assert_eq!(d.fail, Some(Fail { kind: FailKind::Status(500), times: Some(2) }));
+    }
+
+    #[test]
+    fn fail_kinds_without_a_count_fail_always() {
+        let q = parse_fail("insufficient_quota").unwrap();
+        assert_eq!(q.kind, FailKind::InsufficientQuota);
+        assert_eq!(q.times, None);
+        assert_eq!(parse_fail("502htmlx3").unwrap().kind, FailKind::Html502);
+        assert_eq!(parse_fail("502htmlx3").unwrap().times, Some(3));
+        assert_eq!(parse_fail("200"), None);
+        assert_eq!(parse_fail("nonsense"), None);
+    }
+
+    #[test]
+    fn text_that_only_looks_like_a_directive_is_kept() {
+        let (text, inner) = extract("a [[fakeness]] b [[fake unterminated");
+        assert_eq!(text, "a [[fakeness]] b [[fake unterminated");
+        assert_eq!(inner, "");
+    }
+
+    #[test]
+    fn overlay_replaces_only_the_keys_that_are_set() {
+        let base = Directive::parse("tokens=5 delay_ms=7 unknown=1");
+        let merged = base.overlay(&Directive::parse("tokens=9"));
+        assert_eq!(merged.tokens, Some(9));
+        assert_eq!(merged.delay_ms, Some(7));
+    }
+}
