@@ -1,0 +1,96 @@
+//! Authentication: `Authorization: Bearer <key>` resolved to a [`Principal`].
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use chatq_common::{db, db::threads::Owner, keys::Role};
+use uuid::Uuid;
+
+use crate::{error::ApiError, state::AppState};
+
+/// Who is calling.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// The key used.
+    pub key_id: Uuid,
+    /// What it may do.
+    pub role: Role,
+    /// Set for user tokens: the one end user this caller acts as.
+    pub end_user: Option<String>,
+}
+
+impl Principal {
+    /// Fails with 403 unless this is an admin key.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.role == Role::Admin && self.end_user.is_none() {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden("this route needs an admin key"))
+        }
+    }
+
+    /// The scope of threads this caller may see: admins see all, a client key its own, a user
+    /// token its user's.
+    pub fn owner(&self) -> Owner {
+        match (self.role, &self.end_user) {
+            (Role::Admin, None) => Owner { api_key_id: None, end_user: None },
+            (_, end_user) => Owner { api_key_id: Some(self.key_id), end_user: end_user.clone() },
+        }
+    }
+}
+
+/// Resolved keys for a short time, so a request costs no database round trip for auth.
+/// A revoked key stops working within [`KeyCache::TTL`].
+#[derive(Default)]
+pub struct KeyCache {
+    entries: Mutex<HashMap<Vec<u8>, (Principal, Instant)>>,
+}
+
+impl KeyCache {
+    /// How long a resolved key is trusted without asking Postgres.
+    pub const TTL: Duration = Duration::from_secs(30);
+    const MAX_ENTRIES: usize = 10_000;
+
+    fn get(&self, hash: &[u8]) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.get(hash).filter(|(_, at)| at.elapsed() < Self::TTL).map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, hash: Vec<u8>, principal: Principal) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= Self::MAX_ENTRIES {
+            entries.clear();
+        }
+        entries.insert(hash, (principal, Instant::now()));
+    }
+}
+
+fn bearer(parts: &Parts) -> Option<&str> {
+    let value = parts.headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
+        if !token.starts_with("cq_") {
+            return Err(ApiError::Unauthorized);
+        }
+        let hash = chatq_common::keys::hash(token);
+        if let Some(p) = state.keys.get(&hash) {
+            return Ok(p);
+        }
+        let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
+        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+        let principal = Principal { key_id: key.id, role, end_user: None };
+        state.keys.put(hash, principal.clone());
+        Ok(principal)
+    }
+}

@@ -1,0 +1,57 @@
+#![doc = include_str!("../README.md")]
+
+pub mod auth;
+pub mod error;
+pub mod extract;
+pub mod metrics;
+pub mod routes;
+pub mod state;
+
+use std::future::Future;
+
+use anyhow::Context as _;
+use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
+use chatq_common::config::Config;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+
+pub use state::AppState;
+
+/// The complete router: every route, the OpenAPI document at `/openapi.json`, the error
+/// envelope for unknown routes, body limits, metrics and request tracing.
+pub fn app(state: AppState) -> Router {
+    let (router, openapi) = routes::router().split_for_parts();
+    let openapi = std::sync::Arc::new(openapi);
+    router
+        .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))
+        .fallback(error::no_route)
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+            // The path only: query strings may carry tokens.
+            tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+        }))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+}
+
+/// Connects, binds `CHATQ_LISTEN` and serves until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    if config.token_secret.is_none() {
+        anyhow::bail!("CHATQ_TOKEN_SECRET must be set for the API (at least 32 characters; it signs user tokens)");
+    }
+    let listen = config.listen;
+    let state = AppState::new(config).await?;
+    let listener =
+        TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (CHATQ_LISTEN)"))?;
+    tracing::info!(addr = %listener.local_addr()?, "chatq API listening");
+    serve(listener, state, shutdown).await
+}

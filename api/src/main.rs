@@ -1,0 +1,89 @@
+//! `chatq-api`: serve the API (default), apply migrations, manage keys.
+
+use anyhow::Context as _;
+use chatq_common::{config::Config, db, keys::Role};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(name = "chatq-api", version, about = "chatq HTTP API and admin commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API on CHATQ_LISTEN (the default command).
+    Serve,
+    /// Create the database if needed and apply all migrations.
+    Migrate,
+    /// Manage API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Create a key and print it (only the key) on stdout. It cannot be shown again.
+    Create {
+        /// What the key may do.
+        #[arg(long, value_enum)]
+        role: RoleArg,
+        /// A name to recognise the key by.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Admin,
+    Client,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    chatq_common::telemetry::init("chatq-api");
+    let config = Config::from_env()?;
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => chatq_api::run(config, shutdown_signal()).await,
+        Command::Migrate => {
+            db::create_database_if_missing(&config).await.context("cannot create the database (DATABASE_URL)")?;
+            let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;
+            chatq_common::MIGRATOR.run(&pool).await.context("migration failed")?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Keys { command: KeysCommand::Create { role, name } } => {
+            let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;
+            let role = match role {
+                RoleArg::Admin => Role::Admin,
+                RoleArg::Client => Role::Client,
+            };
+            let (key, row) = db::keys::create(&pool, role, &name).await.context("cannot create the key")?;
+            tracing::info!(key.id = %row.id, key.name = %row.name, "key created");
+            println!("{key}");
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            s.recv().await;
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutting down");
+}

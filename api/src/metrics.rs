@@ -1,0 +1,75 @@
+//! The API's Prometheus metrics, registered once.
+
+use std::time::Instant;
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    middleware::Next,
+    response::Response,
+};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+use crate::state::AppState;
+
+/// Handles of every API metric.
+pub struct Metrics {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `chatq_http_requests_total{route, method, status}`.
+    pub http_requests: IntCounterVec,
+    /// `chatq_http_request_duration_seconds{route, method}`.
+    pub http_duration: HistogramVec,
+    /// `chatq_runs_submitted_total{outcome}`: accepted, duplicate, busy, enqueue_failed.
+    pub runs_submitted: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new("chatq_http_requests_total", "HTTP requests by route template, method and status code"),
+            &["route", "method", "status"],
+        )
+        .expect("valid metric");
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new("chatq_http_request_duration_seconds", "HTTP request latency until the response head")
+                .buckets(chatq_common::metrics::LATENCY_BUCKETS.to_vec()),
+            &["route", "method"],
+        )
+        .expect("valid metric");
+        let runs_submitted = IntCounterVec::new(
+            Opts::new(
+                "chatq_runs_submitted_total",
+                "Run submissions by outcome (accepted, duplicate, busy, enqueue_failed)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        // Clones share their state with the handles kept here.
+        registry.register(Box::new(http_requests.clone())).expect("metric registered once");
+        registry.register(Box::new(http_duration.clone())).expect("metric registered once");
+        registry.register(Box::new(runs_submitted.clone())).expect("metric registered once");
+        Self { registry, http_requests, http_duration, runs_submitted }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Middleware recording every request by its route template (never the raw path: ids would
+/// explode the label set).
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let route =
+        request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "unmatched".into());
+    let method = request.method().as_str().to_owned();
+    let start = Instant::now();
+    let response = next.run(request).await;
+    let m = &state.metrics;
+    m.http_duration.with_label_values(&[&route, &method]).observe(start.elapsed().as_secs_f64());
+    m.http_requests.with_label_values(&[&route, &method, response.status().as_str()]).inc();
+    response
+}

@@ -1,0 +1,273 @@
+//! `/v1/assistants`: personas with instructions, model and settings (admin; clients may read).
+
+use axum::{extract::State, http::StatusCode};
+use chatq_common::db::{self, assistants::AssistantFields};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
+
+use super::{List, PageQuery};
+use crate::{
+    auth::Principal,
+    error::ApiError,
+    extract::{Json, Path, Query},
+    state::AppState,
+};
+
+pub(crate) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(create_assistant, list_assistants)).routes(routes!(
+        get_assistant,
+        update_assistant,
+        delete_assistant
+    ))
+}
+
+/// A new assistant.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantIn {
+    /// Display name (1-200 characters).
+    pub name: String,
+    /// System prompt.
+    #[serde(default)]
+    pub instructions: String,
+    /// Model name, e.g. `gpt-4o-mini`.
+    pub model: String,
+    /// Sampling temperature, 0 to 2.
+    pub temperature: Option<f32>,
+    /// Cap on answer length in tokens.
+    pub max_output_tokens: Option<i32>,
+    /// Knowledge bases the assistant answers from.
+    #[serde(default)]
+    pub knowledge_base_ids: Vec<Uuid>,
+    /// `off` (default) or `input`: check user messages with the moderation endpoint.
+    pub moderation: Option<String>,
+    /// Delete threads after this many days without activity (default: global setting).
+    pub retention_days: Option<i32>,
+    /// Free-form JSON object.
+    pub metadata: Option<Value>,
+}
+
+/// Changes to an assistant; absent fields stay, `null` clears optional ones.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AssistantPatch {
+    /// Display name.
+    pub name: Option<String>,
+    /// System prompt.
+    pub instructions: Option<String>,
+    /// Model name.
+    pub model: Option<String>,
+    /// Sampling temperature (`null` = provider default).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<f32>)]
+    pub temperature: Option<Option<f32>>,
+    /// Cap on answer length (`null` = none).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i32>)]
+    pub max_output_tokens: Option<Option<i32>>,
+    /// Knowledge bases (replaces the list).
+    pub knowledge_base_ids: Option<Vec<Uuid>>,
+    /// `off` or `input`.
+    pub moderation: Option<String>,
+    /// Retention in days (`null` = global setting).
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(value_type = Option<i32>)]
+    pub retention_days: Option<Option<i32>>,
+    /// Free-form JSON object.
+    pub metadata: Option<Value>,
+}
+
+fn double_option<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Ok(Some(Option::deserialize(d)?))
+}
+
+/// An assistant.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantOut {
+    /// Id.
+    pub id: Uuid,
+    /// Always `assistant`.
+    pub object: &'static str,
+    /// Display name.
+    pub name: String,
+    /// System prompt.
+    pub instructions: String,
+    /// Model name.
+    pub model: String,
+    /// Sampling temperature.
+    pub temperature: Option<f32>,
+    /// Cap on answer length.
+    pub max_output_tokens: Option<i32>,
+    /// Knowledge bases.
+    pub knowledge_base_ids: Vec<Uuid>,
+    /// `off` or `input`.
+    pub moderation: String,
+    /// Retention in days.
+    pub retention_days: Option<i32>,
+    /// Free-form JSON object.
+    pub metadata: Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<db::assistants::Assistant> for AssistantOut {
+    fn from(a: db::assistants::Assistant) -> Self {
+        Self {
+            id: a.id,
+            object: "assistant",
+            name: a.name,
+            instructions: a.instructions,
+            model: a.model,
+            temperature: a.temperature,
+            max_output_tokens: a.max_output_tokens,
+            knowledge_base_ids: a.knowledge_base_ids,
+            moderation: a.moderation,
+            retention_days: a.retention_days,
+            metadata: a.metadata,
+            created_at: a.created_at,
+            updated_at: a.updated_at,
+        }
+    }
+}
+
+fn validate(f: &AssistantFields) -> Result<(), ApiError> {
+    let mut problems = Vec::new();
+    if f.name.trim().is_empty() || f.name.chars().count() > 200 {
+        problems.push("name must be 1 to 200 characters");
+    }
+    if f.model.trim().is_empty() || f.model.len() > 200 {
+        problems.push("model must be 1 to 200 characters");
+    }
+    if f.instructions.len() > 65_536 {
+        problems.push("instructions must be at most 64 KiB");
+    }
+    if f.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
+        problems.push("temperature must be between 0 and 2");
+    }
+    if f.max_output_tokens.is_some_and(|n| n <= 0) {
+        problems.push("max_output_tokens must be positive");
+    }
+    if !matches!(f.moderation.as_str(), "off" | "input") {
+        problems.push("moderation must be \"off\" or \"input\"");
+    }
+    if f.retention_days.is_some_and(|d| d <= 0) {
+        problems.push("retention_days must be positive");
+    }
+    if !f.metadata.is_object() || f.metadata.to_string().len() > 16_384 {
+        problems.push("metadata must be a JSON object of at most 16 KiB");
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::Invalid { message: problems.join("; "), details: serde_json::json!({ "problems": problems }) })
+    }
+}
+
+fn map_write_error(err: sqlx::Error) -> ApiError {
+    if db::violated_constraint(&err) == Some("assistant_knowledge_bases_kb_fkey") {
+        ApiError::invalid("knowledge_base_ids names a knowledge base that does not exist")
+    } else {
+        err.into()
+    }
+}
+
+/// Create an assistant.
+#[utoipa::path(post, path = "/v1/assistants", tag = "assistants", request_body = AssistantIn,
+    responses((status = 201, body = AssistantOut), (status = 403), (status = 422)))]
+pub async fn create_assistant(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(input): Json<AssistantIn>,
+) -> Result<(StatusCode, Json<AssistantOut>), ApiError> {
+    principal.require_admin()?;
+    let fields = AssistantFields {
+        name: input.name,
+        instructions: input.instructions,
+        model: input.model,
+        temperature: input.temperature,
+        max_output_tokens: input.max_output_tokens,
+        moderation: input.moderation.unwrap_or_else(|| "off".into()),
+        retention_days: input.retention_days,
+        metadata: input.metadata.unwrap_or_else(|| serde_json::json!({})),
+        knowledge_base_ids: input.knowledge_base_ids,
+    };
+    validate(&fields)?;
+    let a = db::assistants::create(&state.pool, &fields).await.map_err(map_write_error)?;
+    Ok((StatusCode::CREATED, Json(a.into())))
+}
+
+/// List assistants.
+#[utoipa::path(get, path = "/v1/assistants", tag = "assistants", params(PageQuery),
+    responses((status = 200, body = List<AssistantOut>)))]
+pub async fn list_assistants(
+    State(state): State<AppState>,
+    _principal: Principal,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<List<AssistantOut>>, ApiError> {
+    let page = db::assistants::list(&state.pool, q.after, q.limit()?).await?;
+    Ok(Json(List::new(page, |a| a.id, AssistantOut::from)))
+}
+
+/// Get an assistant.
+#[utoipa::path(get, path = "/v1/assistants/{id}", tag = "assistants", params(("id" = Uuid, Path)),
+    responses((status = 200, body = AssistantOut), (status = 404)))]
+pub async fn get_assistant(
+    State(state): State<AppState>,
+    _principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<AssistantOut>, ApiError> {
+    let a = db::assistants::get(&state.pool, id).await?.ok_or(ApiError::NotFound("assistant"))?;
+    Ok(Json(a.into()))
+}
+
+/// Change an assistant.
+#[utoipa::path(patch, path = "/v1/assistants/{id}", tag = "assistants", params(("id" = Uuid, Path)),
+    request_body = AssistantPatch, responses((status = 200, body = AssistantOut), (status = 404), (status = 422)))]
+pub async fn update_assistant(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Json(patch): Json<AssistantPatch>,
+) -> Result<Json<AssistantOut>, ApiError> {
+    principal.require_admin()?;
+    let a = db::assistants::get(&state.pool, id).await?.ok_or(ApiError::NotFound("assistant"))?;
+    let fields = AssistantFields {
+        name: patch.name.unwrap_or(a.name),
+        instructions: patch.instructions.unwrap_or(a.instructions),
+        model: patch.model.unwrap_or(a.model),
+        temperature: patch.temperature.unwrap_or(a.temperature),
+        max_output_tokens: patch.max_output_tokens.unwrap_or(a.max_output_tokens),
+        moderation: patch.moderation.unwrap_or(a.moderation),
+        retention_days: patch.retention_days.unwrap_or(a.retention_days),
+        metadata: patch.metadata.unwrap_or(a.metadata),
+        knowledge_base_ids: patch.knowledge_base_ids.unwrap_or(a.knowledge_base_ids),
+    };
+    validate(&fields)?;
+    let a = db::assistants::update(&state.pool, id, &fields)
+        .await
+        .map_err(map_write_error)?
+        .ok_or(ApiError::NotFound("assistant"))?;
+    Ok(Json(a.into()))
+}
+
+/// Delete an assistant. Its threads keep their history; new runs with it are refused.
+#[utoipa::path(delete, path = "/v1/assistants/{id}", tag = "assistants", params(("id" = Uuid, Path)),
+    responses((status = 204), (status = 404)))]
+pub async fn delete_assistant(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    if db::assistants::delete(&state.pool, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound("assistant"))
+    }
+}

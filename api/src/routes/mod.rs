@@ -1,0 +1,85 @@
+//! Every route, one file per resource, merged here into one router and one OpenAPI document.
+
+pub mod assistants;
+pub mod health;
+pub mod messages;
+pub mod runs;
+pub mod threads;
+
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use uuid::Uuid;
+
+use crate::{error::ApiError, state::AppState};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "chatq API", version = "1", description = "Self-hostable backend for AI chat assistants."),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// All routes with their OpenAPI description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::router())
+        .merge(assistants::router())
+        .merge(threads::router())
+        .merge(messages::router())
+        .merge(runs::router())
+}
+
+/// Cursor pagination: `?after=<id>&limit=<1..100>`.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    /// Return items after this id (the `next_after` of the previous page).
+    pub after: Option<Uuid>,
+    /// Page size, 1 to 100 (default 20).
+    pub limit: Option<i64>,
+}
+
+impl PageQuery {
+    /// The validated page size.
+    pub fn limit(&self) -> Result<i64, ApiError> {
+        match self.limit {
+            None => Ok(20),
+            Some(n) if (1..=100).contains(&n) => Ok(n),
+            Some(_) => {
+                Err(ApiError::BadRequest { code: "invalid_query", message: "limit must be between 1 and 100".into() })
+            }
+        }
+    }
+}
+
+/// A page of a list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct List<T> {
+    /// The items.
+    pub data: Vec<T>,
+    /// Cursor of the next page, `null` on the last page.
+    pub next_after: Option<String>,
+}
+
+impl<T> List<T> {
+    /// Builds a page from rows, using `id` of the last row as the cursor when more follow.
+    pub fn new<R>(page: chatq_common::db::Page<R>, id: impl Fn(&R) -> Uuid, map: impl Fn(R) -> T) -> Self {
+        let next_after = if page.has_more { page.rows.last().map(|r| id(r).to_string()) } else { None };
+        Self { data: page.rows.into_iter().map(map).collect(), next_after }
+    }
+}

@@ -1,0 +1,60 @@
+//! The API's shared state, built once by [`AppState::new`].
+
+use std::sync::Arc;
+
+use chatq_common::{
+    config::Config,
+    jobs::{ChatRunStorage, Queues},
+};
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use crate::{auth::KeyCache, metrics::Metrics};
+
+/// Everything handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Validated configuration.
+    pub config: Arc<Config>,
+    /// Postgres: the source of truth for everything clients see.
+    pub pool: PgPool,
+    /// Redis, for readiness checks and (later) live events and rate limits.
+    pub redis: ConnectionManager,
+    /// Queue and key names of this stack.
+    pub queues: Queues,
+    /// The chat run queue, for pushing jobs after a submit commits.
+    pub chat_queue: ChatRunStorage,
+    /// Resolved API keys.
+    pub keys: Arc<KeyCache>,
+    /// Prometheus handles.
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Connects to Postgres and Redis and builds the state.
+    pub async fn new(config: Config) -> anyhow::Result<Self> {
+        use anyhow::Context as _;
+        let pool = chatq_common::db::connect(&config, config.db_max_connections)
+            .await
+            .context("cannot connect to Postgres (DATABASE_URL)")?;
+        let redis = chatq_common::redis_conn::connect(config.redis_url.expose())
+            .await
+            .context("cannot connect to Redis (REDIS_URL)")?;
+        Ok(Self::from_parts(config, pool, redis))
+    }
+
+    /// Builds the state on existing connections (tests use a per-test database).
+    pub fn from_parts(config: Config, pool: PgPool, redis: ConnectionManager) -> Self {
+        let queues = Queues::new(&config.queue_prefix);
+        let chat_queue = chatq_common::jobs::chat_run_storage(redis.clone(), &queues);
+        Self {
+            config: Arc::new(config),
+            pool,
+            redis,
+            queues,
+            chat_queue,
+            keys: Arc::new(KeyCache::default()),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+}
