@@ -1,0 +1,55 @@
+//! The reconciler: every `INTERVAL`, one worker (leader by Postgres advisory lock) pushes again
+//! the runs whose job may be lost — queued runs Redis forgot (flush, failed push) and runs whose
+//! worker died (lease lapsed). Duplicate deliveries are harmless: the claim decides.
+
+use std::time::Duration;
+
+use chatq_common::{db, jobs};
+use tokio_util::sync::CancellationToken;
+
+use crate::WorkerCtx;
+
+/// How often the reconciler looks.
+pub const INTERVAL: Duration = Duration::from_secs(10);
+/// A run not pushed for this long while due is pushed again.
+pub const STALE_AFTER: Duration = Duration::from_secs(30);
+const LOCK_KEY: i64 = 0x6368_6174_7172_6563; // "chatqrec"
+
+/// Runs until `stop`.
+pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(INTERVAL) => {}
+        }
+        match tick(&ctx).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(runs = n, "reconciler pushed stale runs again"),
+            Err(e) => tracing::warn!(error = %e, "reconciler tick failed"),
+        }
+    }
+}
+
+/// One pass; returns how many runs were pushed.
+pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
+    let mut tx = ctx.pool.begin().await?;
+    let leader: bool =
+        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(LOCK_KEY).fetch_one(&mut *tx).await?;
+    if !leader {
+        return Ok(0);
+    }
+    let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), 500).await?;
+    tx.commit().await?;
+    let storage = jobs::chat_run_storage(ctx.redis.clone(), &ctx.queues);
+    let stamp = chrono::Utc::now().timestamp_millis();
+    let mut pushed = 0;
+    for id in ids {
+        // A fresh task id: apalis drops pushes whose id it still holds.
+        match jobs::push_chat_run(&storage, id, format!("{id}-{stamp}")).await {
+            Ok(()) => pushed += 1,
+            Err(e) => tracing::warn!(run.id = %id, error = %e, "reconciler cannot push run"),
+        }
+    }
+    ctx.metrics.reconciler_requeued.inc_by(pushed as u64);
+    Ok(pushed)
+}
