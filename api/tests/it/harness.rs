@@ -1,0 +1,198 @@
+//! A whole chatq stack per test: the API and a worker in-process on port 0, a fresh database
+//! (`#[sqlx::test]`), the shared Redis under a unique queue prefix, and the fake OpenAI server.
+
+use std::{collections::HashMap, future::Future, time::Duration};
+
+use chatq_common::{config::Config, db, keys::Role};
+use chatq_fake_openai::{FakeConfig, FakeHandle};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub struct Stack {
+    pub pool: PgPool,
+    pub config: Config,
+    pub fake: FakeHandle,
+    pub api_url: String,
+    pub admin_key: String,
+    pub client_key: String,
+    pub http: reqwest::Client,
+    api_stop: CancellationToken,
+    api_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    pub worker: Option<chatq_worker::WorkerHandle>,
+}
+
+pub fn test_config(fake_url: &str, overrides: &[(&str, &str)]) -> Config {
+    let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
+    let mut env: HashMap<String, String> = HashMap::from([
+        ("OPENAI_BASE_URL".into(), fake_url.to_string()),
+        ("OPENAI_API_KEY".into(), "sk-test".into()),
+        ("CHATQ_QUEUE_PREFIX".into(), prefix),
+        ("CHATQ_TOKEN_SECRET".into(), "test-secret-test-secret-test-secret-0123".into()),
+        ("CHATQ_CHAT_POLL_MS".into(), "10".into()),
+        ("CHATQ_EVENT_FLUSH_MS".into(), "20".into()),
+        ("CHATQ_CHAT_CONCURRENCY".into(), "16".into()),
+        ("CHATQ_DB_MAX_CONNECTIONS".into(), "5".into()),
+    ]);
+    if let Ok(url) = std::env::var("REDIS_URL") {
+        env.insert("REDIS_URL".into(), url);
+    }
+    for (k, v) in overrides {
+        env.insert(k.to_string(), v.to_string());
+    }
+    Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config")
+}
+
+impl Stack {
+    /// API + worker + fake.
+    pub async fn start(pool: PgPool) -> Self {
+        Self::start_with(pool, true, &[]).await
+    }
+
+    /// API + fake, no worker: runs stay queued.
+    pub async fn without_worker(pool: PgPool) -> Self {
+        Self::start_with(pool, false, &[]).await
+    }
+
+    pub async fn start_with(pool: PgPool, worker: bool, overrides: &[(&str, &str)]) -> Self {
+        chatq_common::telemetry::init("test");
+        let (_, fake) = chatq_fake_openai::spawn(FakeConfig::default()).await.expect("fake server starts");
+        let config = test_config(&fake.base_url(), overrides);
+        let (admin_key, _) = db::keys::create(&pool, Role::Admin, "test-admin").await.unwrap();
+        let (client_key, _) = db::keys::create(&pool, Role::Client, "test-client").await.unwrap();
+        let mut stack = Stack {
+            pool,
+            config,
+            fake,
+            api_url: String::new(),
+            admin_key,
+            client_key,
+            http: reqwest::Client::new(),
+            api_stop: CancellationToken::new(),
+            api_task: None,
+            worker: None,
+        };
+        stack.start_api().await;
+        if worker {
+            stack.start_worker().await;
+        }
+        stack
+    }
+
+    pub async fn redis(&self) -> redis::aio::ConnectionManager {
+        chatq_common::redis_conn::connect(self.config.redis_url.expose()).await.expect("redis reachable")
+    }
+
+    pub async fn start_api(&mut self) {
+        let state = chatq_api::AppState::from_parts(self.config.clone(), self.pool.clone(), self.redis().await);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.api_url = format!("http://{}", listener.local_addr().unwrap());
+        self.api_stop = CancellationToken::new();
+        let stop = self.api_stop.clone().cancelled_owned();
+        self.api_task = Some(tokio::spawn(chatq_api::serve(listener, state, stop)));
+    }
+
+    pub async fn stop_api(&mut self) {
+        self.api_stop.cancel();
+        if let Some(t) = self.api_task.take() {
+            t.await.unwrap().unwrap();
+        }
+    }
+
+    pub async fn start_worker(&mut self) {
+        let ctx =
+            chatq_worker::WorkerCtx::from_parts(self.config.clone(), self.pool.clone(), self.redis().await).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.worker = Some(chatq_worker::start_with(ctx, listener).unwrap());
+    }
+
+    pub async fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            w.shutdown().await.unwrap();
+        }
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.api_url));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("API reachable");
+        let status = resp.status();
+        let text = resp.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    pub async fn admin(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(method, path, Some(&self.admin_key.clone()), body).await
+    }
+
+    pub async fn client(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call(method, path, Some(&self.client_key.clone()), body).await
+    }
+
+    pub async fn create_assistant(&self, extra: Value) -> String {
+        let mut body = json!({"name": "Lion", "instructions": "You are the zoo's lion.", "model": "gpt-4o-mini"});
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let (s, a) = self.admin(Method::POST, "/v1/assistants", Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED, "{a}");
+        a["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn create_thread(&self, assistant_id: &str, user: &str) -> String {
+        let (s, t) =
+            self.client(Method::POST, "/v1/threads", Some(json!({"assistant_id": assistant_id, "user": user}))).await;
+        assert_eq!(s, StatusCode::CREATED, "{t}");
+        t["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn send(&self, thread_id: &str, input: &str) -> Value {
+        let (s, run) =
+            self.client(Method::POST, &format!("/v1/threads/{thread_id}/runs"), Some(json!({"input": input}))).await;
+        assert_eq!(s, StatusCode::ACCEPTED, "{run}");
+        run
+    }
+
+    /// Polls the run until it is final.
+    pub async fn wait_run(&self, run_id: &str) -> Value {
+        let path = format!("/v1/runs/{run_id}");
+        wait_for(Duration::from_secs(20), || async {
+            let (_, run) = self.client(Method::GET, &path, None).await;
+            matches!(run["status"].as_str(), Some("completed" | "failed" | "cancelled")).then_some(run)
+        })
+        .await
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop_worker().await;
+        self.stop_api().await;
+        self.fake.shutdown();
+    }
+}
+
+/// Polls `f` until it returns `Some`, failing the test after `deadline`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let end = tokio::time::Instant::now() + deadline;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < end, "condition not met within {deadline:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,36 @@
+use reqwest::{Method, StatusCode};
+use sqlx::PgPool;
+
+use crate::harness::Stack;
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_openapi_document_covers_every_route(pool: PgPool) {
+    let s = Stack::without_worker(pool).await;
+    let (status, doc) = s.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    let expected = [
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+        ("/metrics", "get"),
+        ("/v1/assistants", "post"),
+        ("/v1/assistants", "get"),
+        ("/v1/assistants/{id}", "get"),
+        ("/v1/assistants/{id}", "patch"),
+        ("/v1/assistants/{id}", "delete"),
+        ("/v1/threads", "post"),
+        ("/v1/threads", "get"),
+        ("/v1/threads/{id}", "get"),
+        ("/v1/threads/{id}", "delete"),
+        ("/v1/threads/{id}/messages", "get"),
+        ("/v1/threads/{id}/runs", "post"),
+        ("/v1/threads/{id}/runs", "get"),
+        ("/v1/runs/{id}", "get"),
+    ];
+    for (path, method) in expected {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");
+    }
+    let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(documented, expected.len(), "a route is documented but not listed in this test");
+    s.shutdown().await;
+}
