@@ -1,0 +1,353 @@
+# shellcheck shell=bash
+# Shared helpers for ops/dev, ops/test and .ci/run: console output, Postgres and Redis
+# (reach, start, install, or docker compose), the test runner, ports and Postgres databases.
+#
+# Source it from a script that already runs under `set -euo pipefail`:
+#   source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh"
+# It only defines variables and functions; nothing runs at source time.
+
+# Where the services are expected. chatq's defaults (DATABASE_URL, REDIS_URL) point here; the
+# helpers start local services only at these addresses.
+CHATQ_PG_HOST=127.0.0.1
+CHATQ_PG_PORT=5432
+CHATQ_REDIS_HOST=127.0.0.1
+CHATQ_REDIS_PORT=6379
+# Seconds to wait for a service to answer after starting it.
+: "${CHATQ_SERVICE_TIMEOUT:=60}"
+
+# Repository root (this file is ops/lib/services.sh).
+CHATQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# Services this shell started, so a caller can stop exactly those: any of
+# "postgres" "redis" "docker".
+CHATQ_STARTED_SERVICES=()
+
+# --- console ------------------------------------------------------------------------------
+
+# section TITLE: a visible header between the steps of a script.
+section() {
+    printf '\n==> %s\n' "$*" >&2
+}
+
+# info MESSAGE: one line of progress on stderr.
+info() {
+    printf '    %s\n' "$*" >&2
+}
+
+# warn MESSAGE
+warn() {
+    printf 'warning: %s\n' "$*" >&2
+}
+
+# die MESSAGE...: print an error (each argument on its own line) and exit 1.
+die() {
+    printf 'error: %s\n' "$1" >&2
+    shift
+    local line
+    for line in "$@"; do
+        printf '       %s\n' "$line" >&2
+    done
+    exit 1
+}
+
+# have COMMAND: whether COMMAND is on PATH.
+have() {
+    command -v "$1" >/dev/null 2>&1
+}
+
+# as_root CMD...: run CMD as root (directly, or with passwordless sudo); fails otherwise.
+as_root() {
+    if [[ $(id -u) -eq 0 ]]; then
+        "$@"
+    elif have sudo && sudo -n true 2>/dev/null; then
+        sudo -n "$@"
+    else
+        return 1
+    fi
+}
+
+# --- network probes -----------------------------------------------------------------------
+
+# tcp_open HOST PORT: whether something accepts TCP connections there (bash /dev/tcp, 1 s max).
+tcp_open() {
+    # shellcheck disable=SC2016 # $1 and $2 are expanded by the inner bash, on purpose.
+    timeout 1 bash -c 'exec 3<>"/dev/tcp/$1/$2"' _ "$1" "$2" 2>/dev/null
+}
+
+# wait_for DESCRIPTION SECONDS CMD...: run CMD every 0.2 s until it succeeds or SECONDS pass.
+wait_for() {
+    local what=$1 seconds=$2
+    shift 2
+    local deadline=$((SECONDS + seconds))
+    until "$@"; do
+        if ((SECONDS >= deadline)); then
+            warn "$what did not come up within ${seconds}s"
+            return 1
+        fi
+        sleep 0.2
+    done
+}
+
+# port_free HOST PORT: whether nothing listens on HOST:PORT.
+port_free() {
+    ! tcp_open "$1" "$2"
+}
+
+# pick_listen VAR DEFAULT: sets VAR to a HOST:PORT to listen on. An address the user set is
+# kept (and must be free); otherwise the first free port from DEFAULT's port upwards is used,
+# so a second stack or a stray process on 8080 does not stop the dev command.
+pick_listen() {
+    local var=$1 default=$2
+    local user_value="${!var:-}"
+    if [[ -n $user_value ]]; then
+        port_free "${user_value%:*}" "${user_value##*:}" ||
+            die "$var=$user_value is already in use." "Stop what listens there, or set $var to another address."
+        return 0
+    fi
+    local host=${default%:*} port=${default##*:} tries=0
+    while ! port_free "$host" "$port"; do
+        tries=$((tries + 1))
+        ((tries < 50)) || die "no free port near $default for $var."
+        port=$((port + 1))
+    done
+    printf -v "$var" '%s:%s' "$host" "$port"
+    export "${var?}"
+}
+
+# --- Postgres -----------------------------------------------------------------------------
+
+pg_reachable() {
+    if have pg_isready; then
+        pg_isready -q -h "$CHATQ_PG_HOST" -p "$CHATQ_PG_PORT"
+    else
+        tcp_open "$CHATQ_PG_HOST" "$CHATQ_PG_PORT"
+    fi
+}
+
+# The newest Debian cluster version under /etc/postgresql (e.g. "15"), or nothing.
+pg_cluster_version() {
+    [[ -d /etc/postgresql ]] || return 0
+    find /etc/postgresql -mindepth 1 -maxdepth 1 -type d -printf '%f\n' | sort -V | tail -n 1
+}
+
+pg_installed() {
+    have pg_ctlcluster && [[ -n $(pg_cluster_version) ]]
+}
+
+pg_start_local() {
+    local version
+    version=$(pg_cluster_version)
+    info "starting PostgreSQL $version (pg_ctlcluster)"
+    # pg_ctlcluster as root switches to the cluster owner itself; as the owner it needs no root.
+    as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+        pg_ctlcluster --skip-systemctl-redirect "$version" main start ||
+        die "could not start PostgreSQL $version." \
+            "Try: sudo pg_ctlcluster --skip-systemctl-redirect $version main start"
+    CHATQ_STARTED_SERVICES+=(postgres)
+}
+
+# A freshly installed Debian Postgres only trusts the local socket (peer auth); chatq connects
+# over TCP as postgres without a password, so let loopback in. Only ever done right after this
+# script installed Postgres itself: an existing cluster's auth is the owner's business.
+pg_trust_loopback() {
+    local hba
+    hba="/etc/postgresql/$(pg_cluster_version)/main/pg_hba.conf"
+    [[ -f $hba ]] || return 0
+    info "allowing passwordless loopback connections as postgres (dev/test only) in $hba"
+    as_root sed -i -e '1i host all postgres 127.0.0.1/32 trust' -e '1i host all postgres ::1/128 trust' "$hba"
+    as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_cluster_version)" main reload || true
+}
+
+# --- Redis --------------------------------------------------------------------------------
+
+redis_reachable() {
+    if have redis-cli; then
+        [[ $(redis-cli -h "$CHATQ_REDIS_HOST" -p "$CHATQ_REDIS_PORT" ping 2>/dev/null) == PONG ]]
+    else
+        tcp_open "$CHATQ_REDIS_HOST" "$CHATQ_REDIS_PORT"
+    fi
+}
+
+redis_start_local() {
+    info "starting Redis (redis-server --daemonize yes, nothing saved to disk)"
+    # --dir /tmp: a daemonized redis-server must not depend on the caller's working directory.
+    redis-server --daemonize yes --bind "$CHATQ_REDIS_HOST" -::1 --port "$CHATQ_REDIS_PORT" \
+        --save "" --appendonly no --dir /tmp ||
+        die "could not start redis-server."
+    CHATQ_STARTED_SERVICES+=(redis)
+}
+
+# --- install / docker fallbacks -----------------------------------------------------------
+
+apt_install() {
+    have apt-get || return 1
+    [[ $(id -u) -eq 0 ]] || { have sudo && sudo -n true 2>/dev/null; } || return 1
+    info "installing $* with apt-get"
+    as_root apt-get update -q >&2 &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$@" >&2
+}
+
+docker_compose_usable() {
+    have docker && docker compose version >/dev/null 2>&1 && docker info >/dev/null 2>&1 &&
+        [[ -f $CHATQ_ROOT/docker-compose.yml || -f $CHATQ_ROOT/compose.yaml || -f $CHATQ_ROOT/compose.yml ]]
+}
+
+docker_compose_up() {
+    info "starting $* with docker compose"
+    (cd "$CHATQ_ROOT" && docker compose up -d "$@") >&2 || return 1
+    CHATQ_STARTED_SERVICES+=(docker)
+}
+
+missing_services_message() {
+    die "$1 is not reachable at $2 and could not be started." \
+        "Install it, e.g. on Debian/Ubuntu: sudo apt-get install -y postgresql redis-server" \
+        "(chatq expects Postgres on 127.0.0.1:5432 with trust auth for user postgres," \
+        " and Redis on 127.0.0.1:6379), or install Docker and run: docker compose up -d postgres redis"
+}
+
+# --- the entry points ---------------------------------------------------------------------
+
+# ensure_postgres: make Postgres answer on 127.0.0.1:5432, starting or installing it if needed.
+ensure_postgres() {
+    local addr="$CHATQ_PG_HOST:$CHATQ_PG_PORT"
+    if pg_reachable; then
+        info "PostgreSQL is up at $addr"
+        return 0
+    fi
+    if pg_installed; then
+        pg_start_local
+    elif apt_install postgresql; then
+        pg_reachable || pg_start_local
+        pg_trust_loopback
+    elif docker_compose_usable; then
+        docker_compose_up postgres || missing_services_message PostgreSQL "$addr"
+    else
+        missing_services_message PostgreSQL "$addr"
+    fi
+    wait_for "PostgreSQL at $addr" "$CHATQ_SERVICE_TIMEOUT" pg_reachable ||
+        missing_services_message PostgreSQL "$addr"
+    info "PostgreSQL is up at $addr"
+}
+
+# ensure_redis: make Redis answer on 127.0.0.1:6379, starting or installing it if needed.
+ensure_redis() {
+    local addr="$CHATQ_REDIS_HOST:$CHATQ_REDIS_PORT"
+    if redis_reachable; then
+        info "Redis is up at $addr"
+        return 0
+    fi
+    if have redis-server; then
+        redis_start_local
+    elif apt_install redis-server; then
+        # The package's own service start may or may not work without systemd.
+        wait_for "Redis (package service)" 3 redis_reachable 2>/dev/null || redis_start_local
+    elif docker_compose_usable; then
+        docker_compose_up redis || missing_services_message Redis "$addr"
+    else
+        missing_services_message Redis "$addr"
+    fi
+    wait_for "Redis at $addr" "$CHATQ_SERVICE_TIMEOUT" redis_reachable ||
+        missing_services_message Redis "$addr"
+    info "Redis is up at $addr"
+}
+
+# ensure_services: Postgres and Redis reachable, or exit with a message saying what to install.
+ensure_services() {
+    ensure_postgres
+    ensure_redis
+}
+
+# stop_started_services: stop the services this shell started (and only those).
+stop_started_services() {
+    local service
+    for service in "${CHATQ_STARTED_SERVICES[@]}"; do
+        case $service in
+        postgres)
+            info "stopping PostgreSQL (started by this script)"
+            as_root pg_ctlcluster --skip-systemctl-redirect "$(pg_cluster_version)" main stop ||
+                pg_ctlcluster --skip-systemctl-redirect "$(pg_cluster_version)" main stop || true
+            ;;
+        redis)
+            info "stopping Redis (started by this script)"
+            redis-cli -h "$CHATQ_REDIS_HOST" -p "$CHATQ_REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+            ;;
+        docker)
+            info "stopping docker compose services (started by this script)"
+            (cd "$CHATQ_ROOT" && docker compose stop postgres redis) >&2 || true
+            ;;
+        esac
+    done
+    CHATQ_STARTED_SERVICES=()
+}
+
+# ensure_database NAME: create database NAME on the local Postgres unless it exists.
+# Uses psql when installed, else psql inside the compose container.
+ensure_database() {
+    local name=$1
+    [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "invalid database name: $name"
+    local -a psql_cmd
+    if have psql; then
+        psql_cmd=(psql -X -q -v ON_ERROR_STOP=1 -h "$CHATQ_PG_HOST" -p "$CHATQ_PG_PORT" -U postgres -d postgres)
+    elif docker_compose_usable; then
+        psql_cmd=(docker compose -f "$CHATQ_ROOT/docker-compose.yml" exec -T postgres psql -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres)
+    else
+        warn "no psql: cannot check that database $name exists (install postgresql-client)"
+        return 0
+    fi
+    local exists
+    exists=$("${psql_cmd[@]}" -tAc "SELECT 1 FROM pg_database WHERE datname = '$name'") ||
+        die "cannot connect to PostgreSQL at $CHATQ_PG_HOST:$CHATQ_PG_PORT as user postgres." \
+            "chatq needs passwordless (trust) access for postgres over TCP in dev and test;" \
+            "add 'host all postgres 127.0.0.1/32 trust' to pg_hba.conf and reload Postgres."
+    if [[ $exists != 1 ]]; then
+        info "creating database $name"
+        "${psql_cmd[@]}" -c "CREATE DATABASE \"$name\"" >/dev/null ||
+            die "could not create database $name"
+    fi
+}
+
+# load_dotenv FILE: export the KEY=VALUE lines of FILE (a .env made from .env.example) for
+# variables not already set: the environment wins, as with dotenv. Values may be quoted with
+# '…' or "…"; no interpolation, no `export` prefix needed (but allowed).
+load_dotenv() {
+    local file=$1 line key value
+    [[ -f $file ]] || return 0
+    while IFS= read -r line || [[ -n $line ]]; do
+        line=${line#export }
+        [[ $line =~ ^[[:space:]]*([A-Za-z_][A-Za-z0-9_]*)=(.*)$ ]] || continue
+        key=${BASH_REMATCH[1]}
+        value=${BASH_REMATCH[2]}
+        if [[ $value =~ ^\"(.*)\"[[:space:]]*$ || $value =~ ^\'(.*)\'[[:space:]]*$ ]]; then
+            value=${BASH_REMATCH[1]}
+        fi
+        [[ -n ${!key+set} ]] || export "$key=$value"
+    done <"$file"
+}
+
+# random_hex BYTES: BYTES random bytes as lowercase hex.
+random_hex() {
+    od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# --- Rust tooling -------------------------------------------------------------------------
+
+# have_nextest: whether `cargo nextest` works here.
+have_nextest() {
+    cargo nextest --version >/dev/null 2>&1
+}
+
+# use_sqlx_offline_data: builds check sqlx::query! macros against the committed .sqlx/ data
+# rather than against whatever database DATABASE_URL names (which may be empty or not migrated
+# yet). Respects an SQLX_OFFLINE the user set.
+use_sqlx_offline_data() {
+    if [[ -z ${SQLX_OFFLINE:-} && -d $CHATQ_ROOT/.sqlx ]]; then
+        export SQLX_OFFLINE=true
+    fi
+}
+
+# cargo_target_dir: where cargo puts binaries (CARGO_TARGET_DIR, or target/ in the repo).
+cargo_target_dir() {
+    local dir=${CARGO_TARGET_DIR:-target}
+    [[ $dir == /* ]] || dir="$CHATQ_ROOT/$dir"
+    printf '%s\n' "$dir"
+}
