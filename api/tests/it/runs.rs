@@ -261,3 +261,20 @@ async fn a_prompt_over_the_context_window_fails_with_context_too_long(pool: PgPo
     assert_eq!(run["error"]["code"], "context_too_long");
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn an_idle_worker_starts_a_new_run_promptly(pool: PgPool) {
+    let s = Stack::start_with(pool, true, &[("CHATQ_CHAT_POLL_MS", "20"), ("CHATQ_CHAT_CONCURRENCY", "256")]).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let thread = s.create_thread(&assistant, "alice").await;
+    // Let the worker go idle: several empty polls, so only its poll timer can wake it.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let run = s.send(&thread, "hi [[fake tokens=2]]").await;
+    let run = s.wait_run(run["id"].as_str().unwrap()).await;
+    let created = chrono::DateTime::parse_from_rfc3339(run["created_at"].as_str().unwrap()).unwrap();
+    let started = chrono::DateTime::parse_from_rfc3339(run["started_at"].as_str().unwrap()).unwrap();
+    let wait = (started - created).num_milliseconds();
+    // Heartbeats are 5 s apart: a worker that only wakes on them would take seconds.
+    assert!(wait < 1000, "run waited {wait} ms in the queue");
+    s.shutdown().await;
+}

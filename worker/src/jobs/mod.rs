@@ -2,7 +2,11 @@
 
 pub mod chat_run;
 
-use std::{sync::atomic::Ordering, time::Duration};
+use std::{
+    sync::atomic::Ordering,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
@@ -21,7 +25,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
             let concurrency = ctx.config.chat_concurrency;
             let backend = RedisStorage::<ChatRun>::new(ctx.redis.clone())
                 .with_config(ctx.queues.chat_runs_config(concurrency.min(32)))
-                .poll_with_interval(ctx.config.chat_poll_interval);
+                .poll_with_strategy(Ticker::new(ctx.config.chat_poll_interval));
             WorkerBuilder::new(format!("{}-{}-r{restarts}", ctx.queues.chat_runs(), ctx.worker_id))
                 .backend(backend)
                 .data(ctx)
@@ -36,4 +40,31 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
             true
         })
         .shutdown_timeout(Duration::from_secs(30))
+}
+
+/// Wakes an idle queue worker every `period` so it fetches new jobs promptly.
+///
+/// apalis 1.0's own `IntervalStrategy` (and `StreamStrategy`) re-arm their timer without
+/// polling it after it fires, so no wake-up is registered and an idle worker sleeps until its
+/// next heartbeat (5 s here): runs sat `queued` for seconds. This strategy polls the interval
+/// until it is pending, which always leaves a timer armed (the `PollStrategy` contract).
+pub struct Ticker(tokio::time::Interval);
+
+impl Ticker {
+    /// A ticker firing every `period`.
+    pub fn new(period: Duration) -> Self {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Self(interval)
+    }
+}
+
+impl PollStrategy for Ticker {
+    fn poll_drive(&mut self, cx: &mut Context<'_>, _: &PollSnapshot) -> Poll<Option<()>> {
+        let mut fired = false;
+        while self.0.poll_tick(cx).is_ready() {
+            fired = true;
+        }
+        if fired { Poll::Ready(Some(())) } else { Poll::Pending }
+    }
 }
