@@ -11,3 +11,9 @@ CREATE INDEX usage_records_model_at_idx ON usage_records (at, model);
 -- the second one finds the active job and returns it.
 CREATE UNIQUE INDEX maintenance_jobs_one_active ON maintenance_jobs (kind)
     WHERE status IN ('queued', 'running');
+
+-- Deleting a thread cascades to its runs and messages, and the deferred foreign keys between
+-- them (messages.run_id, runs.user_message_id) are checked per deleted row: without these
+-- indexes each check scans the whole table, and a retention cleanup of many threads is quadratic.
+CREATE INDEX messages_run_idx ON messages (run_id) WHERE run_id IS NOT NULL;
+CREATE INDEX runs_user_message_idx ON runs (user_message_id);
