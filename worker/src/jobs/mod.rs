@@ -4,16 +4,15 @@ pub mod chat_run;
 pub mod cleanup;
 
 use std::{
+    str::FromStr as _,
     sync::atomic::Ordering,
     task::{Context, Poll},
     time::Duration,
 };
 
 use apalis::prelude::*;
-use apalis_redis::RedisStorage;
-use std::str::FromStr as _;
-
 use apalis_cron::CronScheduler;
+use apalis_redis::RedisStorage;
 use chatq_common::jobs::{ChatRun, Cleanup};
 
 use crate::WorkerCtx;
