@@ -88,12 +88,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             for (kind, n) in [("input", usage.input), ("cached_input", usage.cached_input), ("output", usage.output)] {
                 ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
             }
-            // Counted here, with the same value as the usage record, so the counters add up
-            // to `usage_records` (an unknown model is counted apart, never as free).
-            match cost {
-                Some(c) => ctx.metrics.cost_usd.with_label_values(&[&run.model]).inc_by(c),
-                None => ctx.metrics.unpriced_requests.with_label_values(&[&run.model]).inc(),
-            }
+
             let record = NewUsage {
                 kind: "chat",
                 model: run.model.clone(),
@@ -205,6 +200,14 @@ impl Attempt<'_> {
             Some(event) => {
                 ctx.sink.publish(&event).await;
                 ctx.metrics.runs_finished.with_label_values(&[status, &code]).inc();
+                // Counted once the usage record is committed, with its value, so the counters
+                // add up to `usage_records` (an unknown model is counted apart, never as free).
+                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome == "ok") {
+                    match u.cost_usd {
+                        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
+                        None => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
+                    }
+                }
                 ctx.metrics.run_duration.with_label_values(&[status]).observe(claimed_at.elapsed().as_secs_f64());
                 tracing::info!(run.id = %self.run_id, attempt = self.attempt, status, "run finished");
             }
