@@ -481,3 +481,67 @@ async fn the_reaper_fails_a_run_whose_workers_died_too_often_and_requeues_the_ot
     assert_eq!(metric(&m, "chatq_reconciler_recoveries_total", &[("action", "requeued")]), Some(1.0));
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn cleanup_purges_chunks_and_bytes_of_deleted_documents_only(pool: PgPool) {
+    let s = Stack::without_worker(pool.clone()).await;
+    let kb = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO knowledge_bases (id, name, embedding_model, embedding_dims) VALUES ($1, 'kb', 'e', 2)")
+        .bind(kb)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut docs = Vec::new();
+    for (name, deleted) in [("gone.md", true), ("live.md", false)] {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO documents (id, knowledge_base_id, filename, media_type, size_bytes, sha256, status, deleted_at)
+             VALUES ($1, $2, $3, 'text/markdown', 5, $4, 'ready', CASE WHEN $5 THEN now() END)",
+        )
+        .bind(id)
+        .bind(kb)
+        .bind(name)
+        .bind(name.as_bytes())
+        .bind(deleted)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO document_blobs (document_id, bytes) VALUES ($1, 'hello')")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        for ordinal in 0..3 {
+            sqlx::query(
+                "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, embedding)
+                 VALUES ($1, $2, $3, $4, 'hello', 1, 0, 5, '{0.1, 0.2}')",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(id)
+            .bind(kb)
+            .bind(ordinal)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        docs.push(id);
+    }
+    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), s.redis().await).unwrap();
+    let dry = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup { job_id: None, dry_run: true }).await.unwrap().unwrap();
+    assert_eq!((dry["document_chunks"].as_i64(), dry["document_blobs"].as_i64()), (Some(3), Some(1)), "{dry}");
+    let stats = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
+    assert_eq!((stats["document_chunks"].as_i64(), stats["document_blobs"].as_i64()), (Some(3), Some(1)), "{stats}");
+    for (doc, left) in [(docs[0], 0), (docs[1], 4)] {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM chunks WHERE document_id = $1) + (SELECT count(*) FROM document_blobs WHERE document_id = $1)",
+        )
+        .bind(doc)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(n, left);
+    }
+    let m = chatq_common::metrics::encode(&ctx.metrics.registry);
+    assert_eq!(metric(&m, "chatq_cleanup_deleted_total", &[("kind", "document_chunks")]), Some(3.0), "{m}");
+    s.shutdown().await;
+}
