@@ -545,3 +545,32 @@ async fn cleanup_purges_chunks_and_bytes_of_deleted_documents_only(pool: PgPool)
     assert_eq!(metric(&m, "chatq_cleanup_deleted_total", &[("kind", "document_chunks")]), Some(3.0), "{m}");
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn cleanup_trims_apalis_sets_and_metadata_of_workers_that_are_gone(pool: PgPool) {
+    use redis::AsyncCommands;
+    let s = Stack::without_worker(pool.clone()).await;
+    let queue = s.config_queue("chat-runs");
+    let mut redis = s.redis().await;
+    // A finished task whose data is still there, and ids whose data apalis already dropped.
+    let _: () = redis.hset(format!("{queue}:meta:kept"), "status", "Done").await.unwrap();
+    let _: () = redis.sadd(format!("{queue}:done"), &["kept", "gone-1", "gone-2"]).await.unwrap();
+    let _: () = redis.sadd(format!("{queue}:dead"), "gone-3").await.unwrap();
+    let _: () = redis.hset(format!("{queue}:workers:metadata:ghost"), "backend_name", "x").await.unwrap();
+    let _: () = redis.hset(format!("{queue}:workers:metadata:alive"), "backend_name", "x").await.unwrap();
+    let _: () = redis.zadd(format!("{queue}:workers"), "alive", chrono::Utc::now().timestamp()).await.unwrap();
+
+    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), redis.clone()).unwrap();
+    let stats = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
+    assert_eq!(stats["redis"][&queue]["set_entries_trimmed"], 3, "{stats}");
+    assert_eq!(stats["redis"][&queue]["worker_metadata_deleted"], 1, "{stats}");
+    let done: Vec<String> = redis.smembers(format!("{queue}:done")).await.unwrap();
+    assert_eq!(done, ["kept"]);
+    assert!(!redis.exists::<_, bool>(format!("{queue}:workers:metadata:ghost")).await.unwrap());
+    assert!(redis.exists::<_, bool>(format!("{queue}:workers:metadata:alive")).await.unwrap());
+    let keys: Vec<String> = redis.keys(format!("{}*", s.config.queue_prefix)).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await.unwrap();
+    }
+    s.shutdown().await;
+}
