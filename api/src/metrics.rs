@@ -7,7 +7,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::state::AppState;
 
@@ -21,36 +21,43 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `chatq_runs_submitted_total{outcome}`: accepted, duplicate, busy, enqueue_failed.
     pub runs_submitted: IntCounterVec,
+    // --- Operations (issue 5).
+    /// `chatq_sse_connections`: open event streams (set by the SSE routes).
+    pub sse_connections: IntGauge,
+    /// `chatq_cleanup_requests_total{outcome}`: `POST /v1/admin/cleanup` calls, `new` or
+    /// `existing` (a cleanup was already queued or running).
+    pub cleanup_requests: IntCounterVec,
+    /// Every family name registered, for the dashboard check.
+    pub names: Vec<String>,
 }
 
 impl Metrics {
     /// Creates and registers the metrics.
     pub fn new() -> Self {
-        let registry = Registry::new();
-        let http_requests = IntCounterVec::new(
+        let mut r = chatq_common::metrics::Registrar::new();
+        let http_requests = r.add(IntCounterVec::new(
             Opts::new("chatq_http_requests_total", "HTTP requests by route template, method and status code"),
             &["route", "method", "status"],
-        )
-        .expect("valid metric");
-        let http_duration = HistogramVec::new(
+        ));
+        let http_duration = r.add(HistogramVec::new(
             HistogramOpts::new("chatq_http_request_duration_seconds", "HTTP request latency until the response head")
                 .buckets(chatq_common::metrics::LATENCY_BUCKETS.to_vec()),
             &["route", "method"],
-        )
-        .expect("valid metric");
-        let runs_submitted = IntCounterVec::new(
+        ));
+        let runs_submitted = r.add(IntCounterVec::new(
             Opts::new(
                 "chatq_runs_submitted_total",
                 "Run submissions by outcome (accepted, duplicate, busy, enqueue_failed)",
             ),
             &["outcome"],
-        )
-        .expect("valid metric");
-        // Clones share their state with the handles kept here.
-        registry.register(Box::new(http_requests.clone())).expect("metric registered once");
-        registry.register(Box::new(http_duration.clone())).expect("metric registered once");
-        registry.register(Box::new(runs_submitted.clone())).expect("metric registered once");
-        Self { registry, http_requests, http_duration, runs_submitted }
+        ));
+        let sse_connections = r.add(IntGauge::new("chatq_sse_connections", "Open SSE event streams"));
+        let cleanup_requests = r.add(IntCounterVec::new(
+            Opts::new("chatq_cleanup_requests_total", "Cleanup triggers by outcome (new, existing)"),
+            &["outcome"],
+        ));
+        let (registry, names) = r.finish();
+        Self { registry, http_requests, http_duration, runs_submitted, sse_connections, cleanup_requests, names }
     }
 }
 

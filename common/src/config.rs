@@ -75,6 +75,24 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// Size of the Postgres pool per process (`CHATQ_DB_MAX_CONNECTIONS`).
     pub db_max_connections: u32,
+    // --- Operations (issue 5): retention, cleanup schedule, reaper bound.
+    /// Threads with no activity for this many days are deleted, unless their assistant sets
+    /// its own `retention_days` (`CHATQ_RETENTION_DAYS`).
+    pub retention_days: u32,
+    /// Events of runs finished longer ago than this are dropped; the run keeps its output
+    /// (`CHATQ_EVENT_RETENTION`, e.g. `7d`, `12h`).
+    pub event_retention: Duration,
+    /// Cron expression (seconds first, UTC) of the cleanup job (`CHATQ_CLEANUP_SCHEDULE`).
+    pub cleanup_schedule: String,
+    /// Rows deleted per statement by the cleanup, so no statement holds locks for long
+    /// (`CHATQ_CLEANUP_BATCH`).
+    pub cleanup_batch: i64,
+    /// How long finished jobs stay in Redis before the cleanup vacuums them
+    /// (`CHATQ_QUEUE_RETENTION`, e.g. `24h`).
+    pub queue_retention: Duration,
+    /// A run whose worker died this many times is failed instead of re-queued
+    /// (`CHATQ_RUN_MAX_ATTEMPTS`).
+    pub run_max_attempts: i32,
 }
 
 impl Config {
@@ -108,6 +126,13 @@ impl Config {
             provider_connect_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS", "10")),
             pricing_file: r.optional("CHATQ_PRICING_FILE").map(PathBuf::from),
             db_max_connections: r.parse("CHATQ_DB_MAX_CONNECTIONS", "20"),
+            // --- Operations (issue 5).
+            retention_days: r.parse("CHATQ_RETENTION_DAYS", "30"),
+            event_retention: r.duration("CHATQ_EVENT_RETENTION", "7d"),
+            cleanup_schedule: r.string("CHATQ_CLEANUP_SCHEDULE", "0 17 3 * * *"),
+            cleanup_batch: r.parse("CHATQ_CLEANUP_BATCH", "1000"),
+            queue_retention: r.duration("CHATQ_QUEUE_RETENTION", "24h"),
+            run_max_attempts: r.parse("CHATQ_RUN_MAX_ATTEMPTS", "3"),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -137,6 +162,25 @@ impl Config {
                 errors.push(format!("{name} must be greater than 0"));
             }
         }
+        if self.retention_days == 0 {
+            errors.push("CHATQ_RETENTION_DAYS must be greater than 0".into());
+        }
+        if !(1..=100_000).contains(&self.cleanup_batch) {
+            errors.push("CHATQ_CLEANUP_BATCH must be between 1 and 100000".into());
+        }
+        if self.run_max_attempts < 1 {
+            errors.push("CHATQ_RUN_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if self.queue_retention < Duration::from_secs(3600) {
+            // vacuum also removes failed tasks waiting for a retry; an hour keeps them safe.
+            errors.push("CHATQ_QUEUE_RETENTION must be at least 1h".into());
+        }
+        if let Err(e) = cron::Schedule::from_str(&self.cleanup_schedule) {
+            errors.push(format!(
+                "CHATQ_CLEANUP_SCHEDULE={:?} is not a cron expression (sec min hour day month weekday): {e}",
+                self.cleanup_schedule
+            ));
+        }
         if self.run_lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());
         }
@@ -162,6 +206,18 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
         self.optional(name).unwrap_or_else(|| default.to_string())
     }
 
+    /// A duration such as `30s`, `15m`, `12h` or `7d` (a bare number is seconds).
+    fn duration(&mut self, name: &str, default: &str) -> Duration {
+        let raw = self.string(name, default);
+        match parse_duration(raw.trim()) {
+            Some(d) => d,
+            None => {
+                self.errors.push(format!("{name}={raw:?} is not a duration like 30s, 15m, 12h or 7d"));
+                parse_duration(default).unwrap_or_default()
+            }
+        }
+    }
+
     fn parse<T: FromStr>(&mut self, name: &str, default: &str) -> T
     where
         T::Err: fmt::Display,
@@ -179,6 +235,23 @@ impl<F: Fn(&str) -> Option<String>> Reader<'_, F> {
             }
         }
     }
+}
+
+/// Parses `30s`, `15m`, `12h`, `7d` or a bare number of seconds.
+pub fn parse_duration(raw: &str) -> Option<Duration> {
+    let (number, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
 }
 
 #[cfg(test)]
@@ -208,6 +281,18 @@ mod tests {
         assert!(err.contains("CHATQ_LISTEN"), "{err}");
         assert!(err.contains("CHATQ_CHAT_CONCURRENCY"), "{err}");
         assert!(err.contains("CHATQ_TOKEN_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn operations_settings_parse_durations_and_cron() {
+        let c = from(&[("CHATQ_EVENT_RETENTION", "12h"), ("CHATQ_CLEANUP_SCHEDULE", "0 */5 * * * *")]).unwrap();
+        assert_eq!(c.event_retention, Duration::from_secs(12 * 3600));
+        assert_eq!(c.retention_days, 30);
+        assert_eq!(c.queue_retention, Duration::from_secs(24 * 3600));
+        let err =
+            from(&[("CHATQ_EVENT_RETENTION", "soon"), ("CHATQ_CLEANUP_SCHEDULE", "daily")]).unwrap_err().to_string();
+        assert!(err.contains("CHATQ_EVENT_RETENTION"), "{err}");
+        assert!(err.contains("CHATQ_CLEANUP_SCHEDULE"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,19 @@ pub struct ChatRun {
     pub run_id: Uuid,
 }
 
+/// Run the maintenance cleanup (`maintenance` queue): retention, event and document purges,
+/// Redis housekeeping. Pushed by the cron tick of every worker (task id `cleanup-{tick}`, so
+/// replicas deduplicate) and by `POST /v1/admin/cleanup`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Cleanup {
+    /// The `maintenance_jobs` row to run; `None` for a cron tick (the handler creates it).
+    #[serde(default)]
+    pub job_id: Option<Uuid>,
+    /// Count what would be deleted, delete nothing.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// The queue names of one chatq stack, all under `CHATQ_QUEUE_PREFIX`.
 #[derive(Clone, Debug)]
 pub struct Queues {
@@ -50,6 +63,26 @@ impl Queues {
             .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
     }
 
+    /// The maintenance queue: `{prefix}-maintenance`.
+    pub fn maintenance(&self) -> String {
+        format!("{}-maintenance", self.prefix)
+    }
+
+    /// apalis settings of the maintenance queue (one job at a time, nothing prefetched).
+    pub fn maintenance_config(&self) -> QueueConfig {
+        QueueConfig::default()
+            .queue(self.maintenance())
+            .heartbeat_interval(Duration::from_secs(5))
+            .missed_heartbeats(6)
+            .batch_size(1)
+            .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
+    }
+
+    /// Every queue of the stack, for metrics and housekeeping.
+    pub fn all(&self) -> Vec<String> {
+        vec![self.chat_runs(), self.maintenance()]
+    }
+
     /// The Redis stream carrying a run's live events: `{prefix}:run:{id}`.
     pub fn run_stream(&self, run_id: Uuid) -> String {
         format!("{}:run:{run_id}", self.prefix)
@@ -74,5 +107,21 @@ pub struct EnqueueError(String);
 pub async fn push_chat_run(storage: &ChatRunStorage, run_id: Uuid, task_id: String) -> Result<(), EnqueueError> {
     let mut storage = storage.clone();
     let task = TaskBuilder::new(ChatRun { run_id }).task_id(TaskId::from_string(task_id)).build();
+    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+}
+
+/// The apalis storage of the maintenance queue.
+pub type CleanupStorage = RedisStorage<Cleanup>;
+
+/// A storage for pushing cleanups.
+pub fn cleanup_storage(conn: ConnectionManager, queues: &Queues) -> CleanupStorage {
+    RedisStorage::new(conn).with_config(queues.maintenance_config())
+}
+
+/// Pushes a cleanup under `task_id`; a second push with the same id is dropped by apalis
+/// (that is how every replica's cron tick turns into one job).
+pub async fn push_cleanup(storage: &CleanupStorage, job: Cleanup, task_id: String) -> Result<(), EnqueueError> {
+    let mut storage = storage.clone();
+    let task = TaskBuilder::new(job).task_id(TaskId::from_string(task_id)).build();
     storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
 }

@@ -17,3 +17,41 @@ pub fn encode(registry: &Registry) -> String {
     }
     String::from_utf8(buf).unwrap_or_default()
 }
+
+/// Registers collectors in a new registry and remembers every family name, so tests can
+/// check that dashboards only use names the process exports (a labelled family with no
+/// series yet does not show in `gather()`).
+pub struct Registrar {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Registrar {
+    /// A new, empty registry.
+    pub fn new() -> Self {
+        Self { registry: Registry::new(), names: Vec::new() }
+    }
+
+    /// Registers `collector` (a metric handle; its clones share state) and returns it.
+    /// Panics on an invalid or duplicate metric: both are programming errors found at start.
+    pub fn add<C: prometheus::core::Collector + Clone + 'static>(
+        &mut self,
+        collector: Result<C, prometheus::Error>,
+    ) -> C {
+        let collector = collector.expect("valid metric");
+        self.names.extend(collector.desc().iter().map(|d| d.fq_name.clone()));
+        self.registry.register(Box::new(collector.clone())).expect("metric registered once");
+        collector
+    }
+
+    /// The registry and the names registered.
+    pub fn finish(self) -> (Registry, Vec<String>) {
+        (self.registry, self.names)
+    }
+}
+
+impl Default for Registrar {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -4,6 +4,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
 pub mod reconciler;
+pub mod scrape;
 
 use std::{
     future::Future,
@@ -44,6 +45,8 @@ pub struct WorkerCtx {
     pub worker_id: String,
     /// Queue workers restarted after an error, for logs.
     pub worker_restarts: Arc<AtomicUsize>,
+    /// When scrape-time gauges were last read.
+    pub scrape: Arc<scrape::ScrapeCache>,
 }
 
 impl WorkerCtx {
@@ -86,6 +89,7 @@ impl WorkerCtx {
             metrics,
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
+            scrape: Arc::new(scrape::ScrapeCache::default()),
         })
     }
 }
@@ -168,6 +172,7 @@ fn health_router(ctx: WorkerCtx) -> Router {
         .route(
             "/metrics",
             get(|State(ctx): State<WorkerCtx>| async move {
+                scrape::refresh(&ctx).await;
                 (
                     [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
                     chatq_common::metrics::encode(&ctx.metrics.registry),

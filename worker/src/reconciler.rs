@@ -1,6 +1,9 @@
-//! The reconciler: every `INTERVAL`, one worker (leader by Postgres advisory lock) pushes again
-//! the runs whose job may be lost — queued runs Redis forgot (flush, failed push) and runs whose
-//! worker died (lease lapsed). Duplicate deliveries are harmless: the claim decides.
+//! The reconciler (stuck-work reaper): every `INTERVAL`, one worker (leader by Postgres
+//! advisory lock) pushes again the runs whose job may be lost — queued runs Redis forgot
+//! (flush, failed push) and runs whose worker died (lease lapsed) — and fails runs whose
+//! workers died `CHATQ_RUN_MAX_ATTEMPTS` times, so a run that crashes every worker (a poison
+//! input) stops after a bounded number of attempts. Duplicate deliveries are harmless: the
+//! claim decides. Recoveries are counted in `chatq_reconciler_recoveries_total{action}`.
 
 use std::time::Duration;
 
@@ -30,7 +33,7 @@ pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
     }
 }
 
-/// One pass; returns how many runs were pushed.
+/// One pass; returns how many runs were pushed again or failed.
 pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
     let leader: bool =
@@ -38,8 +41,16 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     if !leader {
         return Ok(0);
     }
-    let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), 500).await?;
+    let max_attempts = ctx.config.run_max_attempts;
+    let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
+    let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), max_attempts, 500).await?;
     tx.commit().await?;
+    for event in &failed {
+        tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
+        ctx.sink.publish(event).await;
+        ctx.metrics.runs_finished.with_label_values(&["failed", db::runs::EXHAUSTED_CODE]).inc();
+    }
+    ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);
     let storage = jobs::chat_run_storage(ctx.redis.clone(), &ctx.queues);
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut pushed = 0;
@@ -50,6 +61,6 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
             Err(e) => tracing::warn!(run.id = %id, error = %e, "reconciler cannot push run"),
         }
     }
-    ctx.metrics.reconciler_requeued.inc_by(pushed as u64);
-    Ok(pushed)
+    ctx.metrics.reconciler_recoveries.with_label_values(&["requeued"]).inc_by(pushed as u64);
+    Ok(pushed + failed.len())
 }

@@ -1,10 +1,12 @@
 //! Every route, one file per resource, merged here into one router and one OpenAPI document.
 
+pub mod admin;
 pub mod assistants;
 pub mod health;
 pub mod messages;
 pub mod runs;
 pub mod threads;
+pub mod usage;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -42,6 +44,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(threads::router())
         .merge(messages::router())
         .merge(runs::router())
+        .merge(usage::router())
+        .merge(admin::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

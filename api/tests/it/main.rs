@@ -4,6 +4,8 @@
 mod auth;
 mod harness;
 mod openapi;
+mod ops;
+mod ops_files;
 mod runs;
 mod validation;
 mod worker_jobs;

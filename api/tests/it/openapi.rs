@@ -26,6 +26,9 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/threads/{id}/runs", "post"),
         ("/v1/threads/{id}/runs", "get"),
         ("/v1/runs/{id}", "get"),
+        ("/v1/usage", "get"),
+        ("/v1/admin/cleanup", "post"),
+        ("/v1/admin/jobs/{id}", "get"),
     ];
     for (path, method) in expected {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");

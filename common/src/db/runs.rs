@@ -428,19 +428,78 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
 }
 
 /// Marks runs whose job may be lost as re-enqueued and returns them: queued runs that are due,
-/// and in-progress runs whose lease lapsed (their worker died), not pushed for `stale_secs`.
-pub async fn take_stale(pool: &PgPool, stale_secs: f64, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+/// and in-progress runs whose lease lapsed (their worker died) with fewer than `max_attempts`
+/// attempts, not pushed for `stale_secs`.
+pub async fn take_stale(
+    pool: &PgPool,
+    stale_secs: f64,
+    max_attempts: i32,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE runs SET enqueued_at = now() WHERE id IN (
             SELECT id FROM runs
             WHERE ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                   OR (status = 'in_progress' AND lease_expires_at < now()))
+                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt < $3))
               AND enqueued_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id",
     )
     .bind(stale_secs)
     .bind(limit)
+    .bind(max_attempts)
     .fetch_all(pool)
     .await
+}
+
+/// The error code and message of a run whose workers kept dying.
+pub const EXHAUSTED_CODE: &str = "internal";
+/// End-user message of [`EXHAUSTED_CODE`] runs.
+pub const EXHAUSTED_MESSAGE: &str =
+    "The answer could not be produced because processing was interrupted too many times. Please try again.";
+
+/// Fails in-progress runs whose lease lapsed after `max_attempts` attempts (each attempt's
+/// worker died): status `failed` with [`EXHAUSTED_CODE`], the partial output kept on the run,
+/// and the terminal event appended to the log. Returns the terminal events to publish.
+pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Result<Vec<RunEvent>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+        "SELECT id, attempt FROM runs
+         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1
+         ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+    )
+    .bind(max_attempts)
+    .bind(limit)
+    .fetch_all(&mut *tx)
+    .await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, attempt) in rows {
+        // After the highest stored event: the dead worker may have flushed some.
+        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(max(seq), 0) + 1 FROM run_events WHERE run_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE runs SET status = 'failed', error_code = $2, error_message = $3, completed_at = now(),
+                    lease_owner = NULL, lease_expires_at = NULL, last_seq = $4
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(EXHAUSTED_CODE)
+        .bind(EXHAUSTED_MESSAGE)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        let event = RunEvent {
+            run_id: id,
+            seq,
+            attempt,
+            kind: EventKind::Failed,
+            data: json!({"error": {"code": EXHAUSTED_CODE, "message": EXHAUSTED_MESSAGE}}),
+        };
+        events::insert(&mut *tx, &event).await?;
+        out.push(event);
+    }
+    tx.commit().await?;
+    Ok(out)
 }

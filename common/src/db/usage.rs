@@ -61,3 +61,130 @@ pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), s
 pub async fn count_for_run(pool: &PgPool, run_id: Uuid) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("SELECT count(*) FROM usage_records WHERE run_id = $1").bind(run_id).fetch_one(pool).await
 }
+
+/// A dimension `/v1/usage` can group by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupBy {
+    /// UTC day, `YYYY-MM-DD`.
+    Day,
+    /// Model billed.
+    Model,
+    /// Assistant id.
+    Assistant,
+    /// `chat`, `embedding` or `moderation`.
+    Kind,
+    /// Key id.
+    ApiKey,
+}
+
+impl GroupBy {
+    /// Parses a `group_by` item.
+    pub fn parse(name: &str) -> Option<Self> {
+        Some(match name {
+            "day" => GroupBy::Day,
+            "model" => GroupBy::Model,
+            "assistant" => GroupBy::Assistant,
+            "kind" => GroupBy::Kind,
+            "api_key" => GroupBy::ApiKey,
+            _ => return None,
+        })
+    }
+
+    /// The field name in the response.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupBy::Day => "day",
+            GroupBy::Model => "model",
+            GroupBy::Assistant => "assistant_id",
+            GroupBy::Kind => "kind",
+            GroupBy::ApiKey => "api_key_id",
+        }
+    }
+
+    /// A constant SQL expression (never user text).
+    fn expr(self) -> &'static str {
+        match self {
+            GroupBy::Day => "to_char(at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            GroupBy::Model => "model",
+            GroupBy::Assistant => "assistant_id::text",
+            GroupBy::Kind => "kind",
+            GroupBy::ApiKey => "api_key_id::text",
+        }
+    }
+}
+
+/// One group of usage (or the totals, with no keys).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    /// The group's key values, in `group_by` order (`None` for a missing assistant or key).
+    pub keys: Vec<Option<String>>,
+    /// Provider calls.
+    pub requests: i64,
+    /// Calls whose outcome was not `ok`.
+    pub failures: i64,
+    /// Distinct runs.
+    pub runs: i64,
+    /// Input tokens, cached included.
+    pub input_tokens: i64,
+    /// Cached input tokens.
+    pub cached_input_tokens: i64,
+    /// Output tokens.
+    pub output_tokens: i64,
+    /// Cost of the priced calls; `None` when the group has unpriced calls and no priced cost.
+    pub cost_usd: Option<f64>,
+    /// Successful calls with no price (unknown model): their cost is unknown, not zero.
+    pub unpriced_requests: i64,
+    /// The unpriced models of the group.
+    pub unpriced_models: Vec<String>,
+}
+
+/// Aggregates `usage_records` with `at` in `[from, to)` by `group_by` (empty: one total row).
+pub async fn report(
+    pool: &PgPool,
+    from: chrono::DateTime<chrono::Utc>,
+    to: chrono::DateTime<chrono::Utc>,
+    group_by: &[GroupBy],
+) -> Result<Vec<UsageRow>, sqlx::Error> {
+    use sqlx::Row;
+    let keys: Vec<String> = group_by.iter().enumerate().map(|(i, g)| format!("{} AS k{i}", g.expr())).collect();
+    let positions: Vec<String> = (1..=group_by.len()).map(|i| i.to_string()).collect();
+    let (select_keys, group) = if group_by.is_empty() {
+        (String::new(), String::new())
+    } else {
+        (format!("{}, ", keys.join(", ")), format!("GROUP BY {0} ORDER BY {0}", positions.join(", ")))
+    };
+    let unpriced = "cost_usd IS NULL AND outcome = 'ok'";
+    let sql = format!(
+        "SELECT {select_keys}count(*) AS requests, count(*) FILTER (WHERE outcome <> 'ok') AS failures,
+                count(DISTINCT run_id) AS runs,
+                COALESCE(sum(input_tokens), 0)::int8 AS input_tokens,
+                COALESCE(sum(cached_input_tokens), 0)::int8 AS cached_input_tokens,
+                COALESCE(sum(output_tokens), 0)::int8 AS output_tokens,
+                (CASE WHEN sum(cost_usd) IS NULL AND count(*) FILTER (WHERE {unpriced}) > 0 THEN NULL
+                      ELSE COALESCE(sum(cost_usd), 0) END)::float8 AS cost_usd,
+                count(*) FILTER (WHERE {unpriced}) AS unpriced_requests,
+                COALESCE(array_agg(DISTINCT model) FILTER (WHERE {unpriced}), '{{}}') AS unpriced_models
+         FROM usage_records WHERE at >= $1 AND at < $2 {group}"
+    );
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(from).bind(to).fetch_all(pool).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let mut keys = Vec::with_capacity(group_by.len());
+        for i in 0..group_by.len() {
+            keys.push(row.try_get::<Option<String>, _>(i)?);
+        }
+        out.push(UsageRow {
+            keys,
+            requests: row.try_get("requests")?,
+            failures: row.try_get("failures")?,
+            runs: row.try_get("runs")?,
+            input_tokens: row.try_get("input_tokens")?,
+            cached_input_tokens: row.try_get("cached_input_tokens")?,
+            output_tokens: row.try_get("output_tokens")?,
+            cost_usd: row.try_get("cost_usd")?,
+            unpriced_requests: row.try_get("unpriced_requests")?,
+            unpriced_models: row.try_get("unpriced_models")?,
+        });
+    }
+    Ok(out)
+}

@@ -25,7 +25,11 @@ use crate::WorkerCtx;
 /// apalis entry point. Only infrastructure failures (Postgres down) are returned as errors so
 /// apalis redelivers; provider failures are recorded on the run.
 pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
-    execute(&ctx, job.run_id).await.map_err(|e| {
+    let queue = ctx.queues.chat_runs();
+    let result = execute(&ctx, job.run_id).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.jobs.with_label_values(&[&queue, outcome]).inc();
+    result.map_err(|e| {
         tracing::warn!(run.id = %job.run_id, error = %e, "chat run interrupted by an infrastructure error");
         Box::new(e) as BoxDynError
     })
@@ -39,6 +43,10 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         return Ok(());
     };
     let claimed_at = Instant::now();
+    if run.attempt == 1 {
+        let wait = (Utc::now() - run.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+        ctx.metrics.queue_wait.with_label_values(&[&ctx.queues.chat_runs()]).observe(wait);
+    }
     ctx.metrics.runs_in_progress.inc();
     let _in_progress = scopeguard(|| ctx.metrics.runs_in_progress.dec());
     tracing::info!(run.id = %run.id, attempt = run.attempt, "run claimed");
@@ -46,6 +54,15 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let mut attempt = Attempt { ctx, run_id: run.id, attempt: run.attempt, seq: run.last_seq };
     if run.cancel_requested_at.is_some() {
         return attempt.finish(Outcome::Cancelled { partial_text: String::new() }, None, claimed_at).await;
+    }
+    // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
+    if run.attempt > ctx.config.run_max_attempts {
+        let outcome = Outcome::Failed {
+            code: db::runs::EXHAUSTED_CODE.into(),
+            message: db::runs::EXHAUSTED_MESSAGE.into(),
+            partial_text: String::new(),
+        };
+        return attempt.finish(outcome, None, claimed_at).await;
     }
     if run.attempt > 1 {
         attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": "retry"}), String::new(), None).await;
@@ -71,6 +88,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             for (kind, n) in [("input", usage.input), ("cached_input", usage.cached_input), ("output", usage.output)] {
                 ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
             }
+
             let record = NewUsage {
                 kind: "chat",
                 model: run.model.clone(),
@@ -182,6 +200,14 @@ impl Attempt<'_> {
             Some(event) => {
                 ctx.sink.publish(&event).await;
                 ctx.metrics.runs_finished.with_label_values(&[status, &code]).inc();
+                // Counted once the usage record is committed, with its value, so the counters
+                // add up to `usage_records` (an unknown model is counted apart, never as free).
+                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome == "ok") {
+                    match u.cost_usd {
+                        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
+                        None => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
+                    }
+                }
                 ctx.metrics.run_duration.with_label_values(&[status]).observe(claimed_at.elapsed().as_secs_f64());
                 tracing::info!(run.id = %self.run_id, attempt = self.attempt, status, "run finished");
             }

@@ -1,16 +1,19 @@
 //! Every job the worker runs, registered in one place.
 
 pub mod chat_run;
+pub mod cleanup;
 
 use std::{
+    str::FromStr as _,
     sync::atomic::Ordering,
     task::{Context, Poll},
     time::Duration,
 };
 
 use apalis::prelude::*;
+use apalis_cron::CronScheduler;
 use apalis_redis::RedisStorage;
-use chatq_common::jobs::ChatRun;
+use chatq_common::jobs::{ChatRun, Cleanup};
 
 use crate::WorkerCtx;
 
@@ -18,6 +21,8 @@ use crate::WorkerCtx;
 /// and per restart (shared names break orphan recovery), and a failed worker is restarted.
 pub fn monitor(ctx: &WorkerCtx) -> Monitor {
     let chat_ctx = ctx.clone();
+    let maintenance_ctx = ctx.clone();
+    let cron_ctx = ctx.clone();
     let restarts_ctx = ctx.clone();
     Monitor::new()
         .register(move |restarts| {
@@ -33,6 +38,30 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
                 .parallelize(tokio::spawn)
                 .catch_panic()
                 .build(chat_run::handle)
+        })
+        .register(move |restarts| {
+            let ctx = maintenance_ctx.clone();
+            let backend = RedisStorage::<Cleanup>::new(ctx.redis.clone())
+                .with_config(ctx.queues.maintenance_config())
+                .poll_with_strategy(Ticker::new(Duration::from_millis(200)));
+            WorkerBuilder::new(format!("{}-{}-r{restarts}", ctx.queues.maintenance(), ctx.worker_id))
+                .backend(backend)
+                .data(ctx)
+                .concurrency(1)
+                .parallelize(tokio::spawn)
+                .catch_panic()
+                .build(cleanup::handle)
+        })
+        // Every replica ticks; the tick's task id makes the pushes collapse into one job.
+        .register(move |restarts| {
+            let ctx = cron_ctx.clone();
+            // Validated at start (`Config`), so this parse cannot fail.
+            let schedule = cron::Schedule::from_str(&ctx.config.cleanup_schedule).expect("valid CHATQ_CLEANUP_SCHEDULE");
+            WorkerBuilder::new(format!("{}-cron-{}-r{restarts}", ctx.queues.maintenance(), ctx.worker_id))
+                .backend(CronScheduler::new(schedule))
+                .data(ctx)
+                .concurrency(1)
+                .build(cleanup::on_tick)
         })
         .should_restart(move |worker, error| {
             let n = restarts_ctx.worker_restarts.fetch_add(1, Ordering::Relaxed) + 1;

@@ -1,0 +1,576 @@
+//! Operations: metrics after real runs, `/v1/usage`, the cleanup job, the reaper.
+
+use std::{collections::HashMap, time::Duration};
+
+use chatq_common::{
+    db,
+    jobs::{self, Cleanup},
+};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::harness::{Stack, wait_for};
+
+/// The value of the series `name{labels}` in a Prometheus text exposition (labels not given
+/// are ignored; the first matching series wins).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            return None;
+        }
+        let found: HashMap<&str, &str> = label_text
+            .split("\",")
+            .filter(|p| !p.is_empty())
+            .filter_map(|p| p.split_once("=\"").map(|(k, v)| (k, v.trim_end_matches('"'))))
+            .collect();
+        labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
+    })
+}
+
+async fn text(s: &Stack, url: &str) -> String {
+    s.http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+async fn worker_metrics(s: &Stack) -> String {
+    text(s, &format!("http://{}/metrics", s.worker.as_ref().unwrap().addr)).await
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn metrics_show_completed_failed_and_cancelled_runs_and_cost_matches_usage_records(pool: PgPool) {
+    let mut s = Stack::without_worker(pool.clone()).await;
+    let priced = s.create_assistant(json!({})).await;
+    let unpriced = s.create_assistant(json!({"model": "my-local-llama"})).await;
+    // Cancelled before any worker sees it: the worker finishes it as cancelled at claim.
+    let t = s.create_thread(&priced, "carol").await;
+    let cancelled = s.send(&t, "stop me").await["id"].as_str().unwrap().to_string();
+    sqlx::query("UPDATE runs SET cancel_requested_at = now() WHERE id = $1::uuid")
+        .bind(&cancelled)
+        .execute(&pool)
+        .await
+        .unwrap();
+    s.start_worker().await;
+    let t = s.create_thread(&priced, "alice").await;
+    let completed = s.send(&t, "hello [[fake tokens=7]]").await["id"].as_str().unwrap().to_string();
+    let t = s.create_thread(&priced, "bob").await;
+    let failed = s.send(&t, "break [[fake fail=400]]").await["id"].as_str().unwrap().to_string();
+    let t = s.create_thread(&unpriced, "dave").await;
+    let local = s.send(&t, "hi [[fake tokens=3]]").await["id"].as_str().unwrap().to_string();
+    assert_eq!(s.wait_run(&cancelled).await["status"], "cancelled");
+    assert_eq!(s.wait_run(&completed).await["status"], "completed");
+    let f = s.wait_run(&failed).await;
+    assert_eq!(f["status"], "failed", "{f}");
+    let code = f["error"]["code"].as_str().unwrap().to_string();
+    assert_eq!(s.wait_run(&local).await["status"], "completed");
+
+    let w = worker_metrics(&s).await;
+    assert_eq!(metric(&w, "chatq_runs_finished_total", &[("status", "completed")]), Some(2.0), "{w}");
+    assert_eq!(metric(&w, "chatq_runs_finished_total", &[("status", "failed"), ("error_code", &code)]), Some(1.0));
+    assert_eq!(metric(&w, "chatq_runs_finished_total", &[("status", "cancelled")]), Some(1.0));
+    assert_eq!(metric(&w, "chatq_run_duration_seconds_count", &[("status", "completed")]), Some(2.0));
+    assert_eq!(metric(&w, "chatq_run_duration_seconds_count", &[("status", "cancelled")]), Some(1.0));
+    assert_eq!(metric(&w, "chatq_run_time_to_first_token_seconds_count", &[]), Some(2.0));
+    assert_eq!(metric(&w, "chatq_tokens_total", &[("model", "gpt-4o-mini"), ("kind", "output")]), Some(7.0));
+    assert_eq!(metric(&w, "chatq_provider_requests_total", &[("outcome", "ok")]), Some(2.0));
+    assert_eq!(metric(&w, "chatq_provider_requests_total", &[("outcome", &code)]), Some(1.0));
+    assert_eq!(metric(&w, "chatq_unpriced_requests_total", &[("model", "my-local-llama")]), Some(1.0));
+    assert_eq!(
+        metric(&w, "chatq_jobs_total", &[("queue", &s.config_queue("chat-runs")), ("outcome", "ok")]),
+        Some(4.0)
+    );
+    assert_eq!(metric(&w, "chatq_job_queue_wait_seconds_count", &[]), Some(4.0));
+    assert_eq!(
+        metric(&w, "chatq_queue_depth", &[("queue", &s.config_queue("chat-runs")), ("state", "active")]),
+        Some(0.0)
+    );
+    assert!(metric(&w, "chatq_queue_oldest_job_age_seconds", &[("queue", &s.config_queue("chat-runs"))]).is_some());
+    assert_eq!(metric(&w, "chatq_documents", &[("status", "ready")]), Some(0.0));
+    assert_eq!(metric(&w, "chatq_runs_in_progress", &[]), Some(0.0));
+    // The cost counter adds up to the usage records, per model; the unpriced model has none.
+    let recorded: f64 = sqlx::query_scalar(
+        "SELECT sum(cost_usd)::float8 FROM usage_records WHERE model = 'gpt-4o-mini' AND cost_usd IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let counted = metric(&w, "chatq_cost_usd_total", &[("model", "gpt-4o-mini")]).unwrap();
+    assert!((counted - recorded).abs() < 1e-12, "counter {counted} vs records {recorded}");
+    assert_eq!(metric(&w, "chatq_cost_usd_total", &[("model", "my-local-llama")]), None);
+
+    let a = text(&s, &format!("{}/metrics", s.api_url)).await;
+    assert_eq!(metric(&a, "chatq_runs_submitted_total", &[("outcome", "accepted")]), Some(4.0), "{a}");
+    assert_eq!(
+        metric(
+            &a,
+            "chatq_http_requests_total",
+            &[("route", "/v1/threads/{id}/runs"), ("method", "POST"), ("status", "202")]
+        ),
+        Some(4.0)
+    );
+    assert!(metric(&a, "chatq_http_request_duration_seconds_count", &[("route", "/v1/runs/{id}")]).unwrap() >= 4.0);
+    s.shutdown().await;
+}
+
+impl Stack {
+    fn config_queue(&self, name: &str) -> String {
+        format!("{}-{name}", self.config.queue_prefix)
+    }
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_pricing_file_override_prices_a_model_the_built_in_table_does_not_know(pool: PgPool) {
+    let dir = std::env::temp_dir().join(format!("chatq-pricing-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pricing.toml");
+    std::fs::write(&file, "[[model]]\nname = \"my-local-llama\"\neffective = \"2026-01-01\"\ninput = 1.0\ncached_input = 0.5\noutput = 2.0\n")
+        .unwrap();
+    let s = Stack::start_with(pool.clone(), true, &[("CHATQ_PRICING_FILE", file.to_str().unwrap())]).await;
+    let a = s.create_assistant(json!({"model": "my-local-llama"})).await;
+    let t = s.create_thread(&a, "erin").await;
+    let run = s.send(&t, "hi [[fake tokens=4]]").await;
+    let run = s.wait_run(run["id"].as_str().unwrap()).await;
+    let input = run["usage"]["input_tokens"].as_f64().unwrap();
+    let expected = (input * 1.0 + 4.0 * 2.0) / 1e6;
+    assert!((run["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12, "{run}");
+    let (st, report) = s.admin(Method::GET, "/v1/usage?group_by=model", None).await;
+    assert_eq!(st, StatusCode::OK, "{report}");
+    assert_eq!(report["rows"][0]["model"], "my-local-llama");
+    assert_eq!(report["rows"][0]["unpriced"], false);
+    assert!((report["totals"]["cost_usd"].as_f64().unwrap() - expected).abs() < 1e-12);
+    s.shutdown().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn usage_record(
+    pool: &PgPool,
+    at: &str,
+    kind: &str,
+    model: &str,
+    assistant: Option<uuid::Uuid>,
+    tokens: (i32, i32, i32),
+    cost: Option<f64>,
+    outcome: &str,
+) {
+    sqlx::query(
+        "INSERT INTO usage_records (id, at, kind, model, assistant_id, run_id, input_tokens, cached_input_tokens,
+                                    output_tokens, cost_usd, outcome)
+         VALUES ($1, $2::timestamptz, $3, $4, $5, $6, $7, $8, $9, $10::float8::numeric, $11)",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .bind(at)
+    .bind(kind)
+    .bind(model)
+    .bind(assistant)
+    .bind((kind == "chat").then(uuid::Uuid::now_v7))
+    .bind(tokens.0)
+    .bind(tokens.1)
+    .bind(tokens.2)
+    .bind(cost)
+    .bind(outcome)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+fn close(v: &Value, expected: f64) -> bool {
+    v.as_f64().is_some_and(|x| (x - expected).abs() < 1e-12)
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn usage_groups_and_totals_match_hand_computed_figures(pool: PgPool) {
+    let s = Stack::without_worker(pool.clone()).await;
+    let a = uuid::Uuid::now_v7();
+    usage_record(&pool, "2026-11-01T10:00:00Z", "chat", "gpt-4o-mini", Some(a), (1000, 400, 100), Some(0.00018), "ok")
+        .await;
+    usage_record(
+        &pool,
+        "2026-11-01T11:00:00Z",
+        "chat",
+        "gpt-4o-mini",
+        Some(a),
+        (0, 0, 0),
+        None,
+        "provider_unavailable",
+    )
+    .await;
+    usage_record(&pool, "2026-11-02T09:00:00Z", "chat", "my-local-llama", Some(a), (50, 0, 5), None, "ok").await;
+    usage_record(
+        &pool,
+        "2026-11-02T23:59:59Z",
+        "embedding",
+        "text-embedding-3-small",
+        None,
+        (300, 0, 0),
+        Some(0.000006),
+        "ok",
+    )
+    .await;
+    usage_record(&pool, "2026-11-03T00:00:00Z", "chat", "gpt-4o-mini", Some(a), (1, 0, 1), Some(1.0), "ok").await;
+
+    let range = "from=2026-11-01&to=2026-11-02";
+    let (st, r) = s.admin(Method::GET, &format!("/v1/usage?{range}&group_by=model"), None).await;
+    assert_eq!(st, StatusCode::OK, "{r}");
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{r}");
+    let mini = &rows[0];
+    assert_eq!(mini["model"], "gpt-4o-mini");
+    assert_eq!((mini["requests"].as_i64(), mini["failures"].as_i64()), (Some(2), Some(1)));
+    assert!(close(&mini["failure_rate"], 0.5));
+    assert_eq!((mini["input_tokens"].as_i64(), mini["cached_input_tokens"].as_i64()), (Some(1000), Some(400)));
+    assert_eq!(mini["output_tokens"], 100);
+    assert!(close(&mini["cost_usd"], 0.00018), "{mini}");
+    assert_eq!(mini["unpriced"], false);
+    let llama = &rows[1];
+    assert_eq!(llama["model"], "my-local-llama");
+    assert!(llama["cost_usd"].is_null(), "unpriced is null, never free: {llama}");
+    assert_eq!(llama["unpriced"], true);
+    assert_eq!(llama["unpriced_models"], json!(["my-local-llama"]));
+    assert_eq!(rows[2]["model"], "text-embedding-3-small");
+    assert!(close(&rows[2]["cost_usd"], 0.000006));
+
+    let t = &r["totals"];
+    assert_eq!((t["requests"].as_i64(), t["failures"].as_i64()), (Some(4), Some(1)));
+    assert!(close(&t["failure_rate"], 0.25));
+    assert_eq!(t["input_tokens"], 1350);
+    assert_eq!(t["cached_input_tokens"], 400);
+    assert_eq!(t["output_tokens"], 105);
+    assert_eq!(t["runs"], 3);
+    assert!(close(&t["cost_usd"], 0.000186), "{t}");
+    assert_eq!((t["unpriced"].as_bool(), t["unpriced_requests"].as_i64()), (Some(true), Some(1)));
+
+    let (_, r) = s.admin(Method::GET, &format!("/v1/usage?{range}&group_by=day,kind"), None).await;
+    let rows: Vec<(String, String, i64)> = r["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (x["day"].as_str().unwrap().into(), x["kind"].as_str().unwrap().into(), x["requests"].as_i64().unwrap())
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            ("2026-11-01".into(), "chat".into(), 2),
+            ("2026-11-02".into(), "chat".into(), 1),
+            ("2026-11-02".into(), "embedding".into(), 1)
+        ]
+    );
+
+    let (_, r) = s.admin(Method::GET, &format!("/v1/usage?{range}&group_by=assistant"), None).await;
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows[0]["assistant_id"], a.to_string());
+    assert_eq!(rows[0]["requests"], 3);
+    assert!(rows[1]["assistant_id"].is_null());
+
+    let (st, _) = s.client(Method::GET, "/v1/usage", None).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, e) = s.admin(Method::GET, "/v1/usage?group_by=user", None).await;
+    assert_eq!((st, e["error"]["code"].as_str()), (StatusCode::BAD_REQUEST, Some("invalid_query")));
+    s.shutdown().await;
+}
+
+async fn age_thread(pool: &PgPool, thread: &str, days: i32) {
+    sqlx::query("UPDATE threads SET last_activity_at = now() - make_interval(days => $2) WHERE id = $1::uuid")
+        .bind(thread)
+        .bind(days)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn count(pool: &PgPool, sql: &str, thread: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).bind(thread).fetch_one(pool).await.unwrap()
+}
+
+async fn rows_of_thread(pool: &PgPool, thread: &str) -> (i64, i64, i64, i64) {
+    (
+        count(pool, "SELECT count(*) FROM threads WHERE id = $1::uuid", thread).await,
+        count(pool, "SELECT count(*) FROM messages WHERE thread_id = $1::uuid", thread).await,
+        count(pool, "SELECT count(*) FROM runs WHERE thread_id = $1::uuid", thread).await,
+        count(
+            pool,
+            "SELECT count(*) FROM run_events e JOIN runs r ON r.id = e.run_id WHERE r.thread_id = $1::uuid",
+            thread,
+        )
+        .await,
+    )
+}
+
+async fn cleanup_and_wait(s: &Stack, dry_run: bool) -> Value {
+    let (st, job) = s.admin(Method::POST, "/v1/admin/cleanup", Some(json!({"dry_run": dry_run}))).await;
+    assert_eq!(st, StatusCode::ACCEPTED, "{job}");
+    wait_job(s, job["id"].as_str().unwrap()).await
+}
+
+async fn wait_job(s: &Stack, id: &str) -> Value {
+    wait_for(Duration::from_secs(20), || async {
+        let (_, job) = s.admin(Method::GET, &format!("/v1/admin/jobs/{id}"), None).await;
+        matches!(job["status"].as_str(), Some("completed" | "failed")).then_some(job)
+    })
+    .await
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn cleanup_deletes_expired_threads_keeps_the_rest_and_a_dry_run_deletes_nothing(pool: PgPool) {
+    let s = Stack::start_with(pool.clone(), true, &[("CHATQ_CLEANUP_BATCH", "1")]).await;
+    let global = s.create_assistant(json!({})).await;
+    let long = s.create_assistant(json!({"retention_days": 90})).await;
+    let mut threads = Vec::new();
+    for (assistant, user) in [(&global, "old"), (&global, "recent"), (&long, "kept"), (&long, "ancient")] {
+        let t = s.create_thread(assistant, user).await;
+        let run = s.send(&t, "hello [[fake tokens=5]]").await;
+        s.wait_run(run["id"].as_str().unwrap()).await;
+        threads.push(t);
+    }
+    // A thread with no assistant follows the global retention too.
+    let (_, bare) = s.client(Method::POST, "/v1/threads", Some(json!({"user": "bare"}))).await;
+    let bare = bare["id"].as_str().unwrap().to_string();
+    let [old, recent, kept, ancient] = [&threads[0], &threads[1], &threads[2], &threads[3]];
+    age_thread(&pool, old, 31).await;
+    age_thread(&pool, recent, 10).await;
+    age_thread(&pool, kept, 40).await;
+    age_thread(&pool, ancient, 91).await;
+    age_thread(&pool, &bare, 45).await;
+    // The recent thread's run finished long ago: its events go, except the terminal one.
+    sqlx::query("UPDATE runs SET completed_at = now() - interval '8 days' WHERE thread_id = $1::uuid")
+        .bind(recent)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let before: Vec<_> =
+        futures::future::join_all([old, recent, kept, ancient, &bare].map(|t| rows_of_thread(&pool, t))).await;
+    let (o, a) = (before[0], before[3]);
+    assert_eq!((o.0, o.1, o.2), (1, 2, 1), "a thread with a question, an answer and a run");
+    let expected = json!({
+        "threads": 3,
+        "messages": o.1 + a.1,
+        "runs": o.2 + a.2,
+        "run_events": o.3 + a.3,
+        "old_run_events": before[1].3 - 1,
+        "document_chunks": 0,
+        "document_blobs": 0,
+    });
+
+    let dry = cleanup_and_wait(&s, true).await;
+    assert_eq!(dry["status"], "completed", "{dry}");
+    assert_eq!(dry["dry_run"], true);
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&dry["stats"][k], v, "dry run {k}: {dry}");
+    }
+    let after_dry: Vec<_> =
+        futures::future::join_all([old, recent, kept, ancient, &bare].map(|t| rows_of_thread(&pool, t))).await;
+    assert_eq!(after_dry, before, "a dry run deletes nothing");
+
+    let real = cleanup_and_wait(&s, false).await;
+    assert_eq!(real["status"], "completed", "{real}");
+    for (k, v) in expected.as_object().unwrap() {
+        assert_eq!(&real["stats"][k], v, "real run {k}: {real}");
+    }
+    assert!(real["stats"]["batches"].as_i64().unwrap() > 3, "one thread per statement with CHATQ_CLEANUP_BATCH=1");
+    assert!(real["stats"]["redis"].is_object(), "{real}");
+    assert_eq!(rows_of_thread(&pool, old).await, (0, 0, 0, 0));
+    assert_eq!(rows_of_thread(&pool, ancient).await, (0, 0, 0, 0));
+    assert_eq!(rows_of_thread(&pool, &bare).await, (0, 0, 0, 0));
+    assert_eq!(rows_of_thread(&pool, kept).await, before[2]);
+    let r = rows_of_thread(&pool, recent).await;
+    assert_eq!((r.0, r.1, r.2, r.3), (1, 2, 1, 1), "only the terminal event is left");
+    let last: String = sqlx::query_scalar(
+        "SELECT e.kind FROM run_events e JOIN runs r ON r.id = e.run_id WHERE r.thread_id = $1::uuid",
+    )
+    .bind(recent)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(last, "run.completed");
+    let usage: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_records").fetch_one(&pool).await.unwrap();
+    assert_eq!(usage, 4, "cost history outlives retention");
+
+    let w = worker_metrics(&s).await;
+    assert_eq!(metric(&w, "chatq_cleanup_deleted_total", &[("kind", "threads")]), Some(3.0), "{w}");
+    assert_eq!(
+        metric(&w, "chatq_jobs_total", &[("queue", &s.config_queue("maintenance")), ("outcome", "ok")]),
+        Some(2.0)
+    );
+    let (st, _) = s.client(Method::POST, "/v1/admin/cleanup", Some(json!({}))).await;
+    assert_eq!(st, StatusCode::FORBIDDEN);
+    let (st, _) = s.admin(Method::GET, &format!("/v1/admin/jobs/{}", uuid::Uuid::now_v7()), None).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn concurrent_triggers_and_every_replicas_tick_do_the_work_once(pool: PgPool) {
+    let mut s = Stack::without_worker(pool.clone()).await;
+    let body = Some(json!({"dry_run": false}));
+    let ((s1, j1), (s2, j2)) = tokio::join!(
+        s.admin(Method::POST, "/v1/admin/cleanup", body.clone()),
+        s.admin(Method::POST, "/v1/admin/cleanup", body.clone())
+    );
+    assert_eq!((s1, s2), (StatusCode::ACCEPTED, StatusCode::ACCEPTED), "{j1} {j2}");
+    assert_eq!(j1["id"], j2["id"], "the second trigger gets the active job");
+    // A dry run asked while a real cleanup is pending is refused, not silently merged.
+    let (st, e) = s.admin(Method::POST, "/v1/admin/cleanup", Some(json!({"dry_run": true}))).await;
+    assert_eq!((st, e["error"]["code"].as_str()), (StatusCode::CONFLICT, Some("cleanup_running")));
+    s.start_worker().await;
+    let job = wait_job(&s, j1["id"].as_str().unwrap()).await;
+    assert_eq!(job["status"], "completed", "{job}");
+
+    // Two replicas tick at the same second: one job.
+    let storage = jobs::cleanup_storage(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.queue_prefix));
+    for _ in 0..2 {
+        jobs::push_cleanup(&storage, Cleanup::default(), "cleanup-1700000000".into()).await.unwrap();
+    }
+    let n = wait_for(Duration::from_secs(20), || async {
+        let (n, active): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status IN ('queued', 'running')) FROM maintenance_jobs",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (n == 2 && active == 0).then_some(n)
+    })
+    .await;
+    assert_eq!(n, 2);
+    tokio::time::sleep(Duration::from_millis(300)).await; // a second job would appear within this
+    let total: i64 = sqlx::query_scalar("SELECT count(*) FROM maintenance_jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(total, 2, "the trigger's job and one job for the tick");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_reaper_fails_a_run_whose_workers_died_too_often_and_requeues_the_others(pool: PgPool) {
+    let s = Stack::without_worker(pool.clone()).await;
+    let a = s.create_assistant(json!({})).await;
+    let doomed = s.send(&s.create_thread(&a, "x").await, "one").await["id"].as_str().unwrap().to_string();
+    let retry = s.send(&s.create_thread(&a, "y").await, "two").await["id"].as_str().unwrap().to_string();
+    // Both were claimed by workers that died; the first one for the third time.
+    for (id, attempt) in [(&doomed, 3), (&retry, 1)] {
+        sqlx::query(
+            "UPDATE runs SET status = 'in_progress', attempt = $2, lease_owner = 'dead',
+                    lease_expires_at = now() - interval '1 second', enqueued_at = now() - interval '1 minute'
+             WHERE id = $1::uuid",
+        )
+        .bind(id)
+        .bind(attempt)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), s.redis().await).unwrap();
+    assert_eq!(chatq_worker::reconciler::tick(&ctx).await.unwrap(), 2);
+    let (_, run) = s.client(Method::GET, &format!("/v1/runs/{doomed}"), None).await;
+    assert_eq!(run["status"], "failed", "{run}");
+    assert_eq!(run["error"]["code"], db::runs::EXHAUSTED_CODE);
+    let last: String =
+        sqlx::query_scalar("SELECT kind FROM run_events WHERE run_id = $1::uuid ORDER BY seq DESC LIMIT 1")
+            .bind(&doomed)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(last, "run.failed");
+    let (_, run) = s.client(Method::GET, &format!("/v1/runs/{retry}"), None).await;
+    assert_eq!(run["status"], "in_progress", "pushed again, for the next worker to claim");
+    let m = chatq_common::metrics::encode(&ctx.metrics.registry);
+    assert_eq!(metric(&m, "chatq_reconciler_recoveries_total", &[("action", "failed")]), Some(1.0), "{m}");
+    assert_eq!(metric(&m, "chatq_reconciler_recoveries_total", &[("action", "requeued")]), Some(1.0));
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn cleanup_purges_chunks_and_bytes_of_deleted_documents_only(pool: PgPool) {
+    let s = Stack::without_worker(pool.clone()).await;
+    let kb = uuid::Uuid::now_v7();
+    sqlx::query("INSERT INTO knowledge_bases (id, name, embedding_model, embedding_dims) VALUES ($1, 'kb', 'e', 2)")
+        .bind(kb)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut docs = Vec::new();
+    for (name, deleted) in [("gone.md", true), ("live.md", false)] {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO documents (id, knowledge_base_id, filename, media_type, size_bytes, sha256, status, deleted_at)
+             VALUES ($1, $2, $3, 'text/markdown', 5, $4, 'ready', CASE WHEN $5 THEN now() END)",
+        )
+        .bind(id)
+        .bind(kb)
+        .bind(name)
+        .bind(name.as_bytes())
+        .bind(deleted)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO document_blobs (document_id, bytes) VALUES ($1, 'hello')")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        for ordinal in 0..3 {
+            sqlx::query(
+                "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, embedding)
+                 VALUES ($1, $2, $3, $4, 'hello', 1, 0, 5, '{0.1, 0.2}')",
+            )
+            .bind(uuid::Uuid::now_v7())
+            .bind(id)
+            .bind(kb)
+            .bind(ordinal)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        docs.push(id);
+    }
+    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), s.redis().await).unwrap();
+    let dry = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup { job_id: None, dry_run: true }).await.unwrap().unwrap();
+    assert_eq!((dry["document_chunks"].as_i64(), dry["document_blobs"].as_i64()), (Some(3), Some(1)), "{dry}");
+    let stats = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
+    assert_eq!((stats["document_chunks"].as_i64(), stats["document_blobs"].as_i64()), (Some(3), Some(1)), "{stats}");
+    for (doc, left) in [(docs[0], 0), (docs[1], 4)] {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT (SELECT count(*) FROM chunks WHERE document_id = $1) + (SELECT count(*) FROM document_blobs WHERE document_id = $1)",
+        )
+        .bind(doc)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(n, left);
+    }
+    let m = chatq_common::metrics::encode(&ctx.metrics.registry);
+    assert_eq!(metric(&m, "chatq_cleanup_deleted_total", &[("kind", "document_chunks")]), Some(3.0), "{m}");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn cleanup_trims_apalis_sets_and_metadata_of_workers_that_are_gone(pool: PgPool) {
+    use redis::AsyncCommands;
+    let s = Stack::without_worker(pool.clone()).await;
+    let queue = s.config_queue("chat-runs");
+    let mut redis = s.redis().await;
+    // A finished task whose data is still there, and ids whose data apalis already dropped.
+    let _: () = redis.hset(format!("{queue}:meta:kept"), "status", "Done").await.unwrap();
+    let _: () = redis.sadd(format!("{queue}:done"), &["kept", "gone-1", "gone-2"]).await.unwrap();
+    let _: () = redis.sadd(format!("{queue}:dead"), "gone-3").await.unwrap();
+    let _: () = redis.hset(format!("{queue}:workers:metadata:ghost"), "backend_name", "x").await.unwrap();
+    let _: () = redis.hset(format!("{queue}:workers:metadata:alive"), "backend_name", "x").await.unwrap();
+    let _: () = redis.zadd(format!("{queue}:workers"), "alive", chrono::Utc::now().timestamp()).await.unwrap();
+
+    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), redis.clone()).unwrap();
+    let stats = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
+    assert_eq!(stats["redis"][&queue]["set_entries_trimmed"], 3, "{stats}");
+    assert_eq!(stats["redis"][&queue]["worker_metadata_deleted"], 1, "{stats}");
+    let done: Vec<String> = redis.smembers(format!("{queue}:done")).await.unwrap();
+    assert_eq!(done, ["kept"]);
+    assert!(!redis.exists::<_, bool>(format!("{queue}:workers:metadata:ghost")).await.unwrap());
+    assert!(redis.exists::<_, bool>(format!("{queue}:workers:metadata:alive")).await.unwrap());
+    let keys: Vec<String> = redis.keys(format!("{}*", s.config.queue_prefix)).await.unwrap();
+    if !keys.is_empty() {
+        let _: () = redis.del(keys).await.unwrap();
+    }
+    s.shutdown().await;
+}

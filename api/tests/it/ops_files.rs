@@ -1,0 +1,203 @@
+//! The deployment files, checked without a Docker engine: `docker-compose.yml`,
+//! `ops/Dockerfile`, `ops/prometheus.yml` and the Grafana provisioning and dashboard.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    path::{Path, PathBuf},
+};
+
+use serde_json::Value as Json;
+use serde_yaml::Value as Yaml;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
+
+fn yaml(path: &str) -> Yaml {
+    let mut v: Yaml = serde_yaml::from_str(&read(path)).unwrap_or_else(|e| panic!("{path} is not YAML: {e}"));
+    v.apply_merge().unwrap();
+    v
+}
+
+fn strings(v: &Yaml) -> Vec<String> {
+    v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+}
+
+/// Every metric family name either process registers.
+fn exported_names() -> HashSet<String> {
+    let api = chatq_api::metrics::Metrics::new();
+    let worker = chatq_worker::metrics::Metrics::new();
+    api.names.into_iter().chain(worker.names).collect()
+}
+
+/// The binaries the Dockerfile builds and installs into the runtime image.
+fn image_binaries() -> BTreeSet<String> {
+    let dockerfile = read("ops/Dockerfile");
+    let build = dockerfile.lines().find(|l| l.contains("cargo build")).expect("the Dockerfile runs cargo build");
+    assert!(build.contains("--release") && build.contains("--locked"), "{build}");
+    let built: BTreeSet<String> = build
+        .split_whitespace()
+        .skip_while(|w| *w != "-p")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .filter(|c| c[0] == "-p")
+        .map(|c| c[1].to_string())
+        .collect();
+    let copy = dockerfile
+        .lines()
+        .find(|l| l.starts_with("COPY --from=builder"))
+        .expect("the runtime stage copies the binaries");
+    let installed: BTreeSet<String> =
+        copy.split_whitespace().filter_map(|w| w.strip_prefix("/out/")).map(String::from).collect();
+    assert!(copy.trim_end().ends_with("/usr/local/bin/"), "{copy}");
+    assert_eq!(built, installed, "every binary built is installed, and only those");
+    assert!(dockerfile.contains("FROM debian:bookworm-slim") && dockerfile.contains("ca-certificates"));
+    // Each is a [[bin]] of a workspace crate.
+    for bin in &installed {
+        let found = ["api", "worker", "ops/fake-openai"]
+            .iter()
+            .any(|c| read(&format!("{c}/Cargo.toml")).contains(&format!("[[bin]]\nname = \"{bin}\"")));
+        assert!(found, "{bin} is not a binary of the workspace");
+    }
+    installed
+}
+
+fn port_of(addr: &str) -> &str {
+    addr.rsplit(':').next().unwrap()
+}
+
+#[test]
+fn the_compose_file_runs_every_service_from_images_and_binaries_that_exist() {
+    let compose = yaml("docker-compose.yml");
+    let services = compose["services"].as_mapping().expect("services");
+    let names: BTreeSet<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["postgres", "redis", "migrate", "api", "worker", "fake-openai", "prometheus", "grafana"])
+    );
+    let binaries = image_binaries();
+    for (name, svc) in services {
+        let name = name.as_str().unwrap();
+        assert!(svc["image"].is_string() || svc["build"].is_mapping(), "{name} has neither an image nor a build");
+        if let Some(build) = svc["build"].as_mapping() {
+            let dockerfile = build.get("dockerfile").and_then(|d| d.as_str()).unwrap();
+            let context = build.get("context").and_then(|d| d.as_str()).unwrap();
+            assert!(root().join(context).join(dockerfile).is_file(), "{name}: {dockerfile} missing");
+            let command = strings(&svc["command"]);
+            assert!(binaries.contains(&command[0]), "{name} runs {:?}, which the image does not install", command[0]);
+        }
+        for volume in strings(&svc["volumes"]) {
+            let source = volume.split(':').next().unwrap();
+            if source.starts_with("./") {
+                assert!(root().join(source).exists(), "{name} mounts {source}, which does not exist");
+            } else {
+                assert!(compose["volumes"].get(source).is_some(), "{name} uses undeclared volume {source}");
+            }
+        }
+        for dependency in svc["depends_on"].as_mapping().map(|m| m.keys().collect::<Vec<_>>()).unwrap_or_default() {
+            assert!(services.contains_key(dependency), "{name} depends on unknown {dependency:?}");
+        }
+    }
+    let s = |n: &str| &compose["services"][n];
+    assert_eq!(strings(&s("migrate")["command"]), ["chatq-api", "migrate"]);
+    assert_eq!(s("migrate")["depends_on"]["postgres"]["condition"], "service_healthy");
+    for svc in ["api", "worker"] {
+        assert_eq!(s(svc)["depends_on"]["migrate"]["condition"], "service_completed_successfully", "{svc}");
+        assert_eq!(s(svc)["depends_on"]["redis"]["condition"], "service_healthy", "{svc}");
+    }
+    for svc in ["postgres", "redis", "api", "worker", "fake-openai"] {
+        assert!(s(svc)["healthcheck"]["test"].is_sequence(), "{svc} has no health check");
+    }
+    assert_eq!(s("api")["depends_on"]["migrate"]["condition"], "service_completed_successfully");
+    let redis = strings(&s("redis")["command"]).join(" ");
+    assert!(redis.contains("--appendonly yes"), "Redis persistence (AOF) is on: {redis}");
+    // The API listens on the port the compose file publishes and Prometheus scrapes.
+    let env = &s("api")["environment"];
+    let api_port = port_of(env["CHATQ_LISTEN"].as_str().unwrap());
+    let worker_port = port_of(env["CHATQ_WORKER_LISTEN"].as_str().unwrap());
+    assert!(strings(&s("api")["ports"]).iter().any(|p| p.ends_with(&format!(":{api_port}"))));
+    assert!(strings(&s("prometheus")["ports"]).iter().any(|p| p.ends_with(":9090")));
+    assert!(strings(&s("grafana")["ports"]).iter().any(|p| p.ends_with(":3000")));
+    // Without a key the worker talks to the fake, on the port the fake listens on.
+    let fake_port = port_of(s("fake-openai")["environment"]["FAKE_OPENAI_LISTEN"].as_str().unwrap());
+    assert!(env["OPENAI_BASE_URL"].as_str().unwrap().contains(&format!("fake-openai:{fake_port}/v1")));
+    let config_vars = read("common/src/config.rs");
+    for var in env.as_mapping().unwrap().keys().filter_map(|k| k.as_str()) {
+        assert!(
+            config_vars.contains(&format!("\"{var}\"")) || var == "RUST_LOG" || var == "LOG_FORMAT",
+            "{var} is not a chatq setting"
+        );
+    }
+
+    let prometheus = yaml("ops/prometheus.yml");
+    let targets: BTreeSet<String> = prometheus["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|c| c["static_configs"].as_sequence().unwrap().iter().flat_map(|s| strings(&s["targets"])))
+        .collect();
+    assert_eq!(targets, BTreeSet::from([format!("api:{api_port}"), format!("worker:{worker_port}")]));
+}
+
+/// `chatq_*` names in a PromQL expression, with histogram suffixes mapped to their family.
+fn metric_names(expr: &str, exported: &HashSet<String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find("chatq_") {
+        let tail = &rest[i..];
+        let end = tail.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(tail.len());
+        let name = &tail[..end];
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|f| exported.contains(*f)))
+            .unwrap_or(name);
+        out.push(family.to_string());
+        rest = &tail[end..];
+    }
+    out
+}
+
+#[test]
+fn every_metric_the_dashboard_uses_is_exported_by_the_api_or_the_worker() {
+    let exported = exported_names();
+    assert!(exported.len() > 15, "{exported:?}");
+    let dashboard: Json = serde_json::from_str(&read("ops/grafana/dashboards/chatq.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut used = 0;
+    for panel in panels {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            let names = metric_names(expr, &exported);
+            assert!(!names.is_empty(), "panel {:?} queries no chatq metric: {expr}", panel["title"]);
+            for name in names {
+                assert!(exported.contains(&name), "panel {:?} uses {name}, which no process exports", panel["title"]);
+                used += 1;
+            }
+            assert_eq!(target["datasource"]["uid"], "prometheus");
+        }
+    }
+    assert!(used > 10);
+    let titles: Vec<String> = panels.iter().map(|p| p["title"].as_str().unwrap().to_lowercase()).collect();
+    for wanted in
+        ["cost per day by model", "failure rate", "time to first token", "throughput", "queue depth", "ingestion"]
+    {
+        assert!(titles.iter().any(|t| t.contains(wanted)), "no panel for {wanted}");
+    }
+    let datasource = yaml("ops/grafana/provisioning/datasources/prometheus.yml");
+    assert_eq!(datasource["datasources"][0]["uid"], "prometheus");
+    assert_eq!(datasource["datasources"][0]["url"], "http://prometheus:9090");
+    let provider = yaml("ops/grafana/provisioning/dashboards/chatq.yml");
+    assert_eq!(provider["providers"][0]["options"]["path"], "/var/lib/grafana/dashboards");
+}
+
+#[test]
+fn the_readme_metrics_table_lists_every_exported_metric() {
+    let readme = read("README.md");
+    for name in exported_names() {
+        assert!(readme.contains(&format!("| `{name}` |")), "README's metrics table misses {name}");
+    }
+}

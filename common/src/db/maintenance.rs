@@ -1,0 +1,301 @@
+//! `maintenance_jobs` and the retention queries of the cleanup job. Every delete works on at
+//! most `limit` rows per statement so a large cleanup never holds long locks; counts for a dry
+//! run use the same predicates as the deletes.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use uuid::Uuid;
+
+/// A maintenance job and what it did.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Job {
+    /// Id.
+    pub id: Uuid,
+    /// `cleanup`.
+    pub kind: String,
+    /// `queued`, `running`, `completed` or `failed`.
+    pub status: String,
+    /// Counted only, nothing deleted.
+    pub dry_run: bool,
+    /// Counts by kind of data, plus timings.
+    pub stats: Value,
+    /// The admin key that asked, `None` for the schedule.
+    pub requested_by: Option<Uuid>,
+    /// When it was requested.
+    pub created_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const JOB_COLUMNS: &str = "id, kind, status, dry_run, stats, requested_by, created_at, finished_at";
+
+/// A trigger's outcome: a new job, or the one already queued or running (at most one per kind).
+#[derive(Debug, Clone)]
+pub enum Requested {
+    /// A new job was created.
+    New(Job),
+    /// This job of the kind was already active; nothing new was created.
+    Existing(Job),
+}
+
+impl Requested {
+    /// The job either way.
+    pub fn job(&self) -> &Job {
+        match self {
+            Requested::New(j) | Requested::Existing(j) => j,
+        }
+    }
+}
+
+/// Creates a queued job of `kind`, or returns the active one (`maintenance_jobs_one_active`).
+pub async fn request(
+    pool: &PgPool,
+    kind: &str,
+    dry_run: bool,
+    requested_by: Option<Uuid>,
+) -> Result<Requested, sqlx::Error> {
+    // The active job may finish between the insert and the select: try again then.
+    for _ in 0..5 {
+        let created: Option<Job> = sqlx::query_as(AssertSqlSafe(format!(
+            "INSERT INTO maintenance_jobs (id, kind, status, dry_run, requested_by) VALUES ($1, $2, 'queued', $3, $4)
+             ON CONFLICT (kind) WHERE status IN ('queued', 'running') DO NOTHING
+             RETURNING {JOB_COLUMNS}"
+        )))
+        .bind(crate::new_id())
+        .bind(kind)
+        .bind(dry_run)
+        .bind(requested_by)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(job) = created {
+            return Ok(Requested::New(job));
+        }
+        let active: Option<Job> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE kind = $1 AND status IN ('queued', 'running')"
+        )))
+        .bind(kind)
+        .fetch_optional(pool)
+        .await?;
+        if let Some(job) = active {
+            return Ok(Requested::Existing(job));
+        }
+    }
+    Err(sqlx::Error::Protocol("maintenance job neither created nor found".into()))
+}
+
+/// A job by id.
+pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE id = $1")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// The active job of `kind`, if any.
+pub async fn active(pool: &PgPool, kind: &str) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE kind = $1 AND status IN ('queued', 'running')"
+    )))
+    .bind(kind)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Takes the cleanup lock for the lifetime of `tx`: `false` when another process holds it. The
+/// lock is transaction-scoped, so a crashed runner releases it with its connection.
+pub async fn try_lock(tx: &mut Transaction<'_, Postgres>, key: i64) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(key).fetch_one(&mut **tx).await
+}
+
+/// Marks a queued (or abandoned running) job as running; `None` when it already ended.
+pub async fn start(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE maintenance_jobs SET status = 'running' WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING {JOB_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Records the end of a job with its stats.
+pub async fn finish(pool: &PgPool, id: Uuid, status: &str, stats: &Value) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE maintenance_jobs SET status = $2, stats = $3, finished_at = now() WHERE id = $1")
+        .bind(id)
+        .bind(status)
+        .bind(stats)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Rows removed (or, in a dry run, that would be) by the thread retention.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+pub struct ThreadCounts {
+    /// Threads.
+    pub threads: i64,
+    /// Their messages.
+    pub messages: i64,
+    /// Their runs.
+    pub runs: i64,
+    /// Their runs' events.
+    pub run_events: i64,
+}
+
+impl std::ops::AddAssign for ThreadCounts {
+    fn add_assign(&mut self, o: Self) {
+        self.threads += o.threads;
+        self.messages += o.messages;
+        self.runs += o.runs;
+        self.run_events += o.run_events;
+    }
+}
+
+/// Whether thread `t` is past its retention: no activity for its assistant's `retention_days`,
+/// else the global days (placeholder `global`), and no active run. `min` is the smallest
+/// retention in force, a prefilter that lets Postgres use `threads_last_activity_idx`.
+/// The arguments are bind placeholders (`$1`), never values.
+fn thread_expired(global: &str, min: &str) -> String {
+    format!(
+        "t.last_activity_at < now() - make_interval(days => {min})
+         AND t.last_activity_at < now() - make_interval(days =>
+             COALESCE((SELECT a.retention_days FROM assistants a WHERE a.id = t.assistant_id), {global}))
+         AND NOT EXISTS (SELECT 1 FROM runs ar WHERE ar.thread_id = t.id AND ar.status IN ('queued', 'in_progress'))"
+    )
+}
+
+/// The smallest retention in days in force: the global one or any assistant's.
+pub async fn min_retention_days(pool: &PgPool, global_days: i32) -> Result<i32, sqlx::Error> {
+    sqlx::query_scalar("SELECT LEAST($1, (SELECT min(retention_days) FROM assistants))::int4")
+        .bind(global_days)
+        .fetch_one(pool)
+        .await
+}
+
+/// Counts what the thread retention would delete.
+pub async fn count_expired_threads(
+    pool: &PgPool,
+    global_days: i32,
+    min_days: i32,
+) -> Result<ThreadCounts, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "WITH t AS (SELECT t.id FROM threads t WHERE {})
+         SELECT (SELECT count(*) FROM t) AS threads,
+                (SELECT count(*) FROM messages m WHERE m.thread_id IN (SELECT id FROM t)) AS messages,
+                (SELECT count(*) FROM runs r WHERE r.thread_id IN (SELECT id FROM t)) AS runs,
+                (SELECT count(*) FROM run_events e JOIN runs r ON r.id = e.run_id
+                  WHERE r.thread_id IN (SELECT id FROM t)) AS run_events",
+        thread_expired("$1", "$2")
+    )))
+    .bind(global_days)
+    .bind(min_days)
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes up to `limit` expired threads with their messages, runs and events (by cascade)
+/// and returns what went; zero threads means done.
+pub async fn delete_expired_threads(
+    pool: &PgPool,
+    global_days: i32,
+    min_days: i32,
+    limit: i64,
+) -> Result<ThreadCounts, sqlx::Error> {
+    // The counting subqueries see the snapshot before the delete, so they count the cascade.
+    sqlx::query_as(AssertSqlSafe(format!(
+        "WITH t AS (SELECT t.id FROM threads t WHERE {} LIMIT $3 FOR UPDATE SKIP LOCKED),
+              d AS (DELETE FROM threads WHERE id IN (SELECT id FROM t) RETURNING id)
+         SELECT (SELECT count(*) FROM d) AS threads,
+                (SELECT count(*) FROM messages m WHERE m.thread_id IN (SELECT id FROM t)) AS messages,
+                (SELECT count(*) FROM runs r WHERE r.thread_id IN (SELECT id FROM t)) AS runs,
+                (SELECT count(*) FROM run_events e JOIN runs r ON r.id = e.run_id
+                  WHERE r.thread_id IN (SELECT id FROM t)) AS run_events",
+        thread_expired("$1", "$2")
+    )))
+    .bind(global_days)
+    .bind(min_days)
+    .bind(limit)
+    .fetch_one(pool)
+    .await
+}
+
+/// Events of runs finished before `now() - $1 seconds`, except the terminal event (a replay
+/// still ends properly), in threads the retention keeps.
+const OLD_EVENT: &str = "e.kind NOT IN ('run.completed', 'run.failed', 'run.cancelled')
+    AND e.run_id IN (SELECT r.id FROM runs r WHERE r.completed_at < now() - make_interval(secs => $1))";
+
+/// Counts the events the event retention would drop, leaving out those of threads the thread
+/// retention deletes first (so a dry run reports what a real run deletes).
+pub async fn count_old_events(
+    pool: &PgPool,
+    event_secs: f64,
+    global_days: i32,
+    min_days: i32,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT count(*) FROM run_events e WHERE {OLD_EVENT}
+           AND NOT EXISTS (SELECT 1 FROM runs x JOIN threads t ON t.id = x.thread_id
+                           WHERE x.id = e.run_id AND {})",
+        thread_expired("$2", "$3")
+    )))
+    .bind(event_secs)
+    .bind(global_days)
+    .bind(min_days)
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes up to `limit` old events; returns how many went.
+pub async fn delete_old_events(pool: &PgPool, event_secs: f64, limit: i64) -> Result<i64, sqlx::Error> {
+    let n = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM run_events WHERE ctid IN (SELECT e.ctid FROM run_events e WHERE {OLD_EVENT} LIMIT $2)"
+    )))
+    .bind(event_secs)
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n as i64)
+}
+
+/// Chunks and blobs of deleted documents (or of documents in deleted knowledge bases).
+const DELETED_DOCUMENT: &str = "SELECT d.id FROM documents d JOIN knowledge_bases k ON k.id = d.knowledge_base_id
+    WHERE d.deleted_at IS NOT NULL OR k.deleted_at IS NOT NULL";
+
+/// Counts chunks and blobs of deleted documents.
+pub async fn count_deleted_document_data(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM chunks WHERE document_id IN ({DELETED_DOCUMENT})),
+                (SELECT count(*) FROM document_blobs WHERE document_id IN ({DELETED_DOCUMENT}))"
+    )))
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes up to `limit` chunks, then up to `limit` blobs, of deleted documents.
+pub async fn delete_deleted_document_data(pool: &PgPool, limit: i64) -> Result<(i64, i64), sqlx::Error> {
+    let chunks = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE document_id IN ({DELETED_DOCUMENT}) LIMIT $1)"
+    )))
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    let blobs = sqlx::query(AssertSqlSafe(format!(
+        "DELETE FROM document_blobs WHERE document_id IN
+            (SELECT document_id FROM document_blobs WHERE document_id IN ({DELETED_DOCUMENT}) LIMIT $1)"
+    )))
+    .bind(limit)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok((chunks as i64, blobs as i64))
+}
+
+/// Documents by status (deleted ones left out), for the ingestion gauge.
+pub async fn documents_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM documents WHERE deleted_at IS NULL GROUP BY status")
+        .fetch_all(pool)
+        .await
+}
