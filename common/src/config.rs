@@ -75,6 +75,17 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// Size of the Postgres pool per process (`CHATQ_DB_MAX_CONNECTIONS`).
     pub db_max_connections: u32,
+    // Issue 6: resilience.
+    /// Attempts a run gets before a retryable error fails it (`CHATQ_RUN_MAX_ATTEMPTS`).
+    pub run_max_attempts: i32,
+    /// First retry delay; doubled each attempt, with jitter (`CHATQ_RETRY_BASE_MS`).
+    pub retry_base: Duration,
+    /// Longest delay between attempts, also the cap on a provider's `Retry-After`
+    /// (`CHATQ_RETRY_MAX_MS`).
+    pub retry_max: Duration,
+    /// On SIGTERM, how long in-flight runs may finish before their leases are released
+    /// (`CHATQ_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
 }
 
 impl Config {
@@ -108,6 +119,11 @@ impl Config {
             provider_connect_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS", "10")),
             pricing_file: r.optional("CHATQ_PRICING_FILE").map(PathBuf::from),
             db_max_connections: r.parse("CHATQ_DB_MAX_CONNECTIONS", "20"),
+            // Issue 6: resilience.
+            run_max_attempts: r.parse("CHATQ_RUN_MAX_ATTEMPTS", "3"),
+            retry_base: Duration::from_millis(r.parse("CHATQ_RETRY_BASE_MS", "500")),
+            retry_max: Duration::from_millis(r.parse("CHATQ_RETRY_MAX_MS", "30000")),
+            shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -136,6 +152,9 @@ impl Config {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
             }
+        }
+        if !(1..=25).contains(&self.run_max_attempts) {
+            errors.push("CHATQ_RUN_MAX_ATTEMPTS must be between 1 and 25".into());
         }
         if self.run_lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());

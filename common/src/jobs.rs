@@ -69,6 +69,22 @@ pub fn chat_run_storage(conn: ConnectionManager, queues: &Queues) -> ChatRunStor
 #[error("cannot enqueue job: {0}")]
 pub struct EnqueueError(String);
 
+/// Pushes a chat run due after `delay` (rounded up to whole seconds: apalis schedules by the
+/// second). `task_id` must be fresh.
+pub async fn push_chat_run_after(
+    storage: &ChatRunStorage,
+    run_id: Uuid,
+    task_id: String,
+    delay: Duration,
+) -> Result<(), EnqueueError> {
+    let mut storage = storage.clone();
+    let task = TaskBuilder::new(ChatRun { run_id })
+        .task_id(TaskId::from_string(task_id))
+        .run_after(Duration::from_secs(delay.as_secs_f64().ceil() as u64))
+        .build();
+    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+}
+
 /// Pushes a chat run. `task_id` must be fresh for every re-push: apalis-redis silently drops a
 /// push whose task id it still holds.
 pub async fn push_chat_run(storage: &ChatRunStorage, run_id: Uuid, task_id: String) -> Result<(), EnqueueError> {

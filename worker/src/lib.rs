@@ -4,6 +4,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
 pub mod reconciler;
+pub mod retry;
 
 use std::{
     future::Future,
@@ -87,6 +88,13 @@ impl WorkerCtx {
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
         })
+    }
+}
+
+impl WorkerCtx {
+    /// A storage for pushing chat runs (retries, reconciler).
+    pub fn chat_queue(&self) -> chatq_common::jobs::ChatRunStorage {
+        chatq_common::jobs::chat_run_storage(self.redis.clone(), &self.queues)
     }
 }
 

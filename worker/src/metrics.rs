@@ -22,6 +22,9 @@ pub struct Metrics {
     pub flush_rows: Histogram,
     /// `chatq_reconciler_requeued_total`.
     pub reconciler_requeued: prometheus::IntCounter,
+    /// `chatq_run_retries_total{error_code}`: attempts put back in the queue after a
+    /// retryable provider error.
+    pub run_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -64,6 +67,12 @@ impl Metrics {
         let reconciler_requeued =
             prometheus::IntCounter::new("chatq_reconciler_requeued_total", "Runs the reconciler pushed again")
                 .expect("valid metric");
+        let run_retries = IntCounterVec::new(
+            Opts::new("chatq_run_retries_total", "Attempts re-queued after a retryable provider error, by error code"),
+            &["error_code"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(run_retries.clone())).expect("registered once");
         registry.register(Box::new(runs_finished.clone())).expect("registered once");
         registry.register(Box::new(ttft.clone())).expect("registered once");
         registry.register(Box::new(run_duration.clone())).expect("registered once");
@@ -82,6 +91,7 @@ impl Metrics {
             runs_in_progress,
             flush_rows,
             reconciler_requeued,
+            run_retries,
         }
     }
 }

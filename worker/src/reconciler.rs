@@ -40,7 +40,7 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     }
     let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), 500).await?;
     tx.commit().await?;
-    let storage = jobs::chat_run_storage(ctx.redis.clone(), &ctx.queues);
+    let storage = ctx.chat_queue();
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut pushed = 0;
     for id in ids {

@@ -4,6 +4,7 @@
 mod auth;
 mod harness;
 mod openapi;
+mod resilience;
 mod runs;
 mod validation;
 mod worker_jobs;

@@ -9,9 +9,9 @@ use async_openai::types::chat::FinishReason;
 use chatq_common::{
     db::{self, runs::Outcome, usage::NewUsage},
     events::{EventKind, RunEvent},
-    jobs::ChatRun,
+    jobs::{self, ChatRun},
     pricing::TokenUsage,
-    provider::{ChatRequest, PromptMessage, PromptRole, ProviderError},
+    provider::{ChatRequest, ErrorClass, PromptMessage, PromptRole, ProviderError},
     tokens,
 };
 use chrono::Utc;
@@ -33,9 +33,7 @@ pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynErro
 
 /// Runs one attempt of a run, if it can be claimed.
 pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
-    let lease = ctx.config.run_lease.as_secs_f64();
-    let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? else {
-        tracing::debug!(run.id = %run_id, "run not claimable (finished, not due, or leased); skipping");
+    let Some(run) = claim(ctx, run_id).await? else {
         return Ok(());
     };
     let claimed_at = Instant::now();
@@ -48,7 +46,9 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         return attempt.finish(Outcome::Cancelled { partial_text: String::new() }, None, claimed_at).await;
     }
     if run.attempt > 1 {
-        attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": "retry"}), String::new(), None).await;
+        // The partial answer of the previous attempt is void: clients clear it on this event.
+        let reason = if run.previous_status.as_deref() == Some("in_progress") { "worker_lost" } else { "retry" };
+        attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": reason}), String::new(), None).await;
     }
     attempt.emit(EventKind::Started, json!({"attempt": run.attempt}), String::new(), None).await;
 
@@ -98,6 +98,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         }
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
+            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
             let record = NewUsage {
                 kind: "chat",
                 model: run.model.clone(),
@@ -112,6 +113,9 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 outcome: error.code.to_string(),
                 latency_ms,
             };
+            if retry {
+                return attempt.retry(error, record).await;
+            }
             attempt.fail(error, partial, claimed_at, Some(record)).await
         }
         StreamOutcome::LeaseLost => {
@@ -119,6 +123,35 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             Ok(())
         }
     }
+}
+
+/// Claims the run. A job delivered a little before the run's `next_attempt_at` (apalis
+/// schedules by the whole second) waits for it, or is pushed again when it is further away,
+/// so an early delivery never loses the retry.
+async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
+    let lease = ctx.config.run_lease.as_secs_f64();
+    for _ in 0..2 {
+        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
+            return Ok(Some(run));
+        }
+        let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
+        let wait = match (run.status.as_str(), run.next_attempt_at) {
+            ("queued", Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
+            _ => {
+                tracing::debug!(run.id = %run_id, status = run.status, "run not claimable (finished or leased); skipping");
+                return Ok(None);
+            }
+        };
+        if wait > Duration::from_secs(2) {
+            let task_id = format!("{run_id}-{}", Utc::now().timestamp_millis());
+            if let Err(e) = jobs::push_chat_run_after(&ctx.chat_queue(), run_id, task_id, wait).await {
+                tracing::warn!(run.id = %run_id, error = %e, "cannot push early-delivered run again; the reconciler will");
+            }
+            return Ok(None);
+        }
+        tokio::time::sleep(wait).await;
+    }
+    Ok(None)
 }
 
 /// The state of one attempt: the next event number and the fence.
@@ -152,6 +185,37 @@ impl Attempt<'_> {
         tracing::warn!(run.id = %self.run_id, attempt = self.attempt, code = e.code, detail = %e.detail, "run failed");
         let outcome = Outcome::Failed { code: e.code.to_string(), message: e.message.clone(), partial_text: partial };
         self.finish(outcome, usage, claimed_at).await
+    }
+
+    /// Puts the run back in the queue after a retryable error: the events so far are flushed
+    /// (the next attempt continues the sequence after a `run.reset`), the failed call is
+    /// recorded, the run waits in `queued` with a visible reason, and a delayed job is pushed.
+    async fn retry(self, e: ProviderError, usage: NewUsage) -> Result<(), sqlx::Error> {
+        let ctx = self.ctx;
+        ctx.sink.flush().await;
+        db::usage::insert(&ctx.pool, &usage).await?;
+        let delay = crate::retry::delay(self.attempt, ctx.config.retry_base, ctx.config.retry_max, e.retry_after);
+        let reason = format!(
+            "Retrying after a provider error ({}): attempt {} of {} in {:.1} s.",
+            e.code,
+            self.attempt + 1,
+            ctx.config.run_max_attempts,
+            delay.as_secs_f64()
+        );
+        if !db::runs::requeue(&ctx.pool, self.run_id, self.attempt, delay.as_secs_f64(), &reason).await? {
+            tracing::warn!(run.id = %self.run_id, attempt = self.attempt, "run changed owner before it could be retried");
+            return Ok(());
+        }
+        ctx.metrics.run_retries.with_label_values(&[e.code]).inc();
+        tracing::info!(run.id = %self.run_id, attempt = self.attempt, code = e.code, detail = %e.detail,
+            delay_ms = delay.as_millis() as u64, "run will be retried");
+        // Short delays are waited out by the claim (apalis schedules by the whole second).
+        let push_delay = if delay <= Duration::from_secs(2) { Duration::ZERO } else { delay };
+        let task_id = format!("{}-a{}", self.run_id, self.attempt + 1);
+        if let Err(err) = jobs::push_chat_run_after(&ctx.chat_queue(), self.run_id, task_id, push_delay).await {
+            tracing::warn!(run.id = %self.run_id, error = %err, "cannot push the retry; the reconciler will");
+        }
+        Ok(())
     }
 
     /// Flushes this run's events, then writes the final state in one transaction and
