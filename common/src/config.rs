@@ -86,6 +86,10 @@ pub struct Config {
     /// On SIGTERM, how long in-flight runs may finish before their leases are released
     /// (`CHATQ_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+    /// How often the reconciler looks for runs whose job was lost (`CHATQ_RECONCILE_INTERVAL_SECS`).
+    pub reconcile_interval: Duration,
+    /// A due run not pushed for this long is pushed again (`CHATQ_RECONCILE_AFTER_SECS`).
+    pub reconcile_after: Duration,
 }
 
 impl Config {
@@ -124,6 +128,8 @@ impl Config {
             retry_base: Duration::from_millis(r.parse("CHATQ_RETRY_BASE_MS", "500")),
             retry_max: Duration::from_millis(r.parse("CHATQ_RETRY_MAX_MS", "30000")),
             shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
+            reconcile_interval: Duration::from_secs(r.parse("CHATQ_RECONCILE_INTERVAL_SECS", "10")),
+            reconcile_after: Duration::from_secs(r.parse("CHATQ_RECONCILE_AFTER_SECS", "30")),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }

@@ -45,6 +45,9 @@ pub struct WorkerCtx {
     pub worker_id: String,
     /// Queue workers restarted after an error, for logs.
     pub worker_restarts: Arc<AtomicUsize>,
+    /// Cancelled when the shutdown grace has passed: attempts still running give their run
+    /// back to the queue so another worker restarts it at once.
+    pub release: CancellationToken,
 }
 
 impl WorkerCtx {
@@ -87,6 +90,7 @@ impl WorkerCtx {
             metrics,
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
+            release: CancellationToken::new(),
         })
     }
 }
@@ -155,9 +159,16 @@ async fn run_with(
     });
     let reconciler = tokio::spawn(reconciler::run(ctx.clone(), stop.clone()));
     let monitor_stop = stop.clone();
+    let (release, grace) = (ctx.release.clone(), ctx.config.shutdown_grace);
     let signal = async move {
         shutdown.await;
+        // Stop fetching now; runs in flight get `grace` to finish, then release their leases.
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new runs; in-flight runs may finish");
         monitor_stop.cancel();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            release.cancel();
+        });
         Ok(())
     };
     let result = jobs::monitor(&ctx).run_with_signal(signal).await;

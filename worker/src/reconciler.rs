@@ -1,18 +1,12 @@
-//! The reconciler: every `INTERVAL`, one worker (leader by Postgres advisory lock) pushes again
+//! The reconciler: every `CHATQ_RECONCILE_INTERVAL_SECS`, one worker (leader by Postgres advisory lock) pushes again
 //! the runs whose job may be lost — queued runs Redis forgot (flush, failed push) and runs whose
 //! worker died (lease lapsed). Duplicate deliveries are harmless: the claim decides.
-
-use std::time::Duration;
 
 use chatq_common::{db, jobs};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerCtx;
 
-/// How often the reconciler looks.
-pub const INTERVAL: Duration = Duration::from_secs(10);
-/// A run not pushed for this long while due is pushed again.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
 const LOCK_KEY: i64 = 0x6368_6174_7172_6563; // "chatqrec"
 
 /// Runs until `stop`.
@@ -20,7 +14,7 @@ pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = tokio::time::sleep(ctx.config.reconcile_interval) => {}
         }
         match tick(&ctx).await {
             Ok(0) => {}
@@ -38,7 +32,7 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     if !leader {
         return Ok(0);
     }
-    let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), 500).await?;
+    let ids = db::runs::take_stale(&ctx.pool, ctx.config.reconcile_after.as_secs_f64(), 500).await?;
     tx.commit().await?;
     let storage = ctx.chat_queue();
     let stamp = chrono::Utc::now().timestamp_millis();

@@ -107,3 +107,60 @@ async fn a_waiting_run_shows_why_it_waits(pool: PgPool) {
     assert!((completed - created).num_milliseconds() >= 2400, "retried too early");
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn runs_queued_when_redis_lost_its_data_all_complete(pool: PgPool) {
+    let overrides = [("CHATQ_RECONCILE_INTERVAL_SECS", "1"), ("CHATQ_RECONCILE_AFTER_SECS", "1")];
+    let mut s = Stack::start_with(pool.clone(), false, &overrides).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let mut runs = Vec::new();
+    for i in 0..5 {
+        let thread = s.create_thread(&assistant, &format!("user-{i}")).await;
+        runs.push(s.send(&thread, "hi [[fake tokens=3]]").await["id"].as_str().unwrap().to_string());
+    }
+    // Redis forgets everything of this stack (a restart without persistence).
+    let mut redis = s.redis().await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg(format!("{}*", s.config.queue_prefix)).query_async(&mut redis).await.unwrap();
+    assert!(!keys.is_empty(), "the runs were queued in Redis");
+    let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
+
+    s.start_worker().await;
+    for id in &runs {
+        assert_eq!(s.wait_run(id).await["status"], "completed");
+    }
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn shutdown_lets_short_runs_finish_and_releases_long_ones(pool: PgPool) {
+    let overrides = [("CHATQ_SHUTDOWN_GRACE_SECS", "1")];
+    let mut s = Stack::start_with(pool.clone(), true, &overrides).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let long_thread = s.create_thread(&assistant, "alice").await;
+    let short_thread = s.create_thread(&assistant, "bob").await;
+    let long = s.send(&long_thread, "long [[fake tokens=120 delay_ms=30]]").await["id"].as_str().unwrap().to_string();
+    let short = s.send(&short_thread, "short [[fake tokens=8 delay_ms=60]]").await["id"].as_str().unwrap().to_string();
+    wait_for(Duration::from_secs(10), || async {
+        let (_, r) = s.client(Method::GET, &format!("/v1/runs/{long}"), None).await;
+        (r["status"] == "in_progress" && !r["output_text"].as_str().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    s.stop_worker().await;
+    assert!(started.elapsed() < Duration::from_secs(8), "shutdown took {:?}", started.elapsed());
+
+    let (_, short_run) = s.client(Method::GET, &format!("/v1/runs/{short}"), None).await;
+    assert_eq!(short_run["status"], "completed", "a run that fits in the grace period finishes");
+    let (_, long_run) = s.client(Method::GET, &format!("/v1/runs/{long}"), None).await;
+    assert_eq!(long_run["status"], "queued", "a long run is given back: {long_run}");
+    assert!(long_run["waiting_reason"].as_str().unwrap().contains("restarted"));
+
+    // Another worker takes it at once and answers it fully, once.
+    s.start_worker().await;
+    let done = s.wait_run(&long).await;
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["attempt"], 2);
+    assert_eq!(done["output_text"].as_str().unwrap().split_whitespace().count(), 120);
+    s.shutdown().await;
+}

@@ -118,6 +118,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             }
             attempt.fail(error, partial, claimed_at, Some(record)).await
         }
+        StreamOutcome::Released => attempt.release().await,
         StreamOutcome::LeaseLost => {
             tracing::warn!(run.id = %run.id, attempt = run.attempt, "lease lost; another worker owns the run now");
             Ok(())
@@ -218,6 +219,22 @@ impl Attempt<'_> {
         Ok(())
     }
 
+    /// Gives the run back on shutdown: queued again at once, for another worker. The next
+    /// attempt starts over after a `run.reset`.
+    async fn release(self) -> Result<(), sqlx::Error> {
+        let ctx = self.ctx;
+        ctx.sink.flush().await;
+        let reason = "The worker answering was restarted; the answer starts again.";
+        if db::runs::requeue(&ctx.pool, self.run_id, self.attempt, 0.0, reason).await? {
+            let task_id = format!("{}-s{}", self.run_id, self.attempt);
+            if let Err(e) = jobs::push_chat_run(&ctx.chat_queue(), self.run_id, task_id).await {
+                tracing::warn!(run.id = %self.run_id, error = %e, "cannot push released run; the reconciler will");
+            }
+            tracing::info!(run.id = %self.run_id, attempt = self.attempt, "run released at shutdown");
+        }
+        Ok(())
+    }
+
     /// Flushes this run's events, then writes the final state in one transaction and
     /// publishes the terminal event. Retries briefly while Postgres is unavailable.
     async fn finish(self, outcome: Outcome, usage: Option<NewUsage>, claimed_at: Instant) -> Result<(), sqlx::Error> {
@@ -258,9 +275,18 @@ impl Attempt<'_> {
 }
 
 enum StreamOutcome {
-    Done { text: String, finish_reason: String, usage: TokenUsage },
-    Failed { error: ProviderError, partial: String },
+    Done {
+        text: String,
+        finish_reason: String,
+        usage: TokenUsage,
+    },
+    Failed {
+        error: ProviderError,
+        partial: String,
+    },
     LeaseLost,
+    /// The worker is shutting down and its grace period is over.
+    Released,
 }
 
 /// Streams the completion, coalescing deltas: the first one is emitted at once, later ones at
@@ -285,12 +311,14 @@ async fn stream_answer(
             Err(error) => return StreamOutcome::Failed { error, partial: text },
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+        _ = ctx.release.cancelled() => return StreamOutcome::Released,
     };
     loop {
         let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
         let next = tokio::select! {
             item = tokio::time::timeout(ctx.provider.idle_timeout, stream.next()) => item,
             _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+            _ = ctx.release.cancelled() => return StreamOutcome::Released,
             _ = sleep_until_opt(flush_at) => {
                 attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
                 last_emit = Some(Instant::now());
