@@ -90,6 +90,14 @@ pub struct Config {
     pub reconcile_interval: Duration,
     /// A due run not pushed for this long is pushed again (`CHATQ_RECONCILE_AFTER_SECS`).
     pub reconcile_after: Duration,
+    /// Runs one end user may start per minute, per key; 0 = unlimited (`CHATQ_RATE_USER_RUNS_PER_MIN`).
+    pub rate_user_runs_per_min: u32,
+    /// Runs one key may start per minute, unless the key overrides it; 0 = unlimited
+    /// (`CHATQ_RATE_KEY_RUNS_PER_MIN`).
+    pub rate_key_runs_per_min: u32,
+    /// Queued or in-progress runs one end user may have at once; 0 = unlimited
+    /// (`CHATQ_RATE_USER_ACTIVE_RUNS`).
+    pub rate_user_active_runs: u32,
 }
 
 impl Config {
@@ -130,6 +138,9 @@ impl Config {
             shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
             reconcile_interval: Duration::from_secs(r.parse("CHATQ_RECONCILE_INTERVAL_SECS", "10")),
             reconcile_after: Duration::from_secs(r.parse("CHATQ_RECONCILE_AFTER_SECS", "30")),
+            rate_user_runs_per_min: r.parse("CHATQ_RATE_USER_RUNS_PER_MIN", "30"),
+            rate_key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
+            rate_user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod harness;
+mod limits;
 mod openapi;
 mod resilience;
 mod runs;

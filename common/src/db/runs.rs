@@ -480,3 +480,15 @@ pub async fn take_stale(pool: &PgPool, stale_secs: f64, limit: i64) -> Result<Ve
     .fetch_all(pool)
     .await
 }
+
+/// Active (queued or in-progress) runs of one end user of a key.
+pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM runs r JOIN threads t ON t.id = r.thread_id
+         WHERE r.status IN ('queued', 'in_progress') AND t.api_key_id = $1 AND t.end_user = $2",
+    )
+    .bind(api_key_id)
+    .bind(end_user)
+    .fetch_one(pool)
+    .await
+}
