@@ -98,6 +98,9 @@ pub struct Config {
     /// Queued or in-progress runs one end user may have at once; 0 = unlimited
     /// (`CHATQ_RATE_USER_ACTIVE_RUNS`).
     pub rate_user_active_runs: u32,
+    /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
+    /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
+    pub moderation_fail_closed: bool,
 }
 
 impl Config {
@@ -141,6 +144,7 @@ impl Config {
             rate_user_runs_per_min: r.parse("CHATQ_RATE_USER_RUNS_PER_MIN", "30"),
             rate_key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
             rate_user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
+            moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }

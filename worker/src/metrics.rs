@@ -25,6 +25,9 @@ pub struct Metrics {
     /// `chatq_run_retries_total{error_code}`: attempts put back in the queue after a
     /// retryable provider error.
     pub run_retries: IntCounterVec,
+    /// `chatq_moderation_checks_total{outcome}`: passed, flagged, unavailable_open (answered
+    /// unchecked because the endpoint was down), unavailable_closed.
+    pub moderation_checks: IntCounterVec,
 }
 
 impl Metrics {
@@ -73,6 +76,15 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(run_retries.clone())).expect("registered once");
+        let moderation_checks = IntCounterVec::new(
+            Opts::new(
+                "chatq_moderation_checks_total",
+                "Input moderation checks by outcome (passed, flagged, unavailable_open, unavailable_closed)",
+            ),
+            &["outcome"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(moderation_checks.clone())).expect("registered once");
         registry.register(Box::new(runs_finished.clone())).expect("registered once");
         registry.register(Box::new(ttft.clone())).expect("registered once");
         registry.register(Box::new(run_duration.clone())).expect("registered once");
@@ -92,6 +104,7 @@ impl Metrics {
             flush_rows,
             reconciler_requeued,
             run_retries,
+            moderation_checks,
         }
     }
 }

@@ -4,6 +4,7 @@
 mod auth;
 mod harness;
 mod limits;
+mod moderation;
 mod openapi;
 mod resilience;
 mod runs;

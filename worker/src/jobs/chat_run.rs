@@ -57,6 +57,12 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let renewer = tokio::spawn(renew_lease(ctx.clone(), run.id, run.attempt, lost.clone()));
     let _stop_renewer = scopeguard(move || renewer.abort());
 
+    if let Some(error) = check_input(ctx, &run).await? {
+        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts {
+            return attempt.retry(error, None).await;
+        }
+        return attempt.fail(error, String::new(), claimed_at, None).await;
+    }
     let request = match build_request(ctx, &run).await? {
         Ok(r) => r,
         Err(e) => return attempt.fail(e, String::new(), claimed_at, None).await,
@@ -114,7 +120,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 latency_ms,
             };
             if retry {
-                return attempt.retry(error, record).await;
+                return attempt.retry(error, Some(record)).await;
             }
             attempt.fail(error, partial, claimed_at, Some(record)).await
         }
@@ -191,10 +197,12 @@ impl Attempt<'_> {
     /// Puts the run back in the queue after a retryable error: the events so far are flushed
     /// (the next attempt continues the sequence after a `run.reset`), the failed call is
     /// recorded, the run waits in `queued` with a visible reason, and a delayed job is pushed.
-    async fn retry(self, e: ProviderError, usage: NewUsage) -> Result<(), sqlx::Error> {
+    async fn retry(self, e: ProviderError, usage: Option<NewUsage>) -> Result<(), sqlx::Error> {
         let ctx = self.ctx;
         ctx.sink.flush().await;
-        db::usage::insert(&ctx.pool, &usage).await?;
+        if let Some(usage) = &usage {
+            db::usage::insert(&ctx.pool, usage).await?;
+        }
         let delay = crate::retry::delay(self.attempt, ctx.config.retry_base, ctx.config.retry_max, e.retry_after);
         let reason = format!(
             "Retrying after a provider error ({}): attempt {} of {} in {:.1} s.",
@@ -412,6 +420,78 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Input moderation (assistant `moderation: input`): the user message is checked before any
+/// generation. `Some(error)` stops the run: flagged (permanent, `moderation_flagged` with the
+/// categories), or the endpoint is down and `CHATQ_MODERATION_FAIL_CLOSED` is set (retried like
+/// any provider outage). Fail-open answers unchecked and counts it.
+async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<ProviderError>, sqlx::Error> {
+    let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
+        return Ok(None);
+    };
+    if assistant.moderation != "input" {
+        return Ok(None);
+    }
+    let Some(message) = db::messages::get(&ctx.pool, run.user_message_id).await? else { return Ok(None) };
+    let started = Instant::now();
+    let verdict = ctx.provider.moderate(&message.content).await;
+    let outcome = match &verdict {
+        Ok(v) if v.flagged => "flagged".to_string(),
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code.to_string(),
+    };
+    let model = chatq_common::provider::MODERATION_MODEL;
+    let record = NewUsage {
+        kind: "moderation",
+        model: model.to_string(),
+        api_key_id: Some(run.api_key_id),
+        assistant_id: Some(run.assistant_id),
+        run_id: Some(run.id),
+        document_id: None,
+        input_tokens: 0,
+        cached_input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: ctx.pricing.cost(model, Utc::now().date_naive(), TokenUsage::default()),
+        outcome,
+        latency_ms: started.elapsed().as_millis() as i64,
+    };
+    db::usage::insert(&ctx.pool, &record).await?;
+    match verdict {
+        Ok(v) if v.flagged => {
+            ctx.metrics.moderation_checks.with_label_values(&["flagged"]).inc();
+            Ok(Some(ProviderError {
+                class: ErrorClass::Permanent,
+                code: "moderation_flagged",
+                message: format!(
+                    "This message can't be answered: content moderation flagged it ({}).",
+                    v.categories.join(", ")
+                ),
+                detail: format!("flagged categories: {}", v.categories.join(",")),
+                status: None,
+                retry_after: None,
+            }))
+        }
+        Ok(_) => {
+            ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
+            Ok(None)
+        }
+        Err(e) if ctx.config.moderation_fail_closed => {
+            ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
+            tracing::warn!(run.id = %run.id, detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
+            Ok(Some(ProviderError {
+                class: ErrorClass::Retryable,
+                code: "provider_unavailable",
+                message: "The assistant can't check this message right now. Please try again.".into(),
+                ..e
+            }))
+        }
+        Err(e) => {
+            ctx.metrics.moderation_checks.with_label_values(&["unavailable_open"]).inc();
+            tracing::warn!(run.id = %run.id, detail = %e.detail, "moderation unavailable; answering unchecked (fail-open)");
+            Ok(None)
+        }
     }
 }
 
