@@ -101,6 +101,13 @@ pub struct Config {
     /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
     /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
     pub moderation_fail_closed: bool,
+    /// Retryable provider failures in a row that open the circuit breaker (`CHATQ_BREAKER_FAILURES`).
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe (`CHATQ_BREAKER_COOLDOWN_SECS`).
+    pub breaker_cooldown: Duration,
+    /// Longest a run waits for an open breaker, from its submission, before failing with
+    /// `provider_unavailable` (`CHATQ_PROVIDER_MAX_WAIT_SECS`).
+    pub provider_max_wait: Duration,
 }
 
 impl Config {
@@ -145,6 +152,9 @@ impl Config {
             rate_key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
             rate_user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
             moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
+            breaker_failures: r.parse("CHATQ_BREAKER_FAILURES", "5"),
+            breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),
+            provider_max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }

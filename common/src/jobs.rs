@@ -50,6 +50,11 @@ impl Queues {
             .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
     }
 
+    /// The provider circuit breaker's published state: `{prefix}:breaker`.
+    pub fn breaker_key(&self) -> String {
+        format!("{}:breaker", self.prefix)
+    }
+
     /// The Redis stream carrying a run's live events: `{prefix}:run:{id}`.
     pub fn run_stream(&self, run_id: Uuid) -> String {
         format!("{}:run:{run_id}", self.prefix)

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod breaker;
 pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
@@ -48,6 +49,8 @@ pub struct WorkerCtx {
     /// Cancelled when the shutdown grace has passed: attempts still running give their run
     /// back to the queue so another worker restarts it at once.
     pub release: CancellationToken,
+    /// The provider's circuit breaker.
+    pub breaker: Arc<breaker::Breaker>,
 }
 
 impl WorkerCtx {
@@ -68,6 +71,7 @@ impl WorkerCtx {
             Pricing::load(config.pricing_file.as_deref()).context("cannot load pricing (CHATQ_PRICING_FILE)")?;
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let queues = Queues::new(&config.queue_prefix);
+        let breaker = Arc::new(breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown));
         let metrics = Arc::new(Metrics::new());
         let sink = EventSink::start(
             pool.clone(),
@@ -91,11 +95,30 @@ impl WorkerCtx {
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
             release: CancellationToken::new(),
+            breaker,
         })
     }
 }
 
 impl WorkerCtx {
+    /// Exports a breaker state change (gauge, and Redis for the API's `/readyz`).
+    pub async fn breaker_changed(&self) {
+        let state = self.breaker.state();
+        self.metrics.breaker_state.set(state.as_gauge());
+        tracing::warn!(state = state.as_str(), "provider circuit breaker changed state");
+        let key = self.queues.breaker_key();
+        let mut conn = self.redis.clone();
+        let result: redis::RedisResult<()> = if state == breaker::State::Closed {
+            redis::cmd("DEL").arg(&key).query_async(&mut conn).await
+        } else {
+            let ttl = self.config.breaker_cooldown.as_secs() + 60;
+            redis::cmd("SET").arg(&key).arg(state.as_str()).arg("EX").arg(ttl).query_async(&mut conn).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot publish the breaker state");
+        }
+    }
+
     /// A storage for pushing chat runs (retries, reconciler).
     pub fn chat_queue(&self) -> chatq_common::jobs::ChatRunStorage {
         chatq_common::jobs::chat_run_storage(self.redis.clone(), &self.queues)

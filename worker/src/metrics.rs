@@ -28,6 +28,8 @@ pub struct Metrics {
     /// `chatq_moderation_checks_total{outcome}`: passed, flagged, unavailable_open (answered
     /// unchecked because the endpoint was down), unavailable_closed.
     pub moderation_checks: IntCounterVec,
+    /// `chatq_provider_breaker_state`: 0 closed, 1 half-open, 2 open.
+    pub breaker_state: IntGauge,
 }
 
 impl Metrics {
@@ -85,6 +87,10 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(moderation_checks.clone())).expect("registered once");
+        let breaker_state =
+            IntGauge::new("chatq_provider_breaker_state", "Provider circuit breaker: 0 closed, 1 half-open, 2 open")
+                .expect("valid metric");
+        registry.register(Box::new(breaker_state.clone())).expect("registered once");
         registry.register(Box::new(runs_finished.clone())).expect("registered once");
         registry.register(Box::new(ttft.clone())).expect("registered once");
         registry.register(Box::new(run_duration.clone())).expect("registered once");
@@ -105,6 +111,7 @@ impl Metrics {
             reconciler_requeued,
             run_retries,
             moderation_checks,
+            breaker_state,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! server. One binary for the crate keeps link time down.
 
 mod auth;
+mod breaker;
 mod harness;
 mod limits;
 mod moderation;

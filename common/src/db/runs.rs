@@ -492,3 +492,19 @@ pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) ->
     .fetch_one(pool)
     .await
 }
+
+/// Makes a queued run wait (the provider is down): due after `delay_secs`, with a reason
+/// clients can see. The attempt count is not touched: waiting is not an attempt.
+pub async fn defer(pool: &PgPool, id: Uuid, delay_secs: f64, reason: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE runs SET next_attempt_at = now() + make_interval(secs => $2), waiting_reason = $3, enqueued_at = now()
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(delay_secs)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}

@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::WorkerCtx;
+use crate::{WorkerCtx, breaker::Admission};
 
 /// apalis entry point. Only infrastructure failures (Postgres down) are returned as errors so
 /// apalis redelivers; provider failures are recorded on the run.
@@ -33,7 +33,15 @@ pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynErro
 
 /// Runs one attempt of a run, if it can be claimed.
 pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
+    let probe = match ctx.breaker.admit() {
+        Admission::Wait(retry_in) => return wait_for_provider(ctx, run_id, retry_in).await,
+        Admission::Probe => true,
+        Admission::Allow => false,
+    };
     let Some(run) = claim(ctx, run_id).await? else {
+        if probe {
+            ctx.breaker.abandon_probe();
+        }
         return Ok(());
     };
     let claimed_at = Instant::now();
@@ -70,6 +78,21 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let started = Instant::now();
     let outcome = stream_answer(&mut attempt, &request, &lost, claimed_at).await;
     let latency_ms = started.elapsed().as_millis() as i64;
+    let changed = match &outcome {
+        StreamOutcome::Done { .. } => ctx.breaker.success(),
+        StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => ctx.breaker.failure(),
+        // A permanent error is an answer: the provider is up.
+        StreamOutcome::Failed { .. } => ctx.breaker.success(),
+        StreamOutcome::LeaseLost | StreamOutcome::Released => {
+            if probe {
+                ctx.breaker.abandon_probe();
+            }
+            false
+        }
+    };
+    if changed {
+        ctx.breaker_changed().await;
+    }
     match outcome {
         StreamOutcome::Done { text, finish_reason, usage } => {
             let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
@@ -130,6 +153,39 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             Ok(())
         }
     }
+}
+
+/// The breaker is open: the run waits in `queued` (no attempt used) and is looked at again when
+/// the breaker may half-open; past `CHATQ_PROVIDER_MAX_WAIT_SECS` from its submission it fails.
+async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) -> Result<(), sqlx::Error> {
+    let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(()) };
+    if run.status != "queued" {
+        return Ok(());
+    }
+    let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
+    let max_wait = ctx.config.provider_max_wait;
+    if waited >= max_wait {
+        let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
+        let attempt = Attempt { ctx, run_id: run.id, attempt: run.attempt, seq: run.last_seq };
+        let error = ProviderError {
+            class: ErrorClass::Permanent,
+            code: "provider_unavailable",
+            message: "The assistant is unavailable right now. Please try again later.".into(),
+            detail: format!("circuit breaker open for the whole wait of {}s", max_wait.as_secs()),
+            status: None,
+            retry_after: None,
+        };
+        return attempt.fail(error, String::new(), Instant::now(), None).await;
+    }
+    let delay = retry_in.min(max_wait - waited) + Duration::from_millis(50);
+    let reason = format!("The AI provider is unavailable; waiting for it to recover (up to {} s).", max_wait.as_secs());
+    if db::runs::defer(&ctx.pool, run_id, delay.as_secs_f64(), &reason).await? {
+        let task_id = format!("{run_id}-w{}", Utc::now().timestamp_millis());
+        if let Err(e) = jobs::push_chat_run_after(&ctx.chat_queue(), run_id, task_id, delay).await {
+            tracing::warn!(run.id = %run_id, error = %e, "cannot push the waiting run; the reconciler will");
+        }
+    }
+    Ok(())
 }
 
 /// Claims the run. A job delivered a little before the run's `next_attempt_at` (apalis
