@@ -21,6 +21,10 @@ pub struct Principal {
     pub role: Role,
     /// Set for user tokens: the one end user this caller acts as.
     pub end_user: Option<String>,
+    /// The key's own runs-per-minute limit, overriding the global one.
+    pub runs_per_minute: Option<i32>,
+    /// The key's monthly cost budget in USD.
+    pub monthly_budget_usd: Option<f64>,
 }
 
 impl Principal {
@@ -89,7 +93,13 @@ impl FromRequestParts<AppState> for Principal {
         }
         let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
         let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
-        let principal = Principal { key_id: key.id, role, end_user: None };
+        let principal = Principal {
+            key_id: key.id,
+            role,
+            end_user: None,
+            runs_per_minute: key.runs_per_minute,
+            monthly_budget_usd: key.monthly_budget_usd,
+        };
         state.keys.put(hash, principal.clone());
         Ok(principal)
     }

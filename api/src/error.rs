@@ -34,6 +34,9 @@ pub enum ApiError {
     /// Wrong content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A rate limit or quota was reached (429), with the limit's state for the headers.
+    #[error("{message}")]
+    RateLimited { code: &'static str, message: String, limit: u64, remaining: u64, reset_secs: u64 },
     /// A dependency (Postgres, Redis) is unavailable (503).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -60,6 +63,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", Value::Null)
             }
+            ApiError::RateLimited { code, limit, reset_secs, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, code, json!({ "limit": limit, "retry_after_seconds": reset_secs }))
+            }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Value::Null),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", Value::Null),
         }
@@ -76,6 +82,17 @@ impl IntoResponse for ApiError {
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let ApiError::RateLimited { limit, remaining, reset_secs, .. } = &self {
+            let headers = response.headers_mut();
+            for (name, value) in [
+                ("retry-after", reset_secs),
+                ("ratelimit-limit", limit),
+                ("ratelimit-remaining", remaining),
+                ("ratelimit-reset", reset_secs),
+            ] {
+                headers.insert(name, HeaderValue::from(*value));
+            }
         }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

@@ -34,6 +34,12 @@ enum KeysCommand {
         /// A name to recognise the key by.
         #[arg(long)]
         name: String,
+        /// Runs this key may start per minute (overrides CHATQ_RATE_KEY_RUNS_PER_MIN; 0 = unlimited).
+        #[arg(long)]
+        runs_per_minute: Option<i32>,
+        /// Monthly cost budget in USD: new runs are refused with 429 budget_exhausted once reached.
+        #[arg(long)]
+        monthly_budget_usd: Option<f64>,
     },
 }
 
@@ -57,13 +63,18 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Keys { command: KeysCommand::Create { role, name } } => {
+        Command::Keys { command: KeysCommand::Create { role, name, runs_per_minute, monthly_budget_usd } } => {
             let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;
             let role = match role {
                 RoleArg::Admin => Role::Admin,
                 RoleArg::Client => Role::Client,
             };
             let (key, row) = db::keys::create(&pool, role, &name).await.context("cannot create the key")?;
+            if runs_per_minute.is_some() || monthly_budget_usd.is_some() {
+                db::keys::set_limits(&pool, row.id, runs_per_minute, monthly_budget_usd)
+                    .await
+                    .context("cannot set the key's limits")?;
+            }
             tracing::info!(key.id = %row.id, key.name = %row.name, "key created");
             println!("{key}");
             Ok(())

@@ -47,7 +47,7 @@ impl Metrics {
         let runs_submitted = r.add(IntCounterVec::new(
             Opts::new(
                 "chatq_runs_submitted_total",
-                "Run submissions by outcome (accepted, duplicate, busy, enqueue_failed)",
+                "Run submissions by outcome (accepted, duplicate, busy, rate_limited, enqueue_failed)",
             ),
             &["outcome"],
         ));

@@ -90,9 +90,40 @@ pub struct Config {
     /// How long finished jobs stay in Redis before the cleanup vacuums them
     /// (`CHATQ_QUEUE_RETENTION`, e.g. `24h`).
     pub queue_retention: Duration,
-    /// A run whose worker died this many times is failed instead of re-queued
+    // Issue 6: resilience.
+    /// Attempts a run gets before a retryable error, or its worker dying that often, fails it
     /// (`CHATQ_RUN_MAX_ATTEMPTS`).
     pub run_max_attempts: i32,
+    /// First retry delay; doubled each attempt, with jitter (`CHATQ_RETRY_BASE_MS`).
+    pub retry_base: Duration,
+    /// Longest delay between attempts, also the cap on a provider's `Retry-After`
+    /// (`CHATQ_RETRY_MAX_MS`).
+    pub retry_max: Duration,
+    /// On SIGTERM, how long in-flight runs may finish before their leases are released
+    /// (`CHATQ_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
+    /// How often the reconciler looks for runs whose job was lost (`CHATQ_RECONCILE_INTERVAL_SECS`).
+    pub reconcile_interval: Duration,
+    /// A due run not pushed for this long is pushed again (`CHATQ_RECONCILE_AFTER_SECS`).
+    pub reconcile_after: Duration,
+    /// Runs one end user may start per minute, per key; 0 = unlimited (`CHATQ_RATE_USER_RUNS_PER_MIN`).
+    pub rate_user_runs_per_min: u32,
+    /// Runs one key may start per minute, unless the key overrides it; 0 = unlimited
+    /// (`CHATQ_RATE_KEY_RUNS_PER_MIN`).
+    pub rate_key_runs_per_min: u32,
+    /// Queued or in-progress runs one end user may have at once; 0 = unlimited
+    /// (`CHATQ_RATE_USER_ACTIVE_RUNS`).
+    pub rate_user_active_runs: u32,
+    /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
+    /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
+    pub moderation_fail_closed: bool,
+    /// Retryable provider failures in a row that open the circuit breaker (`CHATQ_BREAKER_FAILURES`).
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe (`CHATQ_BREAKER_COOLDOWN_SECS`).
+    pub breaker_cooldown: Duration,
+    /// Longest a run waits for an open breaker, from its submission, before failing with
+    /// `provider_unavailable` (`CHATQ_PROVIDER_MAX_WAIT_SECS`).
+    pub provider_max_wait: Duration,
 }
 
 impl Config {
@@ -132,7 +163,20 @@ impl Config {
             cleanup_schedule: r.string("CHATQ_CLEANUP_SCHEDULE", "0 17 3 * * *"),
             cleanup_batch: r.parse("CHATQ_CLEANUP_BATCH", "1000"),
             queue_retention: r.duration("CHATQ_QUEUE_RETENTION", "24h"),
+            // Issue 6: resilience.
             run_max_attempts: r.parse("CHATQ_RUN_MAX_ATTEMPTS", "3"),
+            retry_base: Duration::from_millis(r.parse("CHATQ_RETRY_BASE_MS", "500")),
+            retry_max: Duration::from_millis(r.parse("CHATQ_RETRY_MAX_MS", "30000")),
+            shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
+            reconcile_interval: Duration::from_secs(r.parse("CHATQ_RECONCILE_INTERVAL_SECS", "10")),
+            reconcile_after: Duration::from_secs(r.parse("CHATQ_RECONCILE_AFTER_SECS", "30")),
+            rate_user_runs_per_min: r.parse("CHATQ_RATE_USER_RUNS_PER_MIN", "30"),
+            rate_key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
+            rate_user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
+            moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
+            breaker_failures: r.parse("CHATQ_BREAKER_FAILURES", "5"),
+            breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),
+            provider_max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -168,9 +212,6 @@ impl Config {
         if !(1..=100_000).contains(&self.cleanup_batch) {
             errors.push("CHATQ_CLEANUP_BATCH must be between 1 and 100000".into());
         }
-        if self.run_max_attempts < 1 {
-            errors.push("CHATQ_RUN_MAX_ATTEMPTS must be at least 1".into());
-        }
         if self.queue_retention < Duration::from_secs(3600) {
             // vacuum also removes failed tasks waiting for a retry; an hour keeps them safe.
             errors.push("CHATQ_QUEUE_RETENTION must be at least 1h".into());
@@ -180,6 +221,9 @@ impl Config {
                 "CHATQ_CLEANUP_SCHEDULE={:?} is not a cron expression (sec min hour day month weekday): {e}",
                 self.cleanup_schedule
             ));
+        }
+        if !(1..=25).contains(&self.run_max_attempts) {
+            errors.push("CHATQ_RUN_MAX_ATTEMPTS must be between 1 and 25".into());
         }
         if self.run_lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());

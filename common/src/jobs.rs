@@ -83,6 +83,11 @@ impl Queues {
         vec![self.chat_runs(), self.maintenance()]
     }
 
+    /// The provider circuit breaker's published state: `{prefix}:breaker`.
+    pub fn breaker_key(&self) -> String {
+        format!("{}:breaker", self.prefix)
+    }
+
     /// The Redis stream carrying a run's live events: `{prefix}:run:{id}`.
     pub fn run_stream(&self, run_id: Uuid) -> String {
         format!("{}:run:{run_id}", self.prefix)
@@ -101,6 +106,22 @@ pub fn chat_run_storage(conn: ConnectionManager, queues: &Queues) -> ChatRunStor
 #[derive(Debug, thiserror::Error)]
 #[error("cannot enqueue job: {0}")]
 pub struct EnqueueError(String);
+
+/// Pushes a chat run due after `delay` (rounded up to whole seconds: apalis schedules by the
+/// second). `task_id` must be fresh.
+pub async fn push_chat_run_after(
+    storage: &ChatRunStorage,
+    run_id: Uuid,
+    task_id: String,
+    delay: Duration,
+) -> Result<(), EnqueueError> {
+    let mut storage = storage.clone();
+    let task = TaskBuilder::new(ChatRun { run_id })
+        .task_id(TaskId::from_string(task_id))
+        .run_after(Duration::from_secs(delay.as_secs_f64().ceil() as u64))
+        .build();
+    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+}
 
 /// Pushes a chat run. `task_id` must be fresh for every re-push: apalis-redis silently drops a
 /// push whose task id it still holds.

@@ -16,6 +16,7 @@ use async_openai::{
         ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, ChatCompletionResponseStream,
         ChatCompletionStreamOptions, CreateChatCompletionRequestArgs,
     },
+    types::moderations::{CreateModerationRequest, ModerationInput},
 };
 
 use crate::config::Config;
@@ -274,6 +275,51 @@ impl Provider {
                 Err(ProviderError::classify(&e, after))
             }
         }
+    }
+}
+
+/// The verdict of the moderation endpoint on one text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moderation {
+    /// Whether any category was flagged.
+    pub flagged: bool,
+    /// The flagged categories, e.g. `violence`.
+    pub categories: Vec<String>,
+}
+
+/// The moderation model chatq asks.
+pub const MODERATION_MODEL: &str = "omni-moderation-latest";
+
+impl Provider {
+    /// Classifies `text` with the provider's moderation endpoint (10 s timeout).
+    pub async fn moderate(&self, text: &str) -> Result<Moderation, ProviderError> {
+        let slot = Arc::new(Mutex::new(None));
+        let client = self.client(slot.clone());
+        let request = CreateModerationRequest {
+            input: ModerationInput::String(text.to_string()),
+            model: Some(MODERATION_MODEL.to_string()),
+        };
+        let response = match tokio::time::timeout(Duration::from_secs(10), client.moderations().create(request)).await {
+            Err(_) => return Err(ProviderError::timeout(Duration::from_secs(10))),
+            Ok(Err(e)) => {
+                let after = *slot.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(ProviderError::classify(&e, after));
+            }
+            Ok(Ok(r)) => r,
+        };
+        let mut verdict = Moderation { flagged: false, categories: Vec::new() };
+        for result in response.results {
+            verdict.flagged |= result.flagged;
+            if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&result.categories) {
+                for (name, on) in map {
+                    if on == serde_json::Value::Bool(true) && !verdict.categories.contains(&name) {
+                        verdict.categories.push(name);
+                    }
+                }
+            }
+        }
+        verdict.categories.sort();
+        Ok(verdict)
     }
 }
 

@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
+pub mod breaker;
 pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
 pub mod reconciler;
+pub mod retry;
 pub mod scrape;
 
 use std::{
@@ -47,6 +49,11 @@ pub struct WorkerCtx {
     pub worker_restarts: Arc<AtomicUsize>,
     /// When scrape-time gauges were last read.
     pub scrape: Arc<scrape::ScrapeCache>,
+    /// Cancelled when the shutdown grace has passed: attempts still running give their run
+    /// back to the queue so another worker restarts it at once.
+    pub release: CancellationToken,
+    /// The provider's circuit breaker.
+    pub breaker: Arc<breaker::Breaker>,
 }
 
 impl WorkerCtx {
@@ -67,6 +74,7 @@ impl WorkerCtx {
             Pricing::load(config.pricing_file.as_deref()).context("cannot load pricing (CHATQ_PRICING_FILE)")?;
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let queues = Queues::new(&config.queue_prefix);
+        let breaker = Arc::new(breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown));
         let metrics = Arc::new(Metrics::new());
         let sink = EventSink::start(
             pool.clone(),
@@ -90,7 +98,34 @@ impl WorkerCtx {
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
             scrape: Arc::new(scrape::ScrapeCache::default()),
+            release: CancellationToken::new(),
+            breaker,
         })
+    }
+}
+
+impl WorkerCtx {
+    /// Exports a breaker state change (gauge, and Redis for the API's `/readyz`).
+    pub async fn breaker_changed(&self) {
+        let state = self.breaker.state();
+        self.metrics.breaker_state.set(state.as_gauge());
+        tracing::warn!(state = state.as_str(), "provider circuit breaker changed state");
+        let key = self.queues.breaker_key();
+        let mut conn = self.redis.clone();
+        let result: redis::RedisResult<()> = if state == breaker::State::Closed {
+            redis::cmd("DEL").arg(&key).query_async(&mut conn).await
+        } else {
+            let ttl = self.config.breaker_cooldown.as_secs() + 60;
+            redis::cmd("SET").arg(&key).arg(state.as_str()).arg("EX").arg(ttl).query_async(&mut conn).await
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot publish the breaker state");
+        }
+    }
+
+    /// A storage for pushing chat runs (retries, reconciler).
+    pub fn chat_queue(&self) -> chatq_common::jobs::ChatRunStorage {
+        chatq_common::jobs::chat_run_storage(self.redis.clone(), &self.queues)
     }
 }
 
@@ -151,9 +186,16 @@ async fn run_with(
     });
     let reconciler = tokio::spawn(reconciler::run(ctx.clone(), stop.clone()));
     let monitor_stop = stop.clone();
+    let (release, grace) = (ctx.release.clone(), ctx.config.shutdown_grace);
     let signal = async move {
         shutdown.await;
+        // Stop fetching now; runs in flight get `grace` to finish, then release their leases.
+        tracing::info!(grace_secs = grace.as_secs(), "shutting down: no new runs; in-flight runs may finish");
         monitor_stop.cancel();
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            release.cancel();
+        });
         Ok(())
     };
     let result = jobs::monitor(&ctx).run_with_signal(signal).await;

@@ -47,6 +47,12 @@ pub struct Metrics {
     pub cleanup_deleted: IntCounterVec,
     /// `chatq_provider_breaker_state`: 0 closed, 1 half-open, 2 open (set by the breaker).
     pub breaker_state: IntGauge,
+    /// `chatq_run_retries_total{error_code}`: attempts put back in the queue after a
+    /// retryable provider error.
+    pub run_retries: IntCounterVec,
+    /// `chatq_moderation_checks_total{outcome}`: passed, flagged, unavailable_open (answered
+    /// unchecked because the endpoint was down), unavailable_closed.
+    pub moderation_checks: IntCounterVec,
     /// Every family name registered, for the dashboard check.
     pub names: Vec<String>,
 }
@@ -125,6 +131,17 @@ impl Metrics {
             "chatq_provider_breaker_state",
             "Provider circuit breaker: 0 closed, 1 half-open, 2 open",
         ));
+        let run_retries = r.add(IntCounterVec::new(
+            Opts::new("chatq_run_retries_total", "Attempts re-queued after a retryable provider error, by error code"),
+            &["error_code"],
+        ));
+        let moderation_checks = r.add(IntCounterVec::new(
+            Opts::new(
+                "chatq_moderation_checks_total",
+                "Input moderation checks by outcome (passed, flagged, unavailable_open, unavailable_closed)",
+            ),
+            &["outcome"],
+        ));
         let (registry, names) = r.finish();
         Self {
             registry,
@@ -145,6 +162,8 @@ impl Metrics {
             documents,
             cleanup_deleted,
             breaker_state,
+            run_retries,
+            moderation_checks,
             names,
         }
     }

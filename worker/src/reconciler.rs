@@ -1,21 +1,15 @@
-//! The reconciler (stuck-work reaper): every `INTERVAL`, one worker (leader by Postgres
+//! The reconciler (stuck-work reaper): every `CHATQ_RECONCILE_INTERVAL_SECS`, one worker (leader by Postgres
 //! advisory lock) pushes again the runs whose job may be lost — queued runs Redis forgot
 //! (flush, failed push) and runs whose worker died (lease lapsed) — and fails runs whose
 //! workers died `CHATQ_RUN_MAX_ATTEMPTS` times, so a run that crashes every worker (a poison
 //! input) stops after a bounded number of attempts. Duplicate deliveries are harmless: the
 //! claim decides. Recoveries are counted in `chatq_reconciler_recoveries_total{action}`.
 
-use std::time::Duration;
-
 use chatq_common::{db, jobs};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerCtx;
 
-/// How often the reconciler looks.
-pub const INTERVAL: Duration = Duration::from_secs(10);
-/// A run not pushed for this long while due is pushed again.
-pub const STALE_AFTER: Duration = Duration::from_secs(30);
 const LOCK_KEY: i64 = 0x6368_6174_7172_6563; // "chatqrec"
 
 /// Runs until `stop`.
@@ -23,7 +17,7 @@ pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(INTERVAL) => {}
+            _ = tokio::time::sleep(ctx.config.reconcile_interval) => {}
         }
         match tick(&ctx).await {
             Ok(0) => {}
@@ -43,7 +37,7 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     }
     let max_attempts = ctx.config.run_max_attempts;
     let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
-    let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), max_attempts, 500).await?;
+    let ids = db::runs::take_stale(&ctx.pool, ctx.config.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
     tx.commit().await?;
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
@@ -51,7 +45,7 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
         ctx.metrics.runs_finished.with_label_values(&["failed", db::runs::EXHAUSTED_CODE]).inc();
     }
     ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);
-    let storage = jobs::chat_run_storage(ctx.redis.clone(), &ctx.queues);
+    let storage = ctx.chat_queue();
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut pushed = 0;
     for id in ids {

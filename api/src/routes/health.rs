@@ -18,12 +18,14 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// Readiness of the process and its dependencies.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Readiness {
-    /// `ready` or `unavailable`.
+    /// `ready`, `degraded` or `unavailable`.
     pub status: &'static str,
     /// `ok` or the problem, per dependency.
     pub postgres: String,
     /// `ok` or the problem.
     pub redis: String,
+    /// The provider circuit breaker as the workers report it: `closed`, `half_open` or `open`.
+    pub provider: String,
 }
 
 /// Liveness: the process answers.
@@ -32,7 +34,8 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: Postgres and Redis answer.
+/// Readiness: Postgres and Redis answer (`ready`); the provider's circuit breaker is open or
+/// probing (`degraded`: runs are accepted but wait); a dependency is down (`unavailable`, 503).
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
@@ -45,9 +48,16 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };
+    let breaker: Option<String> =
+        redis::cmd("GET").arg(state.queues.breaker_key()).query_async(&mut conn).await.unwrap_or(None);
+    let provider = breaker.unwrap_or_else(|| "closed".into());
     let ready = postgres == "ok" && redis == "ok";
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, axum::Json(Readiness { status: if ready { "ready" } else { "unavailable" }, postgres, redis }))
+    let (code, status) = match (ready, provider.as_str()) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        (true, "closed") => (StatusCode::OK, "ready"),
+        (true, _) => (StatusCode::OK, "degraded"),
+    };
+    (code, axum::Json(Readiness { status, postgres, redis, provider }))
 }
 
 /// Prometheus metrics in the text format.

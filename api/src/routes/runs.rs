@@ -171,7 +171,8 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 #[utoipa::path(post, path = "/v1/threads/{id}/runs", tag = "runs", request_body = RunIn,
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe")),
     responses((status = 202, body = RunOut), (status = 200, body = RunOut, description = "a repeated submit"),
-              (status = 404), (status = 409, description = "thread_busy"), (status = 413), (status = 422)))]
+              (status = 404), (status = 409, description = "thread_busy"), (status = 413), (status = 422),
+              (status = 429, description = "rate_limited or budget_exhausted, with Retry-After and RateLimit-* headers")))]
 pub async fn create_run(
     State(state): State<AppState>,
     principal: Principal,
@@ -208,6 +209,11 @@ pub async fn create_run(
         .or(thread.assistant_id)
         .ok_or_else(|| ApiError::invalid("assistant_id is required: the thread has no assistant"))?;
     let assistant = db::assistants::get(&state.pool, assistant_id).await?.ok_or(ApiError::NotFound("assistant"))?;
+    crate::ratelimit::admit_run(&state, &principal, thread.end_user.as_deref()).await.inspect_err(|e| {
+        if matches!(e, ApiError::RateLimited { .. }) {
+            state.metrics.runs_submitted.with_label_values(&["rate_limited"]).inc();
+        }
+    })?;
 
     let new = db::runs::NewRun {
         thread_id: thread.id,

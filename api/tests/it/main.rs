@@ -2,10 +2,14 @@
 //! server. One binary for the crate keeps link time down.
 
 mod auth;
+mod breaker;
 mod harness;
+mod limits;
+mod moderation;
 mod openapi;
 mod ops;
 mod ops_files;
+mod resilience;
 mod runs;
 mod validation;
 mod worker_jobs;

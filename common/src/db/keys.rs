@@ -21,6 +21,10 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     /// Set when the key no longer works.
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Override of the runs-per-minute limit of this key (`0` = unlimited).
+    pub runs_per_minute: Option<i32>,
+    /// Monthly cost budget in USD; new runs are refused once usage reaches it.
+    pub monthly_budget_usd: Option<f64>,
 }
 
 /// Creates a key and returns it with its row; the key is not recoverable later.
@@ -28,7 +32,8 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, Ap
     let key = keys::generate(role);
     let row = sqlx::query_as::<_, ApiKey>(
         "INSERT INTO api_keys (id, name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, name, role, key_prefix, created_at, revoked_at",
+         RETURNING id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
+                   monthly_budget_usd::float8 AS monthly_budget_usd",
     )
     .bind(crate::new_id())
     .bind(name)
@@ -43,10 +48,38 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, Ap
 /// The live (not revoked) key with this hash.
 pub async fn find_active_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
     sqlx::query_as::<_, ApiKey>(
-        "SELECT id, name, role, key_prefix, created_at, revoked_at FROM api_keys
+        "SELECT id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
+                monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys
          WHERE key_hash = $1 AND revoked_at IS NULL",
     )
     .bind(hash)
     .fetch_optional(pool)
+    .await
+}
+
+/// Sets the per-key limits (`None` clears an override).
+pub async fn set_limits(
+    pool: &PgPool,
+    id: Uuid,
+    runs_per_minute: Option<i32>,
+    monthly_budget_usd: Option<f64>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE api_keys SET runs_per_minute = $2, monthly_budget_usd = $3::float8::numeric WHERE id = $1")
+        .bind(id)
+        .bind(runs_per_minute)
+        .bind(monthly_budget_usd)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Cost in USD recorded for a key since the start of the current month (UTC).
+pub async fn spend_this_month(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(cost_usd), 0)::float8 FROM usage_records
+         WHERE api_key_id = $1 AND at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    )
+    .bind(id)
+    .fetch_one(pool)
     .await
 }

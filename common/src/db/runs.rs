@@ -74,6 +74,10 @@ pub struct Run {
     pub completed_at: Option<DateTime<Utc>>,
     /// Cancel requested.
     pub cancel_requested_at: Option<DateTime<Utc>>,
+    /// Set by [`claim`] only: the status the run had before this claim (`queued` after a
+    /// retry, `in_progress` when the previous worker died), for the `run.reset` reason.
+    #[sqlx(default)]
+    pub previous_status: Option<String>,
 }
 
 impl Run {
@@ -82,6 +86,12 @@ impl Run {
         matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }
 }
+
+/// [`COLUMNS`] qualified with the alias `r`, for statements that join.
+const R_COLUMNS: &str = "r.id, r.thread_id, r.assistant_id, r.api_key_id, r.user_message_id, r.status, r.attempt,
+    r.lease_owner, r.lease_expires_at, r.next_attempt_at, r.waiting_reason, r.idempotency_key, r.model, r.output_text,
+    r.last_seq, r.finish_reason, r.error_code, r.error_message, r.input_tokens, r.cached_input_tokens, r.output_tokens,
+    r.cost_usd::float8 AS cost_usd, r.created_at, r.started_at, r.first_token_at, r.completed_at, r.cancel_requested_at";
 
 const COLUMNS: &str = "id, thread_id, assistant_id, api_key_id, user_message_id, status, attempt, lease_owner,
     lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text, last_seq, finish_reason,
@@ -209,20 +219,46 @@ pub async fn list_for_thread(
 /// lapsed (its worker died). Increments `attempt`, which fences every later write. `None`
 /// when the run is terminal, not due, or leased by a live worker.
 pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Result<Option<Run>, sqlx::Error> {
+    // `old` is read before the update: it tells a retry (queued) from a crash (in_progress).
     sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "UPDATE runs SET status = 'in_progress', attempt = attempt + 1, lease_owner = $2,
-                lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(started_at, now()),
+        "UPDATE runs r SET status = 'in_progress', attempt = r.attempt + 1, lease_owner = $2,
+                lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(r.started_at, now()),
                 next_attempt_at = NULL, waiting_reason = NULL, output_text = ''
-         WHERE id = $1
-           AND ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                OR (status = 'in_progress' AND lease_expires_at < now()))
-         RETURNING {COLUMNS}"
+         FROM (SELECT id, status AS previous_status FROM runs WHERE id = $1) old
+         WHERE r.id = $1 AND old.id = r.id
+           AND ((r.status = 'queued' AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= now()))
+                OR (r.status = 'in_progress' AND r.lease_expires_at < now()))
+         RETURNING {R_COLUMNS}, old.previous_status"
     )))
     .bind(id)
     .bind(owner)
     .bind(lease_secs)
     .fetch_optional(pool)
     .await
+}
+
+/// Puts an attempt that hit a retryable error back in the queue, due after `delay`, with a
+/// reason clients can see. Fenced on `attempt`; `false` when the attempt no longer owns the run.
+pub async fn requeue(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    delay_secs: f64,
+    reason: &str,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+                next_attempt_at = now() + make_interval(secs => $3), waiting_reason = $4, enqueued_at = now()
+         WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(delay_secs)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
 }
 
 /// Extends the lease of an attempt; `false` when the attempt no longer owns the run.
@@ -502,4 +538,32 @@ pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Res
     }
     tx.commit().await?;
     Ok(out)
+}
+
+/// Active (queued or in-progress) runs of one end user of a key.
+pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM runs r JOIN threads t ON t.id = r.thread_id
+         WHERE r.status IN ('queued', 'in_progress') AND t.api_key_id = $1 AND t.end_user = $2",
+    )
+    .bind(api_key_id)
+    .bind(end_user)
+    .fetch_one(pool)
+    .await
+}
+
+/// Makes a queued run wait (the provider is down): due after `delay_secs`, with a reason
+/// clients can see. The attempt count is not touched: waiting is not an attempt.
+pub async fn defer(pool: &PgPool, id: Uuid, delay_secs: f64, reason: &str) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE runs SET next_attempt_at = now() + make_interval(secs => $2), waiting_reason = $3, enqueued_at = now()
+         WHERE id = $1 AND status = 'queued'",
+    )
+    .bind(id)
+    .bind(delay_secs)
+    .bind(reason)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
 }

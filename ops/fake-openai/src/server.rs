@@ -58,6 +58,11 @@ impl FakeHandle {
         self.shared.embeddings.load(Ordering::Relaxed)
     }
 
+    /// Makes `/v1/moderations` fail with `status` (e.g. 503) until called with `None`.
+    pub fn set_moderation_outage(&self, status: Option<u16>) {
+        self.shared.moderation_fail_status.store(status.unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// Replaces the server-wide default directive (`"key=value ..."`, `""` clears it).
     /// Its `fail=...xN` count starts again from zero.
     pub fn set_default_directive(&self, directive: &str) {

@@ -61,6 +61,8 @@ pub(crate) struct Shared {
     pub chat_failed: Mutex<BTreeMap<u16, u64>>,
     pub embeddings: AtomicU64,
     pub moderations: AtomicU64,
+    /// When non-zero, `/v1/moderations` answers with this HTTP status (an outage).
+    pub moderation_fail_status: std::sync::atomic::AtomicU16,
 }
 
 impl Shared {
@@ -77,6 +79,7 @@ impl Shared {
             chat_failed: Mutex::default(),
             embeddings: AtomicU64::new(0),
             moderations: AtomicU64::new(0),
+            moderation_fail_status: std::sync::atomic::AtomicU16::new(0),
         }
     }
 

@@ -9,9 +9,9 @@ use async_openai::types::chat::FinishReason;
 use chatq_common::{
     db::{self, runs::Outcome, usage::NewUsage},
     events::{EventKind, RunEvent},
-    jobs::ChatRun,
+    jobs::{self, ChatRun},
     pricing::TokenUsage,
-    provider::{ChatRequest, PromptMessage, PromptRole, ProviderError},
+    provider::{ChatRequest, ErrorClass, PromptMessage, PromptRole, ProviderError},
     tokens,
 };
 use chrono::Utc;
@@ -20,7 +20,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::WorkerCtx;
+use crate::{WorkerCtx, breaker::Admission};
 
 /// apalis entry point. Only infrastructure failures (Postgres down) are returned as errors so
 /// apalis redelivers; provider failures are recorded on the run.
@@ -37,9 +37,15 @@ pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynErro
 
 /// Runs one attempt of a run, if it can be claimed.
 pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
-    let lease = ctx.config.run_lease.as_secs_f64();
-    let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? else {
-        tracing::debug!(run.id = %run_id, "run not claimable (finished, not due, or leased); skipping");
+    let probe = match ctx.breaker.admit() {
+        Admission::Wait(retry_in) => return wait_for_provider(ctx, run_id, retry_in).await,
+        Admission::Probe => true,
+        Admission::Allow => false,
+    };
+    let Some(run) = claim(ctx, run_id).await? else {
+        if probe {
+            ctx.breaker.abandon_probe();
+        }
         return Ok(());
     };
     let claimed_at = Instant::now();
@@ -65,7 +71,9 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         return attempt.finish(outcome, None, claimed_at).await;
     }
     if run.attempt > 1 {
-        attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": "retry"}), String::new(), None).await;
+        // The partial answer of the previous attempt is void: clients clear it on this event.
+        let reason = if run.previous_status.as_deref() == Some("in_progress") { "worker_lost" } else { "retry" };
+        attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": reason}), String::new(), None).await;
     }
     attempt.emit(EventKind::Started, json!({"attempt": run.attempt}), String::new(), None).await;
 
@@ -74,6 +82,12 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let renewer = tokio::spawn(renew_lease(ctx.clone(), run.id, run.attempt, lost.clone()));
     let _stop_renewer = scopeguard(move || renewer.abort());
 
+    if let Some(error) = check_input(ctx, &run).await? {
+        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts {
+            return attempt.retry(error, None).await;
+        }
+        return attempt.fail(error, String::new(), claimed_at, None).await;
+    }
     let request = match build_request(ctx, &run).await? {
         Ok(r) => r,
         Err(e) => return attempt.fail(e, String::new(), claimed_at, None).await,
@@ -81,6 +95,21 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let started = Instant::now();
     let outcome = stream_answer(&mut attempt, &request, &lost, claimed_at).await;
     let latency_ms = started.elapsed().as_millis() as i64;
+    let changed = match &outcome {
+        StreamOutcome::Done { .. } => ctx.breaker.success(),
+        StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => ctx.breaker.failure(),
+        // A permanent error is an answer: the provider is up.
+        StreamOutcome::Failed { .. } => ctx.breaker.success(),
+        StreamOutcome::LeaseLost | StreamOutcome::Released => {
+            if probe {
+                ctx.breaker.abandon_probe();
+            }
+            false
+        }
+    };
+    if changed {
+        ctx.breaker_changed().await;
+    }
     match outcome {
         StreamOutcome::Done { text, finish_reason, usage } => {
             let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
@@ -116,6 +145,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         }
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
+            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
             let record = NewUsage {
                 kind: "chat",
                 model: run.model.clone(),
@@ -130,13 +160,79 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 outcome: error.code.to_string(),
                 latency_ms,
             };
+            if retry {
+                return attempt.retry(error, Some(record)).await;
+            }
             attempt.fail(error, partial, claimed_at, Some(record)).await
         }
+        StreamOutcome::Released => attempt.release().await,
         StreamOutcome::LeaseLost => {
             tracing::warn!(run.id = %run.id, attempt = run.attempt, "lease lost; another worker owns the run now");
             Ok(())
         }
     }
+}
+
+/// The breaker is open: the run waits in `queued` (no attempt used) and is looked at again when
+/// the breaker may half-open; past `CHATQ_PROVIDER_MAX_WAIT_SECS` from its submission it fails.
+async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) -> Result<(), sqlx::Error> {
+    let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(()) };
+    if run.status != "queued" {
+        return Ok(());
+    }
+    let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
+    let max_wait = ctx.config.provider_max_wait;
+    if waited >= max_wait {
+        let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
+        let attempt = Attempt { ctx, run_id: run.id, attempt: run.attempt, seq: run.last_seq };
+        let error = ProviderError {
+            class: ErrorClass::Permanent,
+            code: "provider_unavailable",
+            message: "The assistant is unavailable right now. Please try again later.".into(),
+            detail: format!("circuit breaker open for the whole wait of {}s", max_wait.as_secs()),
+            status: None,
+            retry_after: None,
+        };
+        return attempt.fail(error, String::new(), Instant::now(), None).await;
+    }
+    let delay = retry_in.min(max_wait - waited) + Duration::from_millis(50);
+    let reason = format!("The AI provider is unavailable; waiting for it to recover (up to {} s).", max_wait.as_secs());
+    if db::runs::defer(&ctx.pool, run_id, delay.as_secs_f64(), &reason).await? {
+        let task_id = format!("{run_id}-w{}", Utc::now().timestamp_millis());
+        if let Err(e) = jobs::push_chat_run_after(&ctx.chat_queue(), run_id, task_id, delay).await {
+            tracing::warn!(run.id = %run_id, error = %e, "cannot push the waiting run; the reconciler will");
+        }
+    }
+    Ok(())
+}
+
+/// Claims the run. A job delivered a little before the run's `next_attempt_at` (apalis
+/// schedules by the whole second) waits for it, or is pushed again when it is further away,
+/// so an early delivery never loses the retry.
+async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
+    let lease = ctx.config.run_lease.as_secs_f64();
+    for _ in 0..2 {
+        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
+            return Ok(Some(run));
+        }
+        let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
+        let wait = match (run.status.as_str(), run.next_attempt_at) {
+            ("queued", Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
+            _ => {
+                tracing::debug!(run.id = %run_id, status = run.status, "run not claimable (finished or leased); skipping");
+                return Ok(None);
+            }
+        };
+        if wait > Duration::from_secs(2) {
+            let task_id = format!("{run_id}-{}", Utc::now().timestamp_millis());
+            if let Err(e) = jobs::push_chat_run_after(&ctx.chat_queue(), run_id, task_id, wait).await {
+                tracing::warn!(run.id = %run_id, error = %e, "cannot push early-delivered run again; the reconciler will");
+            }
+            return Ok(None);
+        }
+        tokio::time::sleep(wait).await;
+    }
+    Ok(None)
 }
 
 /// The state of one attempt: the next event number and the fence.
@@ -170,6 +266,55 @@ impl Attempt<'_> {
         tracing::warn!(run.id = %self.run_id, attempt = self.attempt, code = e.code, detail = %e.detail, "run failed");
         let outcome = Outcome::Failed { code: e.code.to_string(), message: e.message.clone(), partial_text: partial };
         self.finish(outcome, usage, claimed_at).await
+    }
+
+    /// Puts the run back in the queue after a retryable error: the events so far are flushed
+    /// (the next attempt continues the sequence after a `run.reset`), the failed call is
+    /// recorded, the run waits in `queued` with a visible reason, and a delayed job is pushed.
+    async fn retry(self, e: ProviderError, usage: Option<NewUsage>) -> Result<(), sqlx::Error> {
+        let ctx = self.ctx;
+        ctx.sink.flush().await;
+        if let Some(usage) = &usage {
+            db::usage::insert(&ctx.pool, usage).await?;
+        }
+        let delay = crate::retry::delay(self.attempt, ctx.config.retry_base, ctx.config.retry_max, e.retry_after);
+        let reason = format!(
+            "Retrying after a provider error ({}): attempt {} of {} in {:.1} s.",
+            e.code,
+            self.attempt + 1,
+            ctx.config.run_max_attempts,
+            delay.as_secs_f64()
+        );
+        if !db::runs::requeue(&ctx.pool, self.run_id, self.attempt, delay.as_secs_f64(), &reason).await? {
+            tracing::warn!(run.id = %self.run_id, attempt = self.attempt, "run changed owner before it could be retried");
+            return Ok(());
+        }
+        ctx.metrics.run_retries.with_label_values(&[e.code]).inc();
+        tracing::info!(run.id = %self.run_id, attempt = self.attempt, code = e.code, detail = %e.detail,
+            delay_ms = delay.as_millis() as u64, "run will be retried");
+        // Short delays are waited out by the claim (apalis schedules by the whole second).
+        let push_delay = if delay <= Duration::from_secs(2) { Duration::ZERO } else { delay };
+        let task_id = format!("{}-a{}", self.run_id, self.attempt + 1);
+        if let Err(err) = jobs::push_chat_run_after(&ctx.chat_queue(), self.run_id, task_id, push_delay).await {
+            tracing::warn!(run.id = %self.run_id, error = %err, "cannot push the retry; the reconciler will");
+        }
+        Ok(())
+    }
+
+    /// Gives the run back on shutdown: queued again at once, for another worker. The next
+    /// attempt starts over after a `run.reset`.
+    async fn release(self) -> Result<(), sqlx::Error> {
+        let ctx = self.ctx;
+        ctx.sink.flush().await;
+        let reason = "The worker answering was restarted; the answer starts again.";
+        if db::runs::requeue(&ctx.pool, self.run_id, self.attempt, 0.0, reason).await? {
+            let task_id = format!("{}-s{}", self.run_id, self.attempt);
+            if let Err(e) = jobs::push_chat_run(&ctx.chat_queue(), self.run_id, task_id).await {
+                tracing::warn!(run.id = %self.run_id, error = %e, "cannot push released run; the reconciler will");
+            }
+            tracing::info!(run.id = %self.run_id, attempt = self.attempt, "run released at shutdown");
+        }
+        Ok(())
     }
 
     /// Flushes this run's events, then writes the final state in one transaction and
@@ -220,9 +365,18 @@ impl Attempt<'_> {
 }
 
 enum StreamOutcome {
-    Done { text: String, finish_reason: String, usage: TokenUsage },
-    Failed { error: ProviderError, partial: String },
+    Done {
+        text: String,
+        finish_reason: String,
+        usage: TokenUsage,
+    },
+    Failed {
+        error: ProviderError,
+        partial: String,
+    },
     LeaseLost,
+    /// The worker is shutting down and its grace period is over.
+    Released,
 }
 
 /// Streams the completion, coalescing deltas: the first one is emitted at once, later ones at
@@ -247,12 +401,14 @@ async fn stream_answer(
             Err(error) => return StreamOutcome::Failed { error, partial: text },
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+        _ = ctx.release.cancelled() => return StreamOutcome::Released,
     };
     loop {
         let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
         let next = tokio::select! {
             item = tokio::time::timeout(ctx.provider.idle_timeout, stream.next()) => item,
             _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+            _ = ctx.release.cancelled() => return StreamOutcome::Released,
             _ = sleep_until_opt(flush_at) => {
                 attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
                 last_emit = Some(Instant::now());
@@ -346,6 +502,78 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Input moderation (assistant `moderation: input`): the user message is checked before any
+/// generation. `Some(error)` stops the run: flagged (permanent, `moderation_flagged` with the
+/// categories), or the endpoint is down and `CHATQ_MODERATION_FAIL_CLOSED` is set (retried like
+/// any provider outage). Fail-open answers unchecked and counts it.
+async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<ProviderError>, sqlx::Error> {
+    let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
+        return Ok(None);
+    };
+    if assistant.moderation != "input" {
+        return Ok(None);
+    }
+    let Some(message) = db::messages::get(&ctx.pool, run.user_message_id).await? else { return Ok(None) };
+    let started = Instant::now();
+    let verdict = ctx.provider.moderate(&message.content).await;
+    let outcome = match &verdict {
+        Ok(v) if v.flagged => "flagged".to_string(),
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code.to_string(),
+    };
+    let model = chatq_common::provider::MODERATION_MODEL;
+    let record = NewUsage {
+        kind: "moderation",
+        model: model.to_string(),
+        api_key_id: Some(run.api_key_id),
+        assistant_id: Some(run.assistant_id),
+        run_id: Some(run.id),
+        document_id: None,
+        input_tokens: 0,
+        cached_input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: ctx.pricing.cost(model, Utc::now().date_naive(), TokenUsage::default()),
+        outcome,
+        latency_ms: started.elapsed().as_millis() as i64,
+    };
+    db::usage::insert(&ctx.pool, &record).await?;
+    match verdict {
+        Ok(v) if v.flagged => {
+            ctx.metrics.moderation_checks.with_label_values(&["flagged"]).inc();
+            Ok(Some(ProviderError {
+                class: ErrorClass::Permanent,
+                code: "moderation_flagged",
+                message: format!(
+                    "This message can't be answered: content moderation flagged it ({}).",
+                    v.categories.join(", ")
+                ),
+                detail: format!("flagged categories: {}", v.categories.join(",")),
+                status: None,
+                retry_after: None,
+            }))
+        }
+        Ok(_) => {
+            ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
+            Ok(None)
+        }
+        Err(e) if ctx.config.moderation_fail_closed => {
+            ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
+            tracing::warn!(run.id = %run.id, detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
+            Ok(Some(ProviderError {
+                class: ErrorClass::Retryable,
+                code: "provider_unavailable",
+                message: "The assistant can't check this message right now. Please try again.".into(),
+                ..e
+            }))
+        }
+        Err(e) => {
+            ctx.metrics.moderation_checks.with_label_values(&["unavailable_open"]).inc();
+            tracing::warn!(run.id = %run.id, detail = %e.detail, "moderation unavailable; answering unchecked (fail-open)");
+            Ok(None)
+        }
     }
 }
 

@@ -68,7 +68,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
             tracing::error!(worker = worker.name(), error = %error, restarts = n, "queue worker stopped; restarting it");
             true
         })
-        .shutdown_timeout(Duration::from_secs(30))
+        .shutdown_timeout(ctx.config.shutdown_grace + Duration::from_secs(10))
 }
 
 /// Wakes an idle queue worker every `period` so it fetches new jobs promptly.

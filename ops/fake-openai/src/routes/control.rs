@@ -39,3 +39,15 @@ pub(crate) async fn get_directive(State(shared): State<Arc<Shared>>) -> Json<Val
 pub(crate) async fn stats(State(shared): State<Arc<Shared>>) -> Json<FakeStats> {
     Json(shared.stats())
 }
+
+/// `PUT /_fake/moderation-outage` with `{"status": 503}` makes moderations fail; `{"status": null}`
+/// ends the outage.
+pub(crate) async fn set_moderation_outage(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let request: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return OpenAiError::malformed_json().into_response(),
+    };
+    let status = request.get("status").and_then(Value::as_u64).filter(|s| (400..600).contains(s)).unwrap_or(0) as u16;
+    shared.moderation_fail_status.store(status, std::sync::atomic::Ordering::Relaxed);
+    Json(json!({"status": (status != 0).then_some(status)})).into_response()
+}

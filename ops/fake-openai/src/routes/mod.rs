@@ -33,6 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/_fake/directive", get(control::get_directive).put(control::set_directive))
+        .route("/_fake/moderation-outage", axum::routing::put(control::set_moderation_outage))
         .route("/_fake/stats", get(control::stats))
         .fallback(invalid_url)
         .method_not_allowed_fallback(invalid_url)

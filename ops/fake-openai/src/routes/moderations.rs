@@ -31,6 +31,10 @@ const CATEGORIES: [(&str, bool); 13] = [
 
 /// Handles one moderation request.
 pub(crate) async fn create(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    let outage = shared.moderation_fail_status.load(std::sync::atomic::Ordering::Relaxed);
+    if outage != 0 {
+        return OpenAiError::for_status(outage, "omni-moderation-latest", 0, 1000).into_response();
+    }
     shared.moderations.fetch_add(1, Ordering::Relaxed);
     match respond(&body, &shared.config.trigger_word) {
         Ok(body) => axum::Json(body).into_response(),

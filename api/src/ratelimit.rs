@@ -1,0 +1,92 @@
+//! Rate limits and quotas, kept in Redis so every API replica shares them: runs per minute per
+//! key and per end user (fixed one-minute windows), active runs per end user, and an optional
+//! monthly cost budget per key.
+
+use chatq_common::db;
+
+use crate::{auth::Principal, error::ApiError, state::AppState};
+
+/// Checks every limit a new run is subject to, and counts it. The checks without side effects
+/// (active runs, budget) come first, so a refused run does not use up the per-minute quota.
+pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option<&str>) -> Result<(), ApiError> {
+    let config = &state.config;
+    if let Some(user) = end_user
+        && config.rate_user_active_runs > 0
+    {
+        let active = db::runs::active_for_user(&state.pool, principal.key_id, user).await?;
+        if active >= i64::from(config.rate_user_active_runs) {
+            return Err(ApiError::RateLimited {
+                code: "rate_limited",
+                message: format!("this user already has {active} runs in progress; wait for one to finish"),
+                limit: u64::from(config.rate_user_active_runs),
+                remaining: 0,
+                reset_secs: 1,
+            });
+        }
+    }
+    if let Some(budget) = principal.monthly_budget_usd {
+        let spent = db::keys::spend_this_month(&state.pool, principal.key_id).await?;
+        if spent >= budget {
+            return Err(ApiError::RateLimited {
+                code: "budget_exhausted",
+                message: format!("this key's monthly budget of ${budget:.2} is used up"),
+                limit: 0,
+                remaining: 0,
+                reset_secs: seconds_to_next_month(),
+            });
+        }
+    }
+    let key_limit = match principal.runs_per_minute {
+        Some(n) => n.max(0) as u64,
+        None => u64::from(config.rate_key_runs_per_min),
+    };
+    if key_limit > 0 {
+        count(state, &format!("key:{}", principal.key_id), key_limit, "runs per minute for this key").await?;
+    }
+    if let Some(user) = end_user
+        && config.rate_user_runs_per_min > 0
+    {
+        let scope = format!("user:{}:{}", principal.key_id, hex_of(user));
+        count(state, &scope, u64::from(config.rate_user_runs_per_min), "runs per minute for this user").await?;
+    }
+    Ok(())
+}
+
+/// Counts one run in the current minute of `scope`; refuses it over `limit`. If Redis is
+/// unreachable the run is admitted (and logged): rate limiting must not take the API down.
+async fn count(state: &AppState, scope: &str, limit: u64, what: &str) -> Result<(), ApiError> {
+    let now = chrono::Utc::now().timestamp().max(0) as u64;
+    let window = now / 60;
+    let reset_secs = 60 - now % 60;
+    let key = format!("{}:rl:runs:{scope}:{window}", state.queues.prefix());
+    let mut conn = state.redis.clone();
+    let result: redis::RedisResult<(u64,)> =
+        redis::pipe().atomic().incr(&key, 1).cmd("EXPIRE").arg(&key).arg(61).ignore().query_async(&mut conn).await;
+    match result {
+        Ok((used,)) if used > limit => Err(ApiError::RateLimited {
+            code: "rate_limited",
+            message: format!("too many runs: the limit is {limit} {what}"),
+            limit,
+            remaining: 0,
+            reset_secs,
+        }),
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; admitting the run");
+            Ok(())
+        }
+    }
+}
+
+/// End-user ids are the client's strings: hex keeps the Redis key well-formed.
+fn hex_of(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn seconds_to_next_month() -> u64 {
+    use chrono::{Datelike, TimeZone, Utc};
+    let now = Utc::now();
+    let (y, m) = if now.month() == 12 { (now.year() + 1, 1) } else { (now.year(), now.month() + 1) };
+    let next = Utc.with_ymd_and_hms(y, m, 1, 0, 0, 0).single().unwrap_or(now);
+    (next - now).num_seconds().max(1) as u64
+}

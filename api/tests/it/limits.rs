@@ -1,0 +1,104 @@
+use reqwest::{Method, StatusCode};
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+
+use crate::harness::Stack;
+
+/// Starts a second API process-equivalent on the same database and Redis prefix.
+async fn second_api(s: &Stack) -> String {
+    let state = chatq_api::AppState::from_parts(s.config.clone(), s.pool.clone(), s.redis().await);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(chatq_api::serve(listener, state, std::future::pending()));
+    url
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_per_user_rate_limit_is_shared_by_every_api_instance(pool: PgPool) {
+    let limits = [("CHATQ_RATE_USER_RUNS_PER_MIN", "3"), ("CHATQ_RATE_USER_ACTIVE_RUNS", "0")];
+    let s = Stack::start_with(pool, false, &limits).await;
+    let other = second_api(&s).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let mut urls = Vec::new();
+    for (i, base) in [&s.api_url, &other, &s.api_url, &other].into_iter().enumerate() {
+        let thread = s.create_thread(&assistant, "alice").await;
+        urls.push((i, format!("{base}/v1/threads/{thread}/runs")));
+    }
+    for (i, url) in &urls {
+        let resp = s.http.post(url).bearer_auth(&s.client_key).json(&json!({"input": "hi"})).send().await.unwrap();
+        if *i < 3 {
+            assert_eq!(resp.status(), StatusCode::ACCEPTED, "run {i}");
+            continue;
+        }
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        let h = resp.headers();
+        let num = |name: &str| {
+            h.get(name).unwrap_or_else(|| panic!("{name} header")).to_str().unwrap().parse::<u64>().unwrap()
+        };
+        assert_eq!(num("ratelimit-limit"), 3);
+        assert_eq!(num("ratelimit-remaining"), 0);
+        let reset = num("ratelimit-reset");
+        assert!((1..=60).contains(&reset));
+        assert_eq!(num("retry-after"), reset);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "rate_limited");
+    }
+    // Another user of the same key is not affected.
+    let thread = s.create_thread(&assistant, "bob").await;
+    let (status, _) = s.client(Method::POST, &format!("/v1/threads/{thread}/runs"), Some(json!({"input": "hi"}))).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn an_end_user_may_have_only_so_many_active_runs(pool: PgPool) {
+    let s = Stack::start_with(pool, false, &[("CHATQ_RATE_USER_ACTIVE_RUNS", "2")]).await;
+    let assistant = s.create_assistant(json!({})).await;
+    for _ in 0..2 {
+        let thread = s.create_thread(&assistant, "alice").await;
+        s.send(&thread, "hi").await;
+    }
+    let thread = s.create_thread(&assistant, "alice").await;
+    let (status, body) =
+        s.client(Method::POST, &format!("/v1/threads/{thread}/runs"), Some(json!({"input": "hi"}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limited");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_key_over_its_monthly_budget_gets_budget_exhausted(pool: PgPool) {
+    let s = Stack::start(pool.clone()).await;
+    let key_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE name = 'test-client'").fetch_one(&pool).await.unwrap();
+    chatq_common::db::keys::set_limits(&pool, key_id, None, Some(0.000001)).await.unwrap();
+    let assistant = s.create_assistant(json!({})).await;
+    let thread = s.create_thread(&assistant, "alice").await;
+    // Under budget: the run goes through and costs more than the budget.
+    let run = s.send(&thread, "hi [[fake tokens=20]]").await;
+    assert_eq!(s.wait_run(run["id"].as_str().unwrap()).await["status"], "completed");
+    // The cached key still knows its budget; the spend is read fresh.
+    let (status, body) =
+        s.client(Method::POST, &format!("/v1/threads/{thread}/runs"), Some(json!({"input": "more"}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exhausted");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_per_key_limit_overrides_the_global_one(pool: PgPool) {
+    let s = Stack::start_with(pool.clone(), false, &[("CHATQ_RATE_USER_ACTIVE_RUNS", "0")]).await;
+    let key_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE name = 'test-client'").fetch_one(&pool).await.unwrap();
+    chatq_common::db::keys::set_limits(&pool, key_id, Some(1), None).await.unwrap();
+    let assistant = s.create_assistant(json!({})).await;
+    let t1 = s.create_thread(&assistant, "a").await;
+    let t2 = s.create_thread(&assistant, "b").await;
+    s.send(&t1, "hi").await;
+    let (status, body) = s.client(Method::POST, &format!("/v1/threads/{t2}/runs"), Some(json!({"input": "hi"}))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(body["details"], serde_json::Value::Null, "details live inside error");
+    assert_eq!(body["error"]["details"]["limit"], 1);
+    s.shutdown().await;
+}
