@@ -82,3 +82,21 @@ async fn runs_waiting_past_the_max_wait_fail_with_provider_unavailable(pool: PgP
     assert!(done["error"]["message"].as_str().unwrap().contains("unavailable"));
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_probe_that_ends_without_a_provider_call_frees_the_probe_slot(pool: PgPool) {
+    let s = Stack::start_with(pool, true, BREAKER).await;
+    let assistant = s.create_assistant(json!({})).await;
+    open_breaker(&s, &assistant).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await; // the cool-down: the next run probes
+    // The probe is refused by moderation before any chat call: no verdict on the provider.
+    let strict = s.create_assistant(json!({"moderation": "input"})).await;
+    let thread = s.create_thread(&strict, "alice").await;
+    let flagged = s.send(&thread, "the forbidden-topic").await;
+    assert_eq!(s.wait_run(flagged["id"].as_str().unwrap()).await["error"]["code"], "moderation_flagged");
+    // The next run becomes the probe and closes the breaker.
+    let thread = s.create_thread(&assistant, "bob").await;
+    let run = s.send(&thread, "hello [[fake tokens=2]]").await;
+    assert_eq!(s.wait_run(run["id"].as_str().unwrap()).await["status"], "completed");
+    s.shutdown().await;
+}

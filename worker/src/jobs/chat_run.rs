@@ -42,10 +42,16 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         Admission::Probe => true,
         Admission::Allow => false,
     };
-    let Some(run) = claim(ctx, run_id).await? else {
+    // A probe that ends without a provider verdict (not claimable, moderation refusal, an error)
+    // must free the probe slot, or the breaker would wait for it forever. After a verdict the
+    // slot is already free, so releasing it again is harmless.
+    let breaker = ctx.breaker.clone();
+    let _probe_slot = scopeguard(move || {
         if probe {
-            ctx.breaker.abandon_probe();
+            breaker.abandon_probe();
         }
+    });
+    let Some(run) = claim(ctx, run_id).await? else {
         return Ok(());
     };
     let claimed_at = Instant::now();
@@ -100,12 +106,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => ctx.breaker.failure(),
         // A permanent error is an answer: the provider is up.
         StreamOutcome::Failed { .. } => ctx.breaker.success(),
-        StreamOutcome::LeaseLost | StreamOutcome::Released => {
-            if probe {
-                ctx.breaker.abandon_probe();
-            }
-            false
-        }
+        StreamOutcome::LeaseLost | StreamOutcome::Released => false,
     };
     if changed {
         ctx.breaker_changed().await;
