@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
@@ -44,6 +45,8 @@ pub struct WorkerCtx {
     pub worker_id: String,
     /// Queue workers restarted after an error, for logs.
     pub worker_restarts: Arc<AtomicUsize>,
+    /// Issue 4: knowledge-base vectors held in memory for retrieval.
+    pub vectors: Arc<chatq_common::retrieval::VectorCache>,
 }
 
 impl WorkerCtx {
@@ -86,6 +89,7 @@ impl WorkerCtx {
             metrics,
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
+            vectors: Arc::default(),
         })
     }
 }

@@ -22,6 +22,12 @@ pub struct Metrics {
     pub flush_rows: Histogram,
     /// `chatq_reconciler_requeued_total`.
     pub reconciler_requeued: prometheus::IntCounter,
+    /// Issue 4: documents ingested, by final status (`ready`, `failed`).
+    pub documents_ingested: IntCounterVec,
+    /// Issue 4: chunks written to knowledge bases.
+    pub chunks_indexed: prometheus::IntCounter,
+    /// Issue 4: pages extracted (1 per non-PDF document).
+    pub pages_extracted: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -72,6 +78,20 @@ impl Metrics {
         registry.register(Box::new(runs_in_progress.clone())).expect("registered once");
         registry.register(Box::new(flush_rows.clone())).expect("registered once");
         registry.register(Box::new(reconciler_requeued.clone())).expect("registered once");
+        let documents_ingested = IntCounterVec::new(
+            Opts::new("chatq_documents_ingested_total", "Documents ingested, by final status"),
+            &["status"],
+        )
+        .expect("valid metric");
+        let chunks_indexed =
+            prometheus::IntCounter::new("chatq_chunks_indexed_total", "Chunks written to knowledge bases")
+                .expect("valid metric");
+        let pages_extracted =
+            prometheus::IntCounter::new("chatq_pages_extracted_total", "Document pages extracted (1 per non-PDF)")
+                .expect("valid metric");
+        registry.register(Box::new(documents_ingested.clone())).expect("registered once");
+        registry.register(Box::new(chunks_indexed.clone())).expect("registered once");
+        registry.register(Box::new(pages_extracted.clone())).expect("registered once");
         Self {
             registry,
             runs_finished,
@@ -82,6 +102,9 @@ impl Metrics {
             runs_in_progress,
             flush_rows,
             reconciler_requeued,
+            documents_ingested,
+            chunks_indexed,
+            pages_extracted,
         }
     }
 }

@@ -39,7 +39,17 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
         return Ok(0);
     }
     let ids = db::runs::take_stale(&ctx.pool, STALE_AFTER.as_secs_f64(), 500).await?;
+    // Issue 4: documents whose ingestion job was lost (failed push, Redis flush, dead worker).
+    let processing_after = ctx.config.extract_timeout.as_secs_f64() + 600.0;
+    let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
     tx.commit().await?;
+    let ingest = jobs::ingest_storage(ctx.redis.clone(), &ctx.queues);
+    for id in docs {
+        match jobs::push_ingest(&ingest, id).await {
+            Ok(()) => tracing::info!(document.id = %id, "reconciler pushed a stale document again"),
+            Err(e) => tracing::warn!(document.id = %id, error = %e, "reconciler cannot push document"),
+        }
+    }
     let storage = jobs::chat_run_storage(ctx.redis.clone(), &ctx.queues);
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut pushed = 0;

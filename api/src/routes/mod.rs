@@ -2,6 +2,7 @@
 
 pub mod assistants;
 pub mod health;
+pub mod knowledge;
 pub mod messages;
 pub mod runs;
 pub mod threads;
@@ -42,6 +43,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(threads::router())
         .merge(messages::router())
         .merge(runs::router())
+        .merge(knowledge::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

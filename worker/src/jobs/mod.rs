@@ -1,6 +1,7 @@
 //! Every job the worker runs, registered in one place.
 
 pub mod chat_run;
+pub mod ingest;
 
 use std::{
     sync::atomic::Ordering,
@@ -10,7 +11,7 @@ use std::{
 
 use apalis::prelude::*;
 use apalis_redis::RedisStorage;
-use chatq_common::jobs::ChatRun;
+use chatq_common::jobs::{ChatRun, IngestDocument};
 
 use crate::WorkerCtx;
 
@@ -18,6 +19,7 @@ use crate::WorkerCtx;
 /// and per restart (shared names break orphan recovery), and a failed worker is restarted.
 pub fn monitor(ctx: &WorkerCtx) -> Monitor {
     let chat_ctx = ctx.clone();
+    let ingest_ctx = ctx.clone();
     let restarts_ctx = ctx.clone();
     Monitor::new()
         .register(move |restarts| {
@@ -33,6 +35,20 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
                 .parallelize(tokio::spawn)
                 .catch_panic()
                 .build(chat_run::handle)
+        })
+        .register(move |restarts| {
+            let ctx = ingest_ctx.clone();
+            let concurrency = ctx.config.ingest_concurrency;
+            let backend = RedisStorage::<IngestDocument>::new(ctx.redis.clone())
+                .with_config(ctx.queues.ingest_docs_config(concurrency.min(32)))
+                .poll_with_strategy(Ticker::new(ctx.config.chat_poll_interval.max(Duration::from_millis(50))));
+            WorkerBuilder::new(format!("{}-{}-r{restarts}", ctx.queues.ingest_docs(), ctx.worker_id))
+                .backend(backend)
+                .data(ctx)
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .catch_panic()
+                .build(ingest::handle)
         })
         .should_restart(move |worker, error| {
             let n = restarts_ctx.worker_restarts.fetch_add(1, Ordering::Relaxed) + 1;
