@@ -239,6 +239,12 @@ pub struct SearchOut {
     pub results: Vec<SearchResult>,
 }
 
+/// The price table for query-embedding costs, loaded once per process.
+fn pricing(state: &AppState) -> Option<&'static chatq_common::pricing::Pricing> {
+    static PRICING: std::sync::OnceLock<Option<chatq_common::pricing::Pricing>> = std::sync::OnceLock::new();
+    PRICING.get_or_init(|| chatq_common::pricing::Pricing::load(state.config.pricing_file.as_deref()).ok()).as_ref()
+}
+
 async fn live_kb(state: &AppState, id: Uuid) -> Result<KnowledgeBase, ApiError> {
     db::knowledge::get_kb(&state.pool, id).await?.ok_or(ApiError::NotFound("knowledge base"))
 }
@@ -513,9 +519,7 @@ pub async fn search(
             .await
             .map_err(|retrieval::RetrievalError::Db(e)| ApiError::from(e))?;
     let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
-    let pricing_cost = chatq_common::pricing::Pricing::load(state.config.pricing_file.as_deref())
-        .ok()
-        .and_then(|p| p.cost(&kb.embedding_model, Utc::now().date_naive(), usage));
+    let pricing_cost = pricing(&state).and_then(|p| p.cost(&kb.embedding_model, Utc::now().date_naive(), usage));
     let record = NewUsage {
         kind: "embedding",
         model: kb.embedding_model.clone(),
