@@ -22,6 +22,24 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Upload a folder to a knowledge base, wait for the documents to settle and print a
+    /// table of results. Exits non-zero when a file failed.
+    Ingest {
+        /// Folder with the documents (searched recursively).
+        dir: std::path::PathBuf,
+        /// Knowledge base id.
+        #[arg(long)]
+        kb: String,
+        /// API base URL (default: http://CHATQ_LISTEN).
+        #[arg(long)]
+        api: Option<String>,
+        /// Admin key.
+        #[arg(long, env = "CHATQ_ADMIN_KEY", hide_env_values = true)]
+        key: String,
+        /// Seconds to wait for the documents to settle.
+        #[arg(long, default_value_t = 1800)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -62,6 +80,17 @@ async fn main() -> anyhow::Result<()> {
             chatq_common::MIGRATOR.run(&pool).await.context("migration failed")?;
             tracing::info!("migrations applied");
             Ok(())
+        }
+        Command::Ingest { dir, kb, api, key, timeout_secs } => {
+            let api = api.unwrap_or_else(|| format!("http://{}", config.listen));
+            let args = chatq_api::ingest_cli::IngestArgs {
+                dir,
+                kb,
+                api,
+                key,
+                timeout: std::time::Duration::from_secs(timeout_secs),
+            };
+            if chatq_api::ingest_cli::run(args).await? { Ok(()) } else { std::process::exit(1) }
         }
         Command::Keys { command: KeysCommand::Create { role, name, runs_per_minute, monthly_budget_usd } } => {
             let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;

@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use chatq_common::{
     config::Config,
-    jobs::{ChatRunStorage, Queues},
+    jobs::{ChatRunStorage, IngestStorage, Queues},
+    provider::Provider,
+    retrieval::VectorCache,
 };
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
@@ -28,6 +30,12 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Prometheus handles.
     pub metrics: Arc<Metrics>,
+    /// Issue 4: the document ingestion queue.
+    pub ingest_queue: IngestStorage,
+    /// Issue 4: the provider, for embedding search queries.
+    pub provider: Provider,
+    /// Issue 4: knowledge-base vectors held in memory for `/search`.
+    pub vectors: Arc<VectorCache>,
 }
 
 impl AppState {
@@ -47,6 +55,9 @@ impl AppState {
     pub fn from_parts(config: Config, pool: PgPool, redis: ConnectionManager) -> Self {
         let queues = Queues::new(&config.queue_prefix);
         let chat_queue = chatq_common::jobs::chat_run_storage(redis.clone(), &queues);
+        let ingest_queue = chatq_common::jobs::ingest_storage(redis.clone(), &queues);
+        // Building a reqwest client only fails when the TLS backend cannot initialise.
+        let provider = Provider::new(&config).expect("the provider HTTP client builds");
         Self {
             config: Arc::new(config),
             pool,
@@ -55,6 +66,9 @@ impl AppState {
             chat_queue,
             keys: Arc::new(KeyCache::default()),
             metrics: Arc::new(Metrics::new()),
+            ingest_queue,
+            provider,
+            vectors: Arc::default(),
         }
     }
 }

@@ -124,6 +124,36 @@ pub struct Config {
     /// Longest a run waits for an open breaker, from its submission, before failing with
     /// `provider_unavailable` (`CHATQ_PROVIDER_MAX_WAIT_SECS`).
     pub provider_max_wait: Duration,
+    // Issue 4: knowledge bases.
+    /// Documents one worker process ingests at once (`CHATQ_INGEST_CONCURRENCY`).
+    pub ingest_concurrency: usize,
+    /// Largest accepted uploaded file in bytes (`CHATQ_MAX_UPLOAD_FILE_BYTES`).
+    pub max_upload_file_bytes: usize,
+    /// Largest accepted upload request in bytes (`CHATQ_MAX_UPLOAD_REQUEST_BYTES`).
+    pub max_upload_request_bytes: usize,
+    /// Embedding model of new knowledge bases (`CHATQ_EMBEDDING_MODEL`).
+    pub embedding_model: String,
+    /// Embedding dimensions of new knowledge bases (`CHATQ_EMBEDDING_DIMS`).
+    pub embedding_dims: usize,
+    /// Most inputs per embeddings request (`CHATQ_EMBEDDING_BATCH_INPUTS`).
+    pub embedding_batch_inputs: usize,
+    /// Most tokens per embeddings request (`CHATQ_EMBEDDING_BATCH_TOKENS`).
+    pub embedding_batch_tokens: usize,
+    /// Target chunk size in tokens (`CHATQ_CHUNK_TOKENS`).
+    pub chunk_tokens: usize,
+    /// Tokens shared by neighbouring chunks (`CHATQ_CHUNK_OVERLAP_TOKENS`).
+    pub chunk_overlap_tokens: usize,
+    /// Sources put in a prompt at most (`CHATQ_RETRIEVAL_TOP_K`).
+    pub retrieval_top_k: usize,
+    /// Token budget of the sources in a prompt (`CHATQ_RETRIEVAL_MAX_TOKENS`).
+    pub retrieval_max_tokens: usize,
+    /// Wall-clock limit of one PDF extraction child process (`CHATQ_EXTRACT_TIMEOUT_SECS`).
+    pub extract_timeout: Duration,
+    /// Address-space limit of the PDF extraction child in MiB (`CHATQ_EXTRACT_MEMORY_MB`).
+    pub extract_memory_mb: u64,
+    /// Binary run as `<bin> extract-pdf` for PDF text; default: the running worker binary
+    /// (`CHATQ_EXTRACTOR_BIN`).
+    pub extractor_bin: Option<PathBuf>,
 }
 
 impl Config {
@@ -177,6 +207,21 @@ impl Config {
             breaker_failures: r.parse("CHATQ_BREAKER_FAILURES", "5"),
             breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),
             provider_max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
+            // Issue 4: knowledge bases.
+            ingest_concurrency: r.parse("CHATQ_INGEST_CONCURRENCY", "2"),
+            max_upload_file_bytes: r.parse("CHATQ_MAX_UPLOAD_FILE_BYTES", "52428800"),
+            max_upload_request_bytes: r.parse("CHATQ_MAX_UPLOAD_REQUEST_BYTES", "209715200"),
+            embedding_model: r.string("CHATQ_EMBEDDING_MODEL", "text-embedding-3-small"),
+            embedding_dims: r.parse("CHATQ_EMBEDDING_DIMS", "1536"),
+            embedding_batch_inputs: r.parse("CHATQ_EMBEDDING_BATCH_INPUTS", "128"),
+            embedding_batch_tokens: r.parse("CHATQ_EMBEDDING_BATCH_TOKENS", "100000"),
+            chunk_tokens: r.parse("CHATQ_CHUNK_TOKENS", "400"),
+            chunk_overlap_tokens: r.parse("CHATQ_CHUNK_OVERLAP_TOKENS", "60"),
+            retrieval_top_k: r.parse("CHATQ_RETRIEVAL_TOP_K", "6"),
+            retrieval_max_tokens: r.parse("CHATQ_RETRIEVAL_MAX_TOKENS", "3000"),
+            extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
+            extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
+            extractor_bin: r.optional("CHATQ_EXTRACTOR_BIN").map(PathBuf::from),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -201,6 +246,14 @@ impl Config {
             ("CHATQ_MAX_MESSAGE_BYTES", self.max_message_bytes),
             ("CHATQ_MAX_BODY_BYTES", self.max_body_bytes),
             ("CHATQ_HISTORY_MAX_TOKENS", self.history_max_tokens),
+            ("CHATQ_INGEST_CONCURRENCY", self.ingest_concurrency),
+            ("CHATQ_MAX_UPLOAD_FILE_BYTES", self.max_upload_file_bytes),
+            ("CHATQ_MAX_UPLOAD_REQUEST_BYTES", self.max_upload_request_bytes),
+            ("CHATQ_EMBEDDING_DIMS", self.embedding_dims),
+            ("CHATQ_EMBEDDING_BATCH_INPUTS", self.embedding_batch_inputs),
+            ("CHATQ_EMBEDDING_BATCH_TOKENS", self.embedding_batch_tokens),
+            ("CHATQ_CHUNK_TOKENS", self.chunk_tokens),
+            ("CHATQ_RETRIEVAL_TOP_K", self.retrieval_top_k),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
@@ -224,6 +277,10 @@ impl Config {
         }
         if !(1..=25).contains(&self.run_max_attempts) {
             errors.push("CHATQ_RUN_MAX_ATTEMPTS must be between 1 and 25".into());
+        }
+
+        if self.chunk_overlap_tokens >= self.chunk_tokens {
+            errors.push("CHATQ_CHUNK_OVERLAP_TOKENS must be smaller than CHATQ_CHUNK_TOKENS".into());
         }
         if self.run_lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());

@@ -29,6 +29,13 @@ pub struct Cleanup {
     pub dry_run: bool,
 }
 
+/// Extract, chunk, embed and index one uploaded document (`ingest-docs` queue).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IngestDocument {
+    /// The document in Postgres; its bytes are in `document_blobs`.
+    pub document_id: Uuid,
+}
+
 /// The queue names of one chatq stack, all under `CHATQ_QUEUE_PREFIX`.
 #[derive(Clone, Debug)]
 pub struct Queues {
@@ -80,12 +87,28 @@ impl Queues {
 
     /// Every queue of the stack, for metrics and housekeeping.
     pub fn all(&self) -> Vec<String> {
-        vec![self.chat_runs(), self.maintenance()]
+        vec![self.chat_runs(), self.ingest_docs(), self.maintenance()]
     }
 
     /// The provider circuit breaker's published state: `{prefix}:breaker`.
     pub fn breaker_key(&self) -> String {
         format!("{}:breaker", self.prefix)
+    }
+
+    /// The document ingestion queue: `{prefix}-ingest-docs`.
+    pub fn ingest_docs(&self) -> String {
+        format!("{}-ingest-docs", self.prefix)
+    }
+
+    /// apalis settings of the ingestion queue, identical on both sides. Postgres statuses
+    /// decide what is done, so a redelivery is harmless.
+    pub fn ingest_docs_config(&self, batch_size: usize) -> QueueConfig {
+        QueueConfig::default()
+            .queue(self.ingest_docs())
+            .heartbeat_interval(Duration::from_secs(5))
+            .missed_heartbeats(3)
+            .batch_size(batch_size.max(1))
+            .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
     }
 
     /// The Redis stream carrying a run's live events: `{prefix}:run:{id}`.
@@ -144,5 +167,21 @@ pub fn cleanup_storage(conn: ConnectionManager, queues: &Queues) -> CleanupStora
 pub async fn push_cleanup(storage: &CleanupStorage, job: Cleanup, task_id: String) -> Result<(), EnqueueError> {
     let mut storage = storage.clone();
     let task = TaskBuilder::new(job).task_id(TaskId::from_string(task_id)).build();
+    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+}
+
+/// The apalis storage of the ingestion queue.
+pub type IngestStorage = RedisStorage<IngestDocument>;
+
+/// A storage for pushing ingestion jobs (the API side).
+pub fn ingest_storage(conn: ConnectionManager, queues: &Queues) -> IngestStorage {
+    RedisStorage::new(conn).with_config(queues.ingest_docs_config(4))
+}
+
+/// Pushes an ingestion job with a fresh task id.
+pub async fn push_ingest(storage: &IngestStorage, document_id: Uuid) -> Result<(), EnqueueError> {
+    let mut storage = storage.clone();
+    let task_id = format!("{document_id}-{}", crate::new_id().simple());
+    let task = TaskBuilder::new(IngestDocument { document_id }).task_id(TaskId::from_string(task_id)).build();
     storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
 }

@@ -5,10 +5,12 @@ pub mod db;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod media;
 pub mod metrics;
 pub mod pricing;
 pub mod provider;
 pub mod redis_conn;
+pub mod retrieval;
 pub mod telemetry;
 pub mod tokens;
 

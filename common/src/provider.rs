@@ -323,6 +323,78 @@ impl Provider {
     }
 }
 
+/// Vectors for a batch of texts plus the tokens billed.
+#[derive(Clone, Debug)]
+pub struct Embeddings {
+    /// One vector per input, in input order.
+    pub vectors: Vec<Vec<f32>>,
+    /// Input tokens the provider billed.
+    pub tokens: u64,
+}
+
+impl Provider {
+    /// One embeddings request (no retries; see [`Provider::embed_with_retries`]).
+    pub async fn embed(&self, model: &str, dims: usize, inputs: &[String]) -> Result<Embeddings, ProviderError> {
+        use async_openai::types::embeddings::{CreateEmbeddingRequest, EmbeddingInput};
+        let slot = Arc::new(Mutex::new(None));
+        let client = self.client(slot.clone());
+        let request = CreateEmbeddingRequest {
+            model: model.to_string(),
+            input: EmbeddingInput::StringArray(inputs.to_vec()),
+            // Only text-embedding-3 and later accept `dimensions`.
+            dimensions: (!model.contains("ada")).then_some(dims as u32),
+            ..Default::default()
+        };
+        let response = match client.embeddings().create(request).await {
+            Ok(r) => r,
+            Err(e) => {
+                let after = *slot.lock().unwrap_or_else(|p| p.into_inner());
+                return Err(ProviderError::classify(&e, after));
+            }
+        };
+        let mut data = response.data;
+        data.sort_by_key(|e| e.index);
+        if data.len() != inputs.len() {
+            return Err(ProviderError::new(
+                ErrorClass::Retryable,
+                "provider_unavailable",
+                "The embeddings provider sent an incomplete answer.",
+                format!("{} vectors for {} inputs", data.len(), inputs.len()),
+            ));
+        }
+        Ok(Embeddings {
+            vectors: data.into_iter().map(|e| e.embedding).collect(),
+            tokens: response.usage.prompt_tokens as u64,
+        })
+    }
+
+    /// [`Provider::embed`], retried on 429 and 5xx (and transport errors) with exponential
+    /// backoff honouring `Retry-After`, up to `attempts` calls.
+    pub async fn embed_with_retries(
+        &self,
+        model: &str,
+        dims: usize,
+        inputs: &[String],
+        attempts: u32,
+    ) -> Result<Embeddings, ProviderError> {
+        let mut delay = Duration::from_millis(200);
+        let mut n = 1;
+        loop {
+            match self.embed(model, dims, inputs).await {
+                Ok(e) => return Ok(e),
+                Err(e) if e.class == ErrorClass::Retryable && n < attempts => {
+                    let wait = e.retry_after.unwrap_or(delay).min(Duration::from_secs(30));
+                    tracing::warn!(code = e.code, detail = %e.detail, attempt = n, "embeddings request failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                    n += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 fn build_request(req: &ChatRequest) -> Result<async_openai::types::chat::CreateChatCompletionRequest, OpenAIError> {
     let mut messages: Vec<ChatCompletionRequestMessage> = Vec::with_capacity(req.messages.len());
     for m in &req.messages {

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod breaker;
+pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
@@ -54,6 +55,8 @@ pub struct WorkerCtx {
     pub release: CancellationToken,
     /// The provider's circuit breaker.
     pub breaker: Arc<breaker::Breaker>,
+    /// Issue 4: knowledge-base vectors held in memory for retrieval.
+    pub vectors: Arc<chatq_common::retrieval::VectorCache>,
 }
 
 impl WorkerCtx {
@@ -100,6 +103,7 @@ impl WorkerCtx {
             scrape: Arc::new(scrape::ScrapeCache::default()),
             release: CancellationToken::new(),
             breaker,
+            vectors: Arc::default(),
         })
     }
 }

@@ -2,7 +2,8 @@
 //! documents by status) are read at scrape time by [`crate::scrape`].
 
 use prometheus::{
-    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry,
 };
 
 use chatq_common::metrics::Registrar;
@@ -53,6 +54,12 @@ pub struct Metrics {
     /// `chatq_moderation_checks_total{outcome}`: passed, flagged, unavailable_open (answered
     /// unchecked because the endpoint was down), unavailable_closed.
     pub moderation_checks: IntCounterVec,
+    /// `chatq_documents_ingested_total{status}`: documents ingested, by final status.
+    pub documents_ingested: IntCounterVec,
+    /// `chatq_chunks_indexed_total`: chunks written to knowledge bases.
+    pub chunks_indexed: IntCounter,
+    /// `chatq_pages_extracted_total`: document pages extracted (1 per non-PDF document).
+    pub pages_extracted: IntCounter,
     /// Every family name registered, for the dashboard check.
     pub names: Vec<String>,
 }
@@ -142,6 +149,13 @@ impl Metrics {
             ),
             &["outcome"],
         ));
+        let documents_ingested = r.add(IntCounterVec::new(
+            Opts::new("chatq_documents_ingested_total", "Documents ingested, by final status"),
+            &["status"],
+        ));
+        let chunks_indexed = r.add(IntCounter::new("chatq_chunks_indexed_total", "Chunks written to knowledge bases"));
+        let pages_extracted =
+            r.add(IntCounter::new("chatq_pages_extracted_total", "Document pages extracted (1 per non-PDF document)"));
         let (registry, names) = r.finish();
         Self {
             registry,
@@ -164,6 +178,9 @@ impl Metrics {
             breaker_state,
             run_retries,
             moderation_checks,
+            documents_ingested,
+            chunks_indexed,
+            pages_extracted,
             names,
         }
     }

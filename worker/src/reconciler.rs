@@ -38,7 +38,17 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     let max_attempts = ctx.config.run_max_attempts;
     let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
     let ids = db::runs::take_stale(&ctx.pool, ctx.config.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
+    // Issue 4: documents whose ingestion job was lost (failed push, Redis flush, dead worker).
+    let processing_after = ctx.config.extract_timeout.as_secs_f64() + 600.0;
+    let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
     tx.commit().await?;
+    let ingest = jobs::ingest_storage(ctx.redis.clone(), &ctx.queues);
+    for id in docs {
+        match jobs::push_ingest(&ingest, id).await {
+            Ok(()) => tracing::info!(document.id = %id, "reconciler pushed a stale document again"),
+            Err(e) => tracing::warn!(document.id = %id, error = %e, "reconciler cannot push document"),
+        }
+    }
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;

@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod assistants;
 pub mod health;
+pub mod knowledge;
 pub mod messages;
 pub mod runs;
 pub mod threads;
@@ -46,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(runs::router())
         .merge(usage::router())
         .merge(admin::router())
+        .merge(knowledge::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

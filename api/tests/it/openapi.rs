@@ -29,6 +29,16 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/usage", "get"),
         ("/v1/admin/cleanup", "post"),
         ("/v1/admin/jobs/{id}", "get"),
+        ("/v1/knowledge-bases", "post"),
+        ("/v1/knowledge-bases", "get"),
+        ("/v1/knowledge-bases/{id}", "get"),
+        ("/v1/knowledge-bases/{id}", "delete"),
+        ("/v1/knowledge-bases/{id}/documents", "post"),
+        ("/v1/knowledge-bases/{id}/documents", "get"),
+        ("/v1/knowledge-bases/{id}/search", "post"),
+        ("/v1/documents/{id}", "get"),
+        ("/v1/documents/{id}", "delete"),
+        ("/v1/ingestion-batches/{id}", "get"),
     ];
     for (path, method) in expected {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");

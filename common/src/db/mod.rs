@@ -4,6 +4,7 @@
 pub mod assistants;
 pub mod events;
 pub mod keys;
+pub mod knowledge;
 pub mod maintenance;
 pub mod messages;
 pub mod runs;

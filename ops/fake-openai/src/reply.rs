@@ -73,9 +73,67 @@ pub(crate) fn prompt_reply(messages: &[Message]) -> Vec<String> {
     out
 }
 
+/// Reply for a prompt with numbered sources (a line starting `[1] ` followed by the source's
+/// text, as chatq's retrieval writes them): quotes the first sentence of source 1 and cites
+/// it, `According to the sources, "<sentence>" [1]`. The quote is copied verbatim from the
+/// prompt. `None` when no message has a source 1.
+pub(crate) fn cited_reply(messages: &[Message]) -> Option<Vec<String>> {
+    let sentence = messages.iter().find_map(|m| source_sentence(&m.content))?;
+    Some(split_keeping_spaces(&format!("According to the sources, \"{sentence}\" [1]")))
+}
+
+fn is_source_header(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else { return false };
+    let digits = rest.chars().take_while(char::is_ascii_digit).count();
+    digits > 0 && rest[digits..].starts_with("] ")
+}
+
+fn source_sentence(content: &str) -> Option<String> {
+    let mut lines = content.lines().skip_while(|l| !l.starts_with("[1] "));
+    lines.next()?;
+    let body: Vec<&str> = lines.take_while(|l| !is_source_header(l)).map(str::trim).filter(|l| !l.is_empty()).collect();
+    let line = body.iter().find(|l| !l.starts_with('#') && l.len() >= 20).or(body.first())?;
+    let end = line
+        .char_indices()
+        .find(|(i, c)| matches!(c, '.' | '?' | '!') && line[i + 1..].starts_with(' '))
+        .map_or(line.len(), |(i, _)| i + 1);
+    Some(line[..end].trim().to_string())
+}
+
+/// Splits text into stream tokens: each word with the whitespace before it, so the tokens
+/// concatenate to exactly the text.
+fn split_keeping_spaces(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut current = String::new();
+    let mut prev_space = false;
+    for c in text.chars() {
+        if c.is_whitespace() && !prev_space && !current.is_empty() && !current.chars().all(char::is_whitespace) {
+            out.push(std::mem::take(&mut current));
+        }
+        prev_space = c.is_whitespace();
+        current.push(c);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_prompt_with_sources_is_answered_by_quoting_source_one() {
+        let system = "Answer from the sources.\n\nSources:\n\n[1] guide.md (Install)\n# Install\nShort.\nRun  the installer now. Then reboot.\n\n[2] other.txt\nNope.\n";
+        let messages = [
+            Message { role: "system".into(), content: system.into() },
+            Message { role: "user".into(), content: "how?".into() },
+        ];
+        let reply = cited_reply(&messages).unwrap();
+        assert_eq!(reply.concat(), "According to the sources, \"Run  the installer now.\" [1]");
+        assert!(cited_reply(&messages[1..]).is_none());
+    }
 
     #[test]
     fn the_echo_is_padded_with_filler_to_the_requested_length() {

@@ -12,6 +12,7 @@ use chatq_common::{
     jobs::{self, ChatRun},
     pricing::TokenUsage,
     provider::{ChatRequest, ErrorClass, PromptMessage, PromptRole, ProviderError},
+    retrieval::{self, Source},
     tokens,
 };
 use chrono::Utc;
@@ -94,7 +95,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         }
         return attempt.fail(error, String::new(), claimed_at, None).await;
     }
-    let request = match build_request(ctx, &run).await? {
+    let (request, sources) = match build_request(ctx, &run).await? {
         Ok(r) => r,
         Err(e) => return attempt.fail(e, String::new(), claimed_at, None).await,
     };
@@ -133,6 +134,10 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 outcome: "ok".into(),
                 latency_ms,
             };
+            let cited = retrieval::citations(&text, &sources);
+            for c in &cited {
+                attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
+            }
             let outcome = Outcome::Completed {
                 output_text: text,
                 finish_reason,
@@ -140,7 +145,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 cached_input_tokens: usage.cached_input as i64,
                 output_tokens: usage.output as i64,
                 cost_usd: cost,
-                citations: json!([]),
+                citations: json!(cited),
             };
             attempt.finish(outcome, Some(record), claimed_at).await
         }
@@ -578,11 +583,13 @@ async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<Prov
     }
 }
 
-/// The prompt: instructions, then the newest history that fits the token budget, oldest first.
+/// The prompt: instructions, the numbered sources retrieved from the assistant's knowledge
+/// bases for the message being answered, then the newest history that fits the token budget,
+/// oldest first.
 async fn build_request(
     ctx: &WorkerCtx,
     run: &db::runs::Run,
-) -> Result<Result<ChatRequest, ProviderError>, sqlx::Error> {
+) -> Result<Result<(ChatRequest, Vec<Source>), ProviderError>, sqlx::Error> {
     let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
         return Ok(Err(ProviderError {
             class: chatq_common::provider::ErrorClass::Permanent,
@@ -594,7 +601,13 @@ async fn build_request(
         }));
     };
     let recent = db::messages::recent_until(&ctx.pool, run.thread_id, run.user_message_id, 500).await?;
+    let question = recent.first().map(|m| m.content.clone()).unwrap_or_default();
+    let sources = retrieve(ctx, run, &assistant.knowledge_base_ids, &question).await?;
+    let sources_prompt = (!sources.is_empty()).then(|| retrieval::sources_prompt(&sources));
     let mut budget = ctx.config.history_max_tokens.saturating_sub(tokens::message_tokens(&assistant.instructions));
+    if let Some(p) = &sources_prompt {
+        budget = budget.saturating_sub(tokens::message_tokens(p));
+    }
     let mut history = Vec::new();
     for (i, m) in recent.into_iter().enumerate() {
         let cost = tokens::message_tokens(&m.content);
@@ -611,13 +624,83 @@ async fn build_request(
     if !assistant.instructions.trim().is_empty() {
         messages.push(PromptMessage { role: PromptRole::System, content: assistant.instructions.clone() });
     }
+    if let Some(p) = sources_prompt {
+        messages.push(PromptMessage { role: PromptRole::System, content: p });
+    }
     messages.extend(history);
-    Ok(Ok(ChatRequest {
+    let request = ChatRequest {
         model: run.model.clone(),
         messages,
         temperature: assistant.temperature,
         max_output_tokens: assistant.max_output_tokens.map(|n| n as u32),
-    }))
+    };
+    Ok(Ok((request, sources)))
+}
+
+/// Hybrid search over the assistant's knowledge bases (grouped by embedding model), within
+/// `CHATQ_RETRIEVAL_TOP_K` and `CHATQ_RETRIEVAL_MAX_TOKENS`. The query embedding is recorded
+/// as usage of the run. A failed query embedding degrades to keyword search.
+async fn retrieve(
+    ctx: &WorkerCtx,
+    run: &db::runs::Run,
+    kb_ids: &[Uuid],
+    question: &str,
+) -> Result<Vec<Source>, sqlx::Error> {
+    if kb_ids.is_empty() || question.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut groups: Vec<((String, usize), Vec<Uuid>)> = Vec::new();
+    for id in kb_ids {
+        let Some(kb) = db::knowledge::get_kb(&ctx.pool, *id).await? else { continue };
+        let key = (kb.embedding_model, kb.embedding_dims as usize);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, ids)) => ids.push(*id),
+            None => groups.push((key, vec![*id])),
+        }
+    }
+    let (k, budget) = (ctx.config.retrieval_top_k, ctx.config.retrieval_max_tokens);
+    let mut all = Vec::new();
+    for ((model, dims), ids) in groups {
+        let started = Instant::now();
+        let (found, stats) = match retrieval::search(
+            &ctx.pool,
+            &ctx.provider,
+            &ctx.vectors,
+            &ids,
+            (&model, dims),
+            question,
+            k,
+            Some(budget),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(retrieval::RetrievalError::Db(e)) => return Err(e),
+        };
+        let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
+        let record = NewUsage {
+            kind: "embedding",
+            model: model.clone(),
+            api_key_id: Some(run.api_key_id),
+            assistant_id: Some(run.assistant_id),
+            run_id: Some(run.id),
+            document_id: None,
+            input_tokens: stats.embedding_tokens as i64,
+            cached_input_tokens: 0,
+            output_tokens: 0,
+            cost_usd: ctx.pricing.cost(&model, Utc::now().date_naive(), usage),
+            outcome: stats.embedding_error.as_ref().map_or("ok", |e| e.code).to_string(),
+            latency_ms: started.elapsed().as_millis() as i64,
+        };
+        if let Err(e) = db::usage::insert(&ctx.pool, &record).await {
+            tracing::warn!(run.id = %run.id, error = %e, "cannot record query embedding usage");
+        }
+        all.extend(found);
+    }
+    all.sort_by(|a, b| b.score.total_cmp(&a.score));
+    all.truncate(k);
+    tracing::debug!(run.id = %run.id, sources = all.len(), "sources retrieved");
+    Ok(all)
 }
 
 async fn renew_lease(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken) {

@@ -2,6 +2,7 @@
 
 pub mod chat_run;
 pub mod cleanup;
+pub mod ingest;
 
 use std::{
     str::FromStr as _,
@@ -13,7 +14,7 @@ use std::{
 use apalis::prelude::*;
 use apalis_cron::CronScheduler;
 use apalis_redis::RedisStorage;
-use chatq_common::jobs::{ChatRun, Cleanup};
+use chatq_common::jobs::{ChatRun, Cleanup, IngestDocument};
 
 use crate::WorkerCtx;
 
@@ -23,6 +24,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
     let chat_ctx = ctx.clone();
     let maintenance_ctx = ctx.clone();
     let cron_ctx = ctx.clone();
+    let ingest_ctx = ctx.clone();
     let restarts_ctx = ctx.clone();
     Monitor::new()
         .register(move |restarts| {
@@ -38,6 +40,20 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
                 .parallelize(tokio::spawn)
                 .catch_panic()
                 .build(chat_run::handle)
+        })
+        .register(move |restarts| {
+            let ctx = ingest_ctx.clone();
+            let concurrency = ctx.config.ingest_concurrency;
+            let backend = RedisStorage::<IngestDocument>::new(ctx.redis.clone())
+                .with_config(ctx.queues.ingest_docs_config(concurrency.min(32)))
+                .poll_with_strategy(Ticker::new(ctx.config.chat_poll_interval.max(Duration::from_millis(50))));
+            WorkerBuilder::new(format!("{}-{}-r{restarts}", ctx.queues.ingest_docs(), ctx.worker_id))
+                .backend(backend)
+                .data(ctx)
+                .concurrency(concurrency)
+                .parallelize(tokio::spawn)
+                .catch_panic()
+                .build(ingest::handle)
         })
         .register(move |restarts| {
             let ctx = maintenance_ctx.clone();

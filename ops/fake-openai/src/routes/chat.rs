@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::directive::{Directive, extract};
 use crate::error::{OpenAiError, fail_response};
-use crate::reply::{Message, echo_reply, prompt_reply};
+use crate::reply::{Message, cited_reply, echo_reply, prompt_reply};
 use crate::state::Shared;
 use crate::tokens::prompt_tokens;
 use crate::util::{random_alphanumeric, unix_now};
@@ -171,6 +171,8 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
     let config = &shared.config;
     let mut tokens = if eff.echo_prompt == Some(true) {
         prompt_reply(&request.messages)
+    } else if let Some(cited) = cited_reply(&request.messages) {
+        cited
     } else {
         echo_reply(&echo, eff.tokens.unwrap_or(config.tokens))
     };

@@ -1,0 +1,521 @@
+//! Knowledge bases, ingestion batches, documents, their bytes and chunks.
+
+use chrono::{DateTime, Utc};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};
+use uuid::Uuid;
+
+use super::Page;
+
+/// A knowledge base with its live document count.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct KnowledgeBase {
+    /// Id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// Embedding model of its chunks.
+    pub embedding_model: String,
+    /// Embedding dimensions.
+    pub embedding_dims: i32,
+    /// Bumped whenever its chunks change.
+    pub embeddings_version: i64,
+    /// Live documents.
+    pub document_count: i64,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+}
+
+const KB_COLUMNS: &str = "kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version,
+    (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.deleted_at IS NULL) AS document_count,
+    kb.created_at";
+
+/// Creates a knowledge base.
+pub async fn create_kb(
+    pool: &PgPool,
+    name: &str,
+    description: &str,
+    model: &str,
+    dims: i32,
+) -> Result<KnowledgeBase, sqlx::Error> {
+    let id = crate::new_id();
+    sqlx::query(
+        "INSERT INTO knowledge_bases (id, name, description, embedding_model, embedding_dims) VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(description)
+    .bind(model)
+    .bind(dims)
+    .execute(pool)
+    .await?;
+    Ok(get_kb(pool, id).await?.expect("just inserted"))
+}
+
+/// A live knowledge base.
+pub async fn get_kb(pool: &PgPool, id: Uuid) -> Result<Option<KnowledgeBase>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {KB_COLUMNS} FROM knowledge_bases kb WHERE kb.id = $1 AND kb.deleted_at IS NULL"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Live knowledge bases, oldest first.
+pub async fn list_kbs(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page<KnowledgeBase>, sqlx::Error> {
+    let rows = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {KB_COLUMNS} FROM knowledge_bases kb
+         WHERE kb.deleted_at IS NULL AND ($1::uuid IS NULL OR kb.id > $1) ORDER BY kb.id LIMIT $2"
+    )))
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+/// Deletes a knowledge base: its chunks leave retrieval at once, its documents are marked
+/// deleted and assistants stop using it. Returns whether it existed.
+pub async fn delete_kb(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let hit = sqlx::query(
+        "UPDATE knowledge_bases SET deleted_at = now(), embeddings_version = embeddings_version + 1
+         WHERE id = $1 AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if hit {
+        sqlx::query("DELETE FROM chunks WHERE knowledge_base_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE documents SET deleted_at = now() WHERE knowledge_base_id = $1 AND deleted_at IS NULL")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "DELETE FROM document_blobs b USING documents d WHERE b.document_id = d.id AND d.knowledge_base_id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM assistant_knowledge_bases WHERE knowledge_base_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(hit)
+}
+
+/// A document and its ingestion state.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Document {
+    /// Id.
+    pub id: Uuid,
+    /// Its knowledge base.
+    pub knowledge_base_id: Uuid,
+    /// The upload it came with.
+    pub batch_id: Option<Uuid>,
+    /// Name given at upload.
+    pub filename: String,
+    /// `application/pdf`, `text/markdown`, `text/html` or `text/plain`.
+    pub media_type: String,
+    /// Size of the upload.
+    pub size_bytes: i64,
+    /// SHA-256 of the bytes.
+    pub sha256: Vec<u8>,
+    /// `queued`, `processing`, `ready` or `failed`.
+    pub status: String,
+    /// Why it failed.
+    pub error_code: Option<String>,
+    /// Why it failed, for people.
+    pub error_message: Option<String>,
+    /// Chunks indexed.
+    pub chunk_count: i32,
+    /// Tokens of those chunks.
+    pub token_count: i32,
+    /// Ingestion attempts so far (the fence of the ingest job).
+    pub attempt: i32,
+    /// Upload time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+const DOC_COLUMNS: &str =
+    "id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256, status, error_code,
+    error_message, chunk_count, token_count, attempt, created_at, updated_at";
+
+/// Starts an upload batch inside the upload transaction.
+pub async fn create_batch(tx: &mut Transaction<'_, Postgres>, kb_id: Uuid) -> Result<Uuid, sqlx::Error> {
+    let id = crate::new_id();
+    sqlx::query("INSERT INTO ingestion_batches (id, knowledge_base_id) VALUES ($1, $2)")
+        .bind(id)
+        .bind(kb_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(id)
+}
+
+/// Counts the duplicates an upload reported.
+pub async fn set_batch_duplicates(
+    tx: &mut Transaction<'_, Postgres>,
+    batch_id: Uuid,
+    duplicates: i32,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE ingestion_batches SET duplicate_count = $2 WHERE id = $1")
+        .bind(batch_id)
+        .bind(duplicates)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A file of an upload.
+#[derive(Debug)]
+pub struct NewDocument<'a> {
+    /// Target base.
+    pub kb_id: Uuid,
+    /// Upload batch.
+    pub batch_id: Uuid,
+    /// Name given by the client.
+    pub filename: &'a str,
+    /// Detected type.
+    pub media_type: &'a str,
+    /// SHA-256.
+    pub sha256: &'a [u8],
+    /// Content.
+    pub bytes: &'a [u8],
+}
+
+/// What storing a file did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// A new `queued` document.
+    Queued(Uuid),
+    /// The base already holds this content: the existing document.
+    Duplicate(Uuid),
+}
+
+/// Stores a file and its bytes as a `queued` document, unless the base already has the same
+/// content (the unique live SHA-256 per base decides, also between concurrent uploads).
+pub async fn insert_document(tx: &mut Transaction<'_, Postgres>, d: &NewDocument<'_>) -> Result<Stored, sqlx::Error> {
+    let id = crate::new_id();
+    let inserted: Option<Uuid> = sqlx::query_scalar(
+        "INSERT INTO documents (id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
+         ON CONFLICT (knowledge_base_id, sha256) WHERE deleted_at IS NULL DO NOTHING RETURNING id",
+    )
+    .bind(id)
+    .bind(d.kb_id)
+    .bind(d.batch_id)
+    .bind(d.filename)
+    .bind(d.media_type)
+    .bind(d.bytes.len() as i64)
+    .bind(d.sha256)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if inserted.is_none() {
+        let existing: Uuid = sqlx::query_scalar(
+            "SELECT id FROM documents WHERE knowledge_base_id = $1 AND sha256 = $2 AND deleted_at IS NULL",
+        )
+        .bind(d.kb_id)
+        .bind(d.sha256)
+        .fetch_one(&mut **tx)
+        .await?;
+        return Ok(Stored::Duplicate(existing));
+    }
+    sqlx::query("INSERT INTO document_blobs (document_id, bytes) VALUES ($1, $2)")
+        .bind(id)
+        .bind(d.bytes)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Stored::Queued(id))
+}
+
+/// A live document.
+pub async fn get_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!("SELECT {DOC_COLUMNS} FROM documents WHERE id = $1 AND deleted_at IS NULL")))
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Live documents of a base, oldest first.
+pub async fn list_documents(
+    pool: &PgPool,
+    kb_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Page<Document>, sqlx::Error> {
+    let rows = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {DOC_COLUMNS} FROM documents
+         WHERE knowledge_base_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
+    )))
+    .bind(kb_id)
+    .bind(after)
+    .bind(limit + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
+/// Deletes a document: its chunks leave retrieval at once. Returns whether it existed.
+pub async fn delete_document(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let kb: Option<Uuid> = sqlx::query_scalar(
+        "UPDATE documents SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING knowledge_base_id",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(kb) = kb {
+        sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM document_blobs WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
+        bump_version(&mut tx, kb).await?;
+    }
+    tx.commit().await?;
+    Ok(kb.is_some())
+}
+
+async fn bump_version(tx: &mut Transaction<'_, Postgres>, kb_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE knowledge_bases SET embeddings_version = embeddings_version + 1 WHERE id = $1")
+        .bind(kb_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// An upload batch with its duplicate count.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Batch {
+    /// Id.
+    pub id: Uuid,
+    /// Its base.
+    pub knowledge_base_id: Uuid,
+    /// Files reported as duplicates.
+    pub duplicate_count: i32,
+}
+
+/// A batch and its live documents.
+pub async fn get_batch(pool: &PgPool, id: Uuid) -> Result<Option<(Batch, Vec<Document>)>, sqlx::Error> {
+    let batch: Option<Batch> = sqlx::query_as(
+        "SELECT b.id, b.knowledge_base_id, b.duplicate_count FROM ingestion_batches b
+         JOIN knowledge_bases kb ON kb.id = b.knowledge_base_id AND kb.deleted_at IS NULL WHERE b.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await?;
+    let Some(batch) = batch else { return Ok(None) };
+    let docs = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT {DOC_COLUMNS} FROM documents WHERE batch_id = $1 AND deleted_at IS NULL ORDER BY id"
+    )))
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(Some((batch, docs)))
+}
+
+// ---- ingestion ----
+
+/// Claims a document for ingestion: `queued` (or `processing` left by a crashed attempt)
+/// becomes `processing` with the next attempt number. `None`: deleted, ready or failed.
+pub async fn claim_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+    sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE documents SET status = 'processing', attempt = attempt + 1, error_code = NULL, error_message = NULL
+         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') RETURNING {DOC_COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// The uploaded bytes of a document.
+pub async fn document_bytes(pool: &PgPool, id: Uuid) -> Result<Option<Vec<u8>>, sqlx::Error> {
+    sqlx::query_scalar("SELECT bytes FROM document_blobs WHERE document_id = $1").bind(id).fetch_optional(pool).await
+}
+
+/// Marks the attempt failed; does nothing if another attempt took over or it was deleted.
+pub async fn fail_document(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    code: &str,
+    message: &str,
+) -> Result<bool, sqlx::Error> {
+    let r = sqlx::query(
+        "UPDATE documents SET status = 'failed', error_code = $3, error_message = $4
+         WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(code)
+    .bind(message)
+    .execute(pool)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A chunk ready to index.
+#[derive(Debug, Clone)]
+pub struct NewChunk {
+    /// Text.
+    pub content: String,
+    /// Tokens of the text.
+    pub token_count: i32,
+    /// Character range in the extracted text of its page or document.
+    pub char_start: i32,
+    /// End of that range (exclusive).
+    pub char_end: i32,
+    /// Page or heading path.
+    pub location: Option<String>,
+    /// Unit-length embedding.
+    pub embedding: Vec<f32>,
+}
+
+/// In one transaction: replaces the document's chunks, marks it `ready` and bumps the base's
+/// version. Fenced on the attempt: `false` (and nothing written) if the attempt lost the
+/// document (deleted, or another attempt took over).
+pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk]) -> Result<bool, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let tokens: i64 = chunks.iter().map(|c| c.token_count as i64).sum();
+    let hit = sqlx::query(
+        "UPDATE documents SET status = 'ready', chunk_count = $3, token_count = $4, error_code = NULL, error_message = NULL
+         WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
+    )
+    .bind(doc.id)
+    .bind(doc.attempt)
+    .bind(chunks.len() as i32)
+    .bind(tokens.min(i32::MAX as i64) as i32)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !hit {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(doc.id).execute(&mut *tx).await?;
+    for (n, part) in chunks.chunks(200).enumerate() {
+        let mut qb = QueryBuilder::<Postgres>::new(
+            "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, location, embedding) ",
+        );
+        qb.push_values(part.iter().enumerate(), |mut b, (i, c)| {
+            b.push_bind(crate::new_id())
+                .push_bind(doc.id)
+                .push_bind(doc.knowledge_base_id)
+                .push_bind((n * 200 + i) as i32)
+                .push_bind(&c.content)
+                .push_bind(c.token_count)
+                .push_bind(c.char_start)
+                .push_bind(c.char_end)
+                .push_bind(&c.location)
+                .push_bind(&c.embedding);
+        });
+        qb.build().execute(&mut *tx).await?;
+    }
+    bump_version(&mut tx, doc.knowledge_base_id).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+// ---- retrieval ----
+
+/// `(id, embeddings_version)` of the live bases among `ids`.
+pub async fn kb_versions(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT id, embeddings_version FROM knowledge_bases WHERE id = ANY($1) AND deleted_at IS NULL")
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+}
+
+/// Every chunk id and embedding of a base, with the base's version read in the same snapshot.
+pub async fn load_vectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid, Vec<f32>)>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let version: i64 = sqlx::query_scalar("SELECT embeddings_version FROM knowledge_bases WHERE id = $1")
+        .bind(kb_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(-1);
+    let rows = sqlx::query_as("SELECT id, embedding FROM chunks WHERE knowledge_base_id = $1")
+        .bind(kb_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((version, rows))
+}
+
+/// Full-text candidates: chunk ids of live documents in `kb_ids`, best first. The query's
+/// lexemes are OR-ed (`plainto_tsquery` ANDs them, which misses most natural questions).
+pub async fn keyword_search(pool: &PgPool, kb_ids: &[Uuid], query: &str, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "WITH q AS (SELECT replace(plainto_tsquery('english', $2)::text, ' & ', ' | ')::tsquery AS tsq)
+         SELECT c.id FROM chunks c, q
+         WHERE c.knowledge_base_id = ANY($1) AND c.tsv @@ q.tsq
+         ORDER BY ts_rank_cd(c.tsv, q.tsq, 32) DESC, c.id LIMIT $3",
+    )
+    .bind(kb_ids)
+    .bind(query)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// A retrieved chunk with what a citation needs.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ChunkHit {
+    /// Chunk id.
+    pub id: Uuid,
+    /// Its document.
+    pub document_id: Uuid,
+    /// The document's file name.
+    pub filename: String,
+    /// Page or heading path.
+    pub location: Option<String>,
+    /// Text.
+    pub content: String,
+    /// Tokens of the text.
+    pub token_count: i32,
+}
+
+/// The chunks among `ids` whose documents and bases are live (deleted ones drop out here even
+/// before a worker's vector cache notices).
+pub async fn chunks_by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ChunkHit>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT c.id, c.document_id, d.filename, c.location, c.content, c.token_count
+         FROM chunks c JOIN documents d ON d.id = c.document_id AND d.deleted_at IS NULL
+         JOIN knowledge_bases kb ON kb.id = c.knowledge_base_id AND kb.deleted_at IS NULL
+         WHERE c.id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await
+}
+
+/// Documents whose ingestion job may be lost: `queued` for `queued_secs` or `processing` for
+/// `processing_secs` without a change. Touches them (so the next pass skips them) and returns
+/// their ids for a new push.
+pub async fn take_stale_documents(
+    pool: &PgPool,
+    queued_secs: f64,
+    processing_secs: f64,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE documents SET updated_at = now() WHERE id IN (
+             SELECT id FROM documents WHERE deleted_at IS NULL AND (
+                 (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
+                 OR (status = 'processing' AND updated_at < now() - make_interval(secs => $2)))
+             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(queued_secs)
+    .bind(processing_secs)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

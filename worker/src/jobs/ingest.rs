@@ -1,0 +1,166 @@
+//! `IngestDocument`: extract → chunk → embed → index one document. Idempotent: only a
+//! `queued` (or crashed `processing`) document is claimed, every write is fenced on the
+//! attempt, and one transaction replaces the chunks and marks the document `ready`.
+
+use std::time::Instant;
+
+use apalis::prelude::{BoxDynError, Data};
+use chatq_common::{
+    db::{self, knowledge::NewChunk, usage::NewUsage},
+    jobs::IngestDocument,
+    pricing::TokenUsage,
+    retrieval::normalize,
+};
+use chrono::Utc;
+use uuid::Uuid;
+
+use crate::{
+    WorkerCtx,
+    extract::{self, ChildLimits, ExtractError, Piece},
+};
+
+/// apalis entry point: only infrastructure errors go back to apalis for redelivery.
+pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
+    execute(&ctx, job.document_id).await.map_err(|e| {
+        tracing::warn!(document.id = %job.document_id, error = %e, "ingestion interrupted by an infrastructure error");
+        Box::new(e) as BoxDynError
+    })
+}
+
+/// Ingests one document if it can be claimed.
+pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Error> {
+    let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id).await? else {
+        tracing::debug!(document.id = %document_id, "document not claimable (done, failed or deleted); skipping");
+        return Ok(());
+    };
+    let started = Instant::now();
+    let Some(kb) = db::knowledge::get_kb(&ctx.pool, doc.knowledge_base_id).await? else {
+        return Ok(());
+    };
+    let Some(bytes) = db::knowledge::document_bytes(&ctx.pool, doc.id).await? else {
+        db::knowledge::fail_document(&ctx.pool, doc.id, doc.attempt, "missing_content", "the upload is missing")
+            .await?;
+        return Ok(());
+    };
+    let limits = ChildLimits {
+        bin: ctx.config.extractor_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_default(),
+        timeout: ctx.config.extract_timeout,
+        memory_mb: ctx.config.extract_memory_mb,
+    };
+    let extracted = match extract::extract(&doc.media_type, bytes, &limits).await {
+        Ok(e) => e,
+        Err(e) => return fail(ctx, &doc, &e).await,
+    };
+    let cfg = &ctx.config;
+    let (max, overlap) = (cfg.chunk_tokens, cfg.chunk_overlap_tokens);
+    let sections = extracted.sections;
+    let pieces = tokio::task::spawn_blocking(move || extract::chunk(&sections, max, overlap)).await.unwrap_or_default();
+    if pieces.is_empty() {
+        let e = ExtractError { code: "empty_document".into(), message: "the document contains no text".into() };
+        return fail(ctx, &doc, &e).await;
+    }
+    let vectors = match embed(ctx, &kb.embedding_model, kb.embedding_dims as usize, doc.id, &pieces).await? {
+        Ok(v) => v,
+        Err(message) => {
+            let e = ExtractError { code: "embedding_failed".into(), message };
+            return fail(ctx, &doc, &e).await;
+        }
+    };
+    let chunks: Vec<NewChunk> = pieces
+        .into_iter()
+        .zip(vectors)
+        .map(|(p, embedding)| NewChunk {
+            content: p.content,
+            token_count: p.tokens as i32,
+            char_start: p.char_start as i32,
+            char_end: p.char_end as i32,
+            location: p.location,
+            embedding,
+        })
+        .collect();
+    let n = chunks.len();
+    if db::knowledge::complete_document(&ctx.pool, &doc, &chunks).await? {
+        ctx.metrics.documents_ingested.with_label_values(&["ready"]).inc();
+        ctx.metrics.chunks_indexed.inc_by(n as u64);
+        ctx.metrics.pages_extracted.inc_by(extracted.pages as u64);
+        tracing::info!(document.id = %doc.id, chunks = n, pages = extracted.pages,
+            ms = started.elapsed().as_millis() as u64, "document ready");
+    } else {
+        tracing::info!(document.id = %doc.id, "document deleted or re-claimed while ingesting; nothing written");
+    }
+    Ok(())
+}
+
+async fn fail(ctx: &WorkerCtx, doc: &db::knowledge::Document, e: &ExtractError) -> Result<(), sqlx::Error> {
+    tracing::info!(document.id = %doc.id, code = %e.code, "document failed");
+    ctx.metrics.documents_ingested.with_label_values(&["failed"]).inc();
+    db::knowledge::fail_document(&ctx.pool, doc.id, doc.attempt, &e.code, &e.message).await?;
+    Ok(())
+}
+
+/// Embeds the pieces in batches bounded by input count and tokens; one usage record per
+/// request. `Ok(Err(message))` when the provider keeps failing.
+async fn embed(
+    ctx: &WorkerCtx,
+    model: &str,
+    dims: usize,
+    document_id: Uuid,
+    pieces: &[Piece],
+) -> Result<Result<Vec<Vec<f32>>, String>, sqlx::Error> {
+    let cfg = &ctx.config;
+    let mut out = Vec::with_capacity(pieces.len());
+    let mut start = 0;
+    while start < pieces.len() {
+        let mut end = start;
+        let mut tokens = 0;
+        while end < pieces.len()
+            && end - start < cfg.embedding_batch_inputs
+            && (end == start || tokens + pieces[end].tokens <= cfg.embedding_batch_tokens)
+        {
+            tokens += pieces[end].tokens;
+            end += 1;
+        }
+        let inputs: Vec<String> = pieces[start..end].iter().map(|p| p.content.clone()).collect();
+        let began = Instant::now();
+        let result = ctx.provider.embed_with_retries(model, dims, &inputs, 5).await;
+        let latency_ms = began.elapsed().as_millis() as i64;
+        let (billed, outcome) = match &result {
+            Ok(e) => (e.tokens, "ok".to_string()),
+            Err(e) => (0, e.code.to_string()),
+        };
+        let usage = TokenUsage { input: billed, cached_input: 0, output: 0 };
+        db::usage::insert(
+            &ctx.pool,
+            &NewUsage {
+                kind: "embedding",
+                model: model.to_string(),
+                api_key_id: None,
+                assistant_id: None,
+                run_id: None,
+                document_id: Some(document_id),
+                input_tokens: billed as i64,
+                cached_input_tokens: 0,
+                output_tokens: 0,
+                cost_usd: result.is_ok().then(|| ctx.pricing.cost(model, Utc::now().date_naive(), usage)).flatten(),
+                outcome,
+                latency_ms,
+            },
+        )
+        .await?;
+        match result {
+            Ok(e) => {
+                ctx.metrics.tokens.with_label_values(&[model, "input"]).inc_by(e.tokens);
+                for mut v in e.vectors {
+                    normalize(&mut v);
+                    out.push(v);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(document.id = %document_id, code = e.code, detail = %e.detail, "embedding failed");
+                return Ok(Err(format!("the embeddings provider failed: {}", e.message)));
+            }
+        }
+        start = end;
+    }
+    Ok(Ok(out))
+}
