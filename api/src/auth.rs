@@ -80,17 +80,38 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        if !token.starts_with("cq_") {
-            return Err(ApiError::Unauthorized);
-        }
-        let hash = chatq_common::keys::hash(token);
-        if let Some(p) = state.keys.get(&hash) {
-            return Ok(p);
-        }
-        let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
-        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
-        let principal = Principal { key_id: key.id, role, end_user: None };
-        state.keys.put(hash, principal.clone());
-        Ok(principal)
+        resolve(state, token).await
     }
+}
+
+/// Whether the request carries an `Authorization: Bearer` header.
+pub fn has_bearer(parts: &Parts) -> bool {
+    bearer(parts).is_some()
+}
+
+/// Resolves an API key (`cq_...`) or a user token (`cqu_...`) to its principal.
+pub async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if token.starts_with(crate::user_token::PREFIX) {
+        return resolve_user_token(state, token);
+    }
+    if !token.starts_with("cq_") {
+        return Err(ApiError::Unauthorized);
+    }
+    let hash = chatq_common::keys::hash(token);
+    if let Some(p) = state.keys.get(&hash) {
+        return Ok(p);
+    }
+    let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
+    let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+    let principal = Principal { key_id: key.id, role, end_user: None };
+    state.keys.put(hash, principal.clone());
+    Ok(principal)
+}
+
+/// A user token: a client principal scoped to one end user. Refused when tampered or expired.
+pub fn resolve_user_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let secret = state.config.token_secret.as_ref().ok_or(ApiError::Unauthorized)?;
+    let grant = crate::user_token::verify(secret.expose(), token, chrono::Utc::now().timestamp())
+        .ok_or(ApiError::Unauthorized)?;
+    Ok(Principal { key_id: grant.key_id, role: Role::Client, end_user: Some(grant.user) })
 }

@@ -7,7 +7,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::state::AppState;
 
@@ -21,6 +21,13 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `chatq_runs_submitted_total{outcome}`: accepted, duplicate, busy, enqueue_failed.
     pub runs_submitted: IntCounterVec,
+    // issue 3: live streaming
+    /// `chatq_sse_subscribers`: live subscriptions of this process's event hub.
+    pub sse_subscribers: IntGauge,
+    /// `chatq_sse_dropped_total`: subscribers dropped for falling behind (they resume).
+    pub sse_dropped: IntCounter,
+    /// `chatq_runs_cancel_requested_total`: cancel requests that changed a run.
+    pub runs_cancel_requested: IntCounter,
 }
 
 impl Metrics {
@@ -50,7 +57,31 @@ impl Metrics {
         registry.register(Box::new(http_requests.clone())).expect("metric registered once");
         registry.register(Box::new(http_duration.clone())).expect("metric registered once");
         registry.register(Box::new(runs_submitted.clone())).expect("metric registered once");
-        Self { registry, http_requests, http_duration, runs_submitted }
+        // issue 3: live streaming
+        let sse_subscribers = IntGauge::new("chatq_sse_subscribers", "Live event subscriptions of this API process")
+            .expect("valid metric");
+        let sse_dropped = IntCounter::new(
+            "chatq_sse_dropped_total",
+            "Event subscribers dropped for falling too far behind (they resume from their last seq)",
+        )
+        .expect("valid metric");
+        let runs_cancel_requested = IntCounter::new(
+            "chatq_runs_cancel_requested_total",
+            "Cancel requests that changed a queued or running run",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(sse_subscribers.clone())).expect("metric registered once");
+        registry.register(Box::new(sse_dropped.clone())).expect("metric registered once");
+        registry.register(Box::new(runs_cancel_requested.clone())).expect("metric registered once");
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            runs_submitted,
+            sse_subscribers,
+            sse_dropped,
+            runs_cancel_requested,
+        }
     }
 }
 

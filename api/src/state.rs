@@ -9,7 +9,7 @@ use chatq_common::{
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::{auth::KeyCache, metrics::Metrics};
+use crate::{auth::KeyCache, hub::Hub, metrics::Metrics};
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -28,6 +28,9 @@ pub struct AppState {
     pub keys: Arc<KeyCache>,
     /// Prometheus handles.
     pub metrics: Arc<Metrics>,
+    // issue 3: live streaming
+    /// The process's event hub: one Redis reader fanning run events out to subscribers.
+    pub hub: Hub,
 }
 
 impl AppState {
@@ -47,6 +50,8 @@ impl AppState {
     pub fn from_parts(config: Config, pool: PgPool, redis: ConnectionManager) -> Self {
         let queues = Queues::new(&config.queue_prefix);
         let chat_queue = chatq_common::jobs::chat_run_storage(redis.clone(), &queues);
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::start(config.redis_url.expose(), redis.clone(), queues.clone(), metrics.clone());
         Self {
             config: Arc::new(config),
             pool,
@@ -54,7 +59,8 @@ impl AppState {
             queues,
             chat_queue,
             keys: Arc::new(KeyCache::default()),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
+            hub,
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct Config {
     pub pricing_file: Option<PathBuf>,
     /// Size of the Postgres pool per process (`CHATQ_DB_MAX_CONNECTIONS`).
     pub db_max_connections: u32,
+    // issue 3: live streaming
+    /// Origins allowed to call the API from a browser, comma-separated, or `*`
+    /// (`CHATQ_CORS_ORIGINS`); empty means no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -108,6 +112,13 @@ impl Config {
             provider_connect_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS", "10")),
             pricing_file: r.optional("CHATQ_PRICING_FILE").map(PathBuf::from),
             db_max_connections: r.parse("CHATQ_DB_MAX_CONNECTIONS", "20"),
+            // issue 3: live streaming
+            cors_origins: r
+                .string("CHATQ_CORS_ORIGINS", "")
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -135,6 +146,14 @@ impl Config {
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
+            }
+        }
+        for origin in &self.cors_origins {
+            let ok = origin == "*" || origin.starts_with("http://") || origin.starts_with("https://");
+            if !ok || (origin == "*" && self.cors_origins.len() > 1) || !origin.chars().all(|c| c.is_ascii_graphic()) {
+                errors.push(format!(
+                    "CHATQ_CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com (got {origin:?})"
+                ));
             }
         }
         if self.run_lease < Duration::from_secs(3) {

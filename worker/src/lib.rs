@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod cancel;
 pub mod jobs;
 pub mod metrics;
 pub mod pipeline;
@@ -44,6 +45,9 @@ pub struct WorkerCtx {
     pub worker_id: String,
     /// Queue workers restarted after an error, for logs.
     pub worker_restarts: Arc<AtomicUsize>,
+    // issue 3: live streaming
+    /// Cancel signals of the runs this process works on.
+    pub cancels: Arc<cancel::Cancels>,
 }
 
 impl WorkerCtx {
@@ -86,6 +90,7 @@ impl WorkerCtx {
             metrics,
             worker_id,
             worker_restarts: Arc::new(AtomicUsize::new(0)),
+            cancels: Arc::new(cancel::Cancels::default()),
         })
     }
 }
@@ -146,6 +151,12 @@ async fn run_with(
         async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let reconciler = tokio::spawn(reconciler::run(ctx.clone(), stop.clone()));
+    let cancel_listener = tokio::spawn(cancel::listen(
+        ctx.cancels.clone(),
+        ctx.config.redis_url.expose().to_string(),
+        ctx.queues.cancel_channel(),
+        stop.clone(),
+    ));
     let monitor_stop = stop.clone();
     let signal = async move {
         shutdown.await;
@@ -156,6 +167,7 @@ async fn run_with(
     stop.cancel();
     ctx.sink.flush().await;
     let _ = reconciler.await;
+    let _ = cancel_listener.await;
     let _ = http.await;
     tracing::info!(worker.id = %ctx.worker_id, "chatq worker stopped");
     result.map_err(|e| anyhow::anyhow!("queue monitor failed: {e}"))

@@ -3,8 +3,10 @@
 pub mod assistants;
 pub mod health;
 pub mod messages;
+pub mod run_events;
 pub mod runs;
 pub mod threads;
+pub mod user_tokens;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -42,6 +44,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(threads::router())
         .merge(messages::router())
         .merge(runs::router())
+        // issue 3: live streaming
+        .merge(run_events::router())
+        .merge(user_tokens::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

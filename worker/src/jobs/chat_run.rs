@@ -34,6 +34,9 @@ pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynErro
 /// Runs one attempt of a run, if it can be claimed.
 pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let lease = ctx.config.run_lease.as_secs_f64();
+    // Watch for a cancel before claiming: a cancel flagged before the claim is seen by it, one
+    // published after reaches this registration.
+    let cancel = ctx.cancels.register(run_id);
     let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? else {
         tracing::debug!(run.id = %run_id, "run not claimable (finished, not due, or leased); skipping");
         return Ok(());
@@ -54,7 +57,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
 
     // Renew the lease while we work; losing it means another worker took over: stop.
     let lost = CancellationToken::new();
-    let renewer = tokio::spawn(renew_lease(ctx.clone(), run.id, run.attempt, lost.clone()));
+    let renewer = tokio::spawn(renew_lease(ctx.clone(), run.id, run.attempt, lost.clone(), cancel.token.clone()));
     let _stop_renewer = scopeguard(move || renewer.abort());
 
     let request = match build_request(ctx, &run).await? {
@@ -62,7 +65,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         Err(e) => return attempt.fail(e, String::new(), claimed_at, None).await,
     };
     let started = Instant::now();
-    let outcome = stream_answer(&mut attempt, &request, &lost, claimed_at).await;
+    let outcome = stream_answer(&mut attempt, &request, &lost, &cancel.token, claimed_at).await;
     let latency_ms = started.elapsed().as_millis() as i64;
     match outcome {
         StreamOutcome::Done { text, finish_reason, usage } => {
@@ -113,6 +116,10 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 latency_ms,
             };
             attempt.fail(error, partial, claimed_at, Some(record)).await
+        }
+        StreamOutcome::Cancelled { partial } => {
+            tracing::info!(run.id = %run.id, attempt = run.attempt, "run cancelled on request");
+            attempt.finish(Outcome::Cancelled { partial_text: partial }, None, claimed_at).await
         }
         StreamOutcome::LeaseLost => {
             tracing::warn!(run.id = %run.id, attempt = run.attempt, "lease lost; another worker owns the run now");
@@ -196,6 +203,7 @@ impl Attempt<'_> {
 enum StreamOutcome {
     Done { text: String, finish_reason: String, usage: TokenUsage },
     Failed { error: ProviderError, partial: String },
+    Cancelled { partial: String },
     LeaseLost,
 }
 
@@ -205,6 +213,7 @@ async fn stream_answer(
     attempt: &mut Attempt<'_>,
     request: &ChatRequest,
     lost: &CancellationToken,
+    cancel: &CancellationToken,
     claimed_at: Instant,
 ) -> StreamOutcome {
     let ctx = attempt.ctx;
@@ -221,12 +230,20 @@ async fn stream_answer(
             Err(error) => return StreamOutcome::Failed { error, partial: text },
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+        _ = cancel.cancelled() => return StreamOutcome::Cancelled { partial: text },
     };
     loop {
         let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
         let next = tokio::select! {
             item = tokio::time::timeout(ctx.provider.idle_timeout, stream.next()) => item,
             _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+            // Dropping the stream aborts the upstream request; what was written is kept.
+            _ = cancel.cancelled() => {
+                if !pending.is_empty() {
+                    attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
+                }
+                return StreamOutcome::Cancelled { partial: text };
+            }
             _ = sleep_until_opt(flush_at) => {
                 attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
                 last_emit = Some(Instant::now());
@@ -365,10 +382,14 @@ async fn build_request(
     }))
 }
 
-async fn renew_lease(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken) {
+async fn renew_lease(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken, cancel: CancellationToken) {
     let every = ctx.config.run_lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        // The fallback for a cancel signal this process missed.
+        if let Ok(true) = db::runs::cancel_requested(&ctx.pool, run_id).await {
+            cancel.cancel();
+        }
         match db::runs::renew_lease(&ctx.pool, run_id, attempt, ctx.config.run_lease.as_secs_f64()).await {
             Ok(true) => {}
             Ok(false) => {
