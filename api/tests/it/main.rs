@@ -2,8 +2,10 @@
 //! server. One binary for the crate keeps link time down.
 
 mod auth;
+mod browser;
 mod harness;
 mod openapi;
 mod runs;
+mod streaming;
 mod validation;
 mod worker_jobs;
