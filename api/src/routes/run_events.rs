@@ -131,7 +131,7 @@ pub async fn run_events(
     let run = visible_run(&state, &principal, id).await?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0).max(0);
     match q.format.as_deref() {
-        None | Some("sse") => Ok(sse(state, run.id, after).into_response()),
+        None | Some("sse") => Ok(sse(state, run.id, after, run.is_terminal()).into_response()),
         Some("json") => {
             let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
             Ok(Json(page(&state, run.id, run.is_terminal(), after, wait).await?).into_response())
@@ -180,11 +180,17 @@ async fn page(
     Ok(EventsPage { events, next_after, done })
 }
 
-/// The SSE response following a run from `after`.
-pub fn sse(state: AppState, run_id: Uuid, after: i64) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// The SSE response following a run from `after`. `finished`: the run was terminal before the
+/// stream opened, so the log holds every event and the stream ends after replaying it.
+pub fn sse(
+    state: AppState,
+    run_id: Uuid,
+    after: i64,
+    finished: bool,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = mpsc::channel::<Event>(64);
     tokio::spawn(async move {
-        if let Err(e) = follow(&state, run_id, after, &tx).await {
+        if let Err(e) = follow(&state, run_id, after, finished, &tx).await {
             tracing::warn!(run.id = %run_id, error = %e, "event stream ended by an error; the client can resume");
         }
     });
@@ -219,7 +225,23 @@ async fn send_all(tx: &mpsc::Sender<Event>, next: &mut i64, events: &[RunEvent])
 /// Replays the log after `after`, then follows the live tail from the hub without a gap or a
 /// duplicate: subscribe first, read the backlog, then take hub events in `seq` order, filling
 /// any hole from the log.
-async fn follow(state: &AppState, run_id: Uuid, after: i64, tx: &mpsc::Sender<Event>) -> Result<(), sqlx::Error> {
+async fn follow(
+    state: &AppState,
+    run_id: Uuid,
+    after: i64,
+    finished: bool,
+    tx: &mpsc::Sender<Event>,
+) -> Result<(), sqlx::Error> {
+    if finished {
+        // Postgres has the whole log: replay what is after the cursor and close.
+        let mut next = after + 1;
+        loop {
+            let events = db::events::list_after(&state.pool, run_id, next - 1, PAGE as i64).await?;
+            if send_all(tx, &mut next, &events).await.is_err() || events.len() < PAGE {
+                return Ok(());
+            }
+        }
+    }
     let mut sub = state.hub.subscribe(run_id, after).await;
     let mut next = after + 1;
     let catch_up = |from: i64| hub::catch_up(&state.pool, &state.redis, &state.queues, run_id, from - 1, PAGE);

@@ -191,7 +191,7 @@ pub async fn create_run(
     let sse_state = state.clone();
     let answer = move |status: StatusCode, run: Run| -> Response {
         if stream {
-            super::run_events::sse(sse_state.clone(), run.id, 0).into_response()
+            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal()).into_response()
         } else {
             (status, Json(RunOut::from(run))).into_response()
         }
