@@ -92,7 +92,7 @@ pub fn has_bearer(parts: &Parts) -> bool {
 /// Resolves an API key (`cq_...`) or a user token (`cqu_...`) to its principal.
 pub async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     if token.starts_with(crate::user_token::PREFIX) {
-        return resolve_user_token(state, token);
+        return resolve_user_token(state, token).await;
     }
     if !token.starts_with("cq_") {
         return Err(ApiError::Unauthorized);
@@ -108,10 +108,17 @@ pub async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiErro
     Ok(principal)
 }
 
-/// A user token: a client principal scoped to one end user. Refused when tampered or expired.
-pub fn resolve_user_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+/// A user token: a client principal scoped to one end user. Refused when tampered, expired,
+/// or when its issuing key was revoked (checked like keys, through the cache).
+pub async fn resolve_user_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     let secret = state.config.token_secret.as_ref().ok_or(ApiError::Unauthorized)?;
     let grant = crate::user_token::verify(secret.expose(), token, chrono::Utc::now().timestamp())
         .ok_or(ApiError::Unauthorized)?;
+    let cache_key = [b"id:".as_slice(), grant.key_id.as_bytes()].concat();
+    if state.keys.get(&cache_key).is_none() {
+        let key = db::keys::find_active_by_id(&state.pool, grant.key_id).await?.ok_or(ApiError::Unauthorized)?;
+        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+        state.keys.put(cache_key, Principal { key_id: key.id, role, end_user: None });
+    }
     Ok(Principal { key_id: grant.key_id, role: Role::Client, end_user: Some(grant.user) })
 }

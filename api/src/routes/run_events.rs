@@ -100,7 +100,7 @@ impl FromRequestParts<AppState> for EventsPrincipal {
         if !token.starts_with(crate::user_token::PREFIX) {
             return Err(ApiError::Unauthorized);
         }
-        auth::resolve_user_token(state, token).map(EventsPrincipal)
+        auth::resolve_user_token(state, token).await.map(EventsPrincipal)
     }
 }
 

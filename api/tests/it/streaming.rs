@@ -477,6 +477,15 @@ async fn a_user_token_acts_for_its_user_only_and_is_refused_when_expired_tampere
     let (st, _) = s.call(Method::GET, &format!("/v1/runs/{run_id}/events?access_token={short}"), None, None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
+    // A token of a revoked client key is refused.
+    let (other_key, row) =
+        chatq_common::db::keys::create(&s.pool, chatq_common::keys::Role::Client, "revoked").await.unwrap();
+    let (st, t) = s.call(Method::POST, "/v1/user-tokens", Some(&other_key), Some(json!({"user": "carol"}))).await;
+    assert_eq!(st, StatusCode::CREATED);
+    sqlx::query("UPDATE api_keys SET revoked_at = now() WHERE id = $1").bind(row.id).execute(&s.pool).await.unwrap();
+    let (st, _) = s.call(Method::GET, "/v1/threads", Some(t["token"].as_str().unwrap()), None).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+
     // Bad requests for tokens.
     let (st, _) = s.client(Method::POST, "/v1/user-tokens", Some(json!({"user": "", "ttl_seconds": 10}))).await;
     assert_eq!(st, StatusCode::UNPROCESSABLE_ENTITY);

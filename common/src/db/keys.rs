@@ -50,3 +50,16 @@ pub async fn find_active_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<Ap
     .fetch_optional(pool)
     .await
 }
+
+// issue 3: user tokens
+
+/// The live (not revoked) key with this id: a user token stops working with its issuing key.
+pub async fn find_active_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(
+        "SELECT id, name, role, key_prefix, created_at, revoked_at FROM api_keys
+         WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
