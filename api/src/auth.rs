@@ -84,23 +84,69 @@ impl FromRequestParts<AppState> for Principal {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let token = bearer(parts).ok_or(ApiError::Unauthorized)?;
-        if !token.starts_with("cq_") {
-            return Err(ApiError::Unauthorized);
-        }
-        let hash = chatq_common::keys::hash(token);
-        if let Some(p) = state.keys.get(&hash) {
-            return Ok(p);
-        }
-        let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
-        let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
-        let principal = Principal {
-            key_id: key.id,
-            role,
-            end_user: None,
-            runs_per_minute: key.runs_per_minute,
-            monthly_budget_usd: key.monthly_budget_usd,
-        };
-        state.keys.put(hash, principal.clone());
-        Ok(principal)
+        resolve(state, token).await
     }
+}
+
+/// Whether the request carries an `Authorization: Bearer` header.
+pub fn has_bearer(parts: &Parts) -> bool {
+    bearer(parts).is_some()
+}
+
+/// Resolves an API key (`cq_...`) or a user token (`cqu_...`) to its principal.
+pub async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if token.starts_with(crate::user_token::PREFIX) {
+        return resolve_user_token(state, token).await;
+    }
+    if !token.starts_with("cq_") {
+        return Err(ApiError::Unauthorized);
+    }
+    let hash = chatq_common::keys::hash(token);
+    if let Some(p) = state.keys.get(&hash) {
+        return Ok(p);
+    }
+    let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
+    let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+    let principal = Principal {
+        key_id: key.id,
+        role,
+        end_user: None,
+        runs_per_minute: key.runs_per_minute,
+        monthly_budget_usd: key.monthly_budget_usd,
+    };
+    state.keys.put(hash, principal.clone());
+    Ok(principal)
+}
+
+/// A user token: a client principal scoped to one end user. Refused when tampered, expired,
+/// or when its issuing key was revoked (checked like keys, through the cache).
+pub async fn resolve_user_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    let secret = state.config.token_secret.as_ref().ok_or(ApiError::Unauthorized)?;
+    let grant = crate::user_token::verify(secret.expose(), token, chrono::Utc::now().timestamp())
+        .ok_or(ApiError::Unauthorized)?;
+    let cache_key = [b"id:".as_slice(), grant.key_id.as_bytes()].concat();
+    let issuer = match state.keys.get(&cache_key) {
+        Some(p) => p,
+        None => {
+            let key = db::keys::find_active_by_id(&state.pool, grant.key_id).await?.ok_or(ApiError::Unauthorized)?;
+            let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+            let p = Principal {
+                key_id: key.id,
+                role,
+                end_user: None,
+                runs_per_minute: key.runs_per_minute,
+                monthly_budget_usd: key.monthly_budget_usd,
+            };
+            state.keys.put(cache_key, p.clone());
+            p
+        }
+    };
+    // The token acts for its user with the issuing key's limits.
+    Ok(Principal {
+        key_id: grant.key_id,
+        role: Role::Client,
+        end_user: Some(grant.user),
+        runs_per_minute: issuer.runs_per_minute,
+        monthly_budget_usd: issuer.monthly_budget_usd,
+    })
 }

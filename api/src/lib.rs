@@ -3,11 +3,13 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod hub;
 pub mod ingest_cli;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod user_token;
 
 use std::future::Future;
 
@@ -33,7 +35,33 @@ pub fn app(state: AppState) -> Router {
             // The path only: query strings may carry tokens.
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
         }))
+        .layer(cors(&state.config.cors_origins))
         .with_state(state)
+}
+
+/// CORS for browser widgets on other origins (`CHATQ_CORS_ORIGINS`); no headers when empty.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method, header};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow_origin = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::ACCEPT,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .max_age(std::time::Duration::from_secs(600))
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.

@@ -7,7 +7,7 @@ use axum::{
     middleware::Next,
     response::Response,
 };
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::state::AppState;
 
@@ -22,11 +22,17 @@ pub struct Metrics {
     /// `chatq_runs_submitted_total{outcome}`: accepted, duplicate, busy, enqueue_failed.
     pub runs_submitted: IntCounterVec,
     // --- Operations (issue 5).
-    /// `chatq_sse_connections`: open event streams (set by the SSE routes).
+    /// `chatq_sse_connections`: open event streams (the hub's subscriptions).
     pub sse_connections: IntGauge,
     /// `chatq_cleanup_requests_total{outcome}`: `POST /v1/admin/cleanup` calls, `new` or
     /// `existing` (a cleanup was already queued or running).
     pub cleanup_requests: IntCounterVec,
+    /// `chatq_sse_subscribers`: live subscriptions of this process's event hub.
+    pub sse_subscribers: IntGauge,
+    /// `chatq_sse_dropped_total`: subscribers dropped for falling behind (they resume).
+    pub sse_dropped: IntCounter,
+    /// `chatq_runs_cancel_requested_total`: cancel requests that changed a run.
+    pub runs_cancel_requested: IntCounter,
     /// Every family name registered, for the dashboard check.
     pub names: Vec<String>,
 }
@@ -56,8 +62,29 @@ impl Metrics {
             Opts::new("chatq_cleanup_requests_total", "Cleanup triggers by outcome (new, existing)"),
             &["outcome"],
         ));
+        let sse_subscribers =
+            r.add(IntGauge::new("chatq_sse_subscribers", "Live event subscriptions of this API process"));
+        let sse_dropped = r.add(IntCounter::new(
+            "chatq_sse_dropped_total",
+            "Event subscribers dropped for falling too far behind (they resume from their last seq)",
+        ));
+        let runs_cancel_requested = r.add(IntCounter::new(
+            "chatq_runs_cancel_requested_total",
+            "Cancel requests that changed a queued or running run",
+        ));
         let (registry, names) = r.finish();
-        Self { registry, http_requests, http_duration, runs_submitted, sse_connections, cleanup_requests, names }
+        Self {
+            registry,
+            http_requests,
+            http_duration,
+            runs_submitted,
+            sse_connections,
+            cleanup_requests,
+            sse_subscribers,
+            sse_dropped,
+            runs_cancel_requested,
+            names,
+        }
     }
 }
 

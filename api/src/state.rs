@@ -11,7 +11,7 @@ use chatq_common::{
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::{auth::KeyCache, metrics::Metrics};
+use crate::{auth::KeyCache, hub::Hub, metrics::Metrics};
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -36,6 +36,9 @@ pub struct AppState {
     pub provider: Provider,
     /// Issue 4: knowledge-base vectors held in memory for `/search`.
     pub vectors: Arc<VectorCache>,
+    // issue 3: live streaming
+    /// The process's event hub: one Redis reader fanning run events out to subscribers.
+    pub hub: Hub,
 }
 
 impl AppState {
@@ -58,6 +61,8 @@ impl AppState {
         let ingest_queue = chatq_common::jobs::ingest_storage(redis.clone(), &queues);
         // Building a reqwest client only fails when the TLS backend cannot initialise.
         let provider = Provider::new(&config).expect("the provider HTTP client builds");
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::start(config.redis_url.expose(), redis.clone(), queues.clone(), metrics.clone());
         Self {
             config: Arc::new(config),
             pool,
@@ -65,10 +70,11 @@ impl AppState {
             queues,
             chat_queue,
             keys: Arc::new(KeyCache::default()),
-            metrics: Arc::new(Metrics::new()),
             ingest_queue,
             provider,
             vectors: Arc::default(),
+            metrics,
+            hub,
         }
     }
 }

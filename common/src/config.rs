@@ -154,6 +154,10 @@ pub struct Config {
     /// Binary run as `<bin> extract-pdf` for PDF text; default: the running worker binary
     /// (`CHATQ_EXTRACTOR_BIN`).
     pub extractor_bin: Option<PathBuf>,
+    // issue 3: live streaming
+    /// Origins allowed to call the API from a browser, comma-separated, or `*`
+    /// (`CHATQ_CORS_ORIGINS`); empty means no CORS headers.
+    pub cors_origins: Vec<String>,
 }
 
 impl Config {
@@ -222,6 +226,13 @@ impl Config {
             extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
             extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
             extractor_bin: r.optional("CHATQ_EXTRACTOR_BIN").map(PathBuf::from),
+            // issue 3: live streaming
+            cors_origins: r
+                .string("CHATQ_CORS_ORIGINS", "")
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_string())
+                .filter(|o| !o.is_empty())
+                .collect(),
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -281,6 +292,15 @@ impl Config {
 
         if self.chunk_overlap_tokens >= self.chunk_tokens {
             errors.push("CHATQ_CHUNK_OVERLAP_TOKENS must be smaller than CHATQ_CHUNK_TOKENS".into());
+        }
+
+        for origin in &self.cors_origins {
+            let ok = origin == "*" || origin.starts_with("http://") || origin.starts_with("https://");
+            if !ok || (origin == "*" && self.cors_origins.len() > 1) || !origin.chars().all(|c| c.is_ascii_graphic()) {
+                errors.push(format!(
+                    "CHATQ_CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com (got {origin:?})"
+                ));
+            }
         }
         if self.run_lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());

@@ -115,6 +115,11 @@ impl Queues {
     pub fn run_stream(&self, run_id: Uuid) -> String {
         format!("{}:run:{run_id}", self.prefix)
     }
+
+    /// The pub/sub channel carrying cancel requests (payload: the run id): `{prefix}:cancel`.
+    pub fn cancel_channel(&self) -> String {
+        format!("{}:cancel", self.prefix)
+    }
 }
 
 /// The apalis storage of the chat queue.

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod breaker;
+pub mod cancel;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
@@ -57,6 +58,9 @@ pub struct WorkerCtx {
     pub breaker: Arc<breaker::Breaker>,
     /// Issue 4: knowledge-base vectors held in memory for retrieval.
     pub vectors: Arc<chatq_common::retrieval::VectorCache>,
+    // issue 3: live streaming
+    /// Cancel signals of the runs this process works on.
+    pub cancels: Arc<cancel::Cancels>,
 }
 
 impl WorkerCtx {
@@ -104,6 +108,7 @@ impl WorkerCtx {
             release: CancellationToken::new(),
             breaker,
             vectors: Arc::default(),
+            cancels: Arc::new(cancel::Cancels::default()),
         })
     }
 }
@@ -189,6 +194,12 @@ async fn run_with(
         async move { axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned()).await }
     });
     let reconciler = tokio::spawn(reconciler::run(ctx.clone(), stop.clone()));
+    let cancel_listener = tokio::spawn(cancel::listen(
+        ctx.cancels.clone(),
+        ctx.config.redis_url.expose().to_string(),
+        ctx.queues.cancel_channel(),
+        stop.clone(),
+    ));
     let monitor_stop = stop.clone();
     let (release, grace) = (ctx.release.clone(), ctx.config.shutdown_grace);
     let signal = async move {
@@ -206,6 +217,7 @@ async fn run_with(
     stop.cancel();
     ctx.sink.flush().await;
     let _ = reconciler.await;
+    let _ = cancel_listener.await;
     let _ = http.await;
     tracing::info!(worker.id = %ctx.worker_id, "chatq worker stopped");
     result.map_err(|e| anyhow::anyhow!("queue monitor failed: {e}"))

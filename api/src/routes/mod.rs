@@ -5,9 +5,11 @@ pub mod assistants;
 pub mod health;
 pub mod knowledge;
 pub mod messages;
+pub mod run_events;
 pub mod runs;
 pub mod threads;
 pub mod usage;
+pub mod user_tokens;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -48,6 +50,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(admin::router())
         .merge(knowledge::router())
+        // issue 3: live streaming
+        .merge(run_events::router())
+        .merge(user_tokens::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

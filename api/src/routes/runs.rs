@@ -3,6 +3,7 @@
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
 };
 use chatq_common::{db, db::runs::Run, jobs};
 use chrono::{DateTime, Utc};
@@ -167,10 +168,12 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
 
 /// Send a message: stores it and queues its answer. 202 with the new run; 200 with the
 /// original run when the `Idempotency-Key` or `client_message_id` was seen before; 409
-/// `thread_busy` while another run of the thread is active.
+/// `thread_busy` while another run of the thread is active. With `stream: true` or
+/// `Accept: text/event-stream` the answer is the run's event stream (SSE) instead, starting
+/// with `run.queued` (which carries the run id); disconnecting never cancels the run.
 #[utoipa::path(post, path = "/v1/threads/{id}/runs", tag = "runs", request_body = RunIn,
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe")),
-    responses((status = 202, body = RunOut), (status = 200, body = RunOut, description = "a repeated submit"),
+    responses((status = 202, body = RunOut), (status = 200, body = RunOut, description = "a repeated submit, or the SSE stream when asked for"),
               (status = 404), (status = 409, description = "thread_busy"), (status = 413), (status = 422),
               (status = 429, description = "rate_limited or budget_exhausted, with Retry-After and RateLimit-* headers")))]
 pub async fn create_run(
@@ -179,7 +182,21 @@ pub async fn create_run(
     Path(thread_id): Path<Uuid>,
     headers: HeaderMap,
     Json(input): Json<RunIn>,
-) -> Result<(StatusCode, Json<RunOut>), ApiError> {
+) -> Result<Response, ApiError> {
+    // issue 3: stream-on-submit
+    let stream = input.stream == Some(true)
+        || headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|a| a.contains("text/event-stream"));
+    let sse_state = state.clone();
+    let answer = move |status: StatusCode, run: Run| -> Response {
+        if stream {
+            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal()).into_response()
+        } else {
+            (status, Json(RunOut::from(run))).into_response()
+        }
+    };
     let idempotency_key = header_str(&headers, "idempotency-key")?;
     if input.input.trim().is_empty() {
         return Err(ApiError::invalid("input must not be empty"));
@@ -201,7 +218,7 @@ pub async fn create_run(
         find_duplicate(&state, &principal, thread.id, idempotency_key, input.client_message_id.as_deref()).await?
     {
         state.metrics.runs_submitted.with_label_values(&["duplicate"]).inc();
-        return Ok((StatusCode::OK, Json(existing.into())));
+        return Ok(answer(StatusCode::OK, existing));
     }
 
     let assistant_id = input
@@ -243,7 +260,7 @@ pub async fn create_run(
                         .await?
                         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("duplicate run vanished")))?;
                 state.metrics.runs_submitted.with_label_values(&["duplicate"]).inc();
-                return Ok((StatusCode::OK, Json(existing.into())));
+                return Ok(answer(StatusCode::OK, existing));
             }
             _ => return Err(e.into()),
         },
@@ -257,7 +274,7 @@ pub async fn create_run(
             tracing::warn!(run.id = %run.id, error = %e, "run stored but not enqueued; the reconciler will enqueue it");
         }
     }
-    Ok((StatusCode::ACCEPTED, Json(run.into())))
+    Ok(answer(StatusCode::ACCEPTED, run))
 }
 
 async fn find_duplicate(

@@ -3,6 +3,7 @@
 
 mod auth;
 mod breaker;
+mod browser;
 mod harness;
 mod limits;
 mod moderation;
@@ -11,5 +12,6 @@ mod ops;
 mod ops_files;
 mod resilience;
 mod runs;
+mod streaming;
 mod validation;
 mod worker_jobs;

@@ -83,3 +83,17 @@ pub async fn spend_this_month(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Erro
     .fetch_one(pool)
     .await
 }
+
+// issue 3: user tokens
+
+/// The live (not revoked) key with this id: a user token stops working with its issuing key.
+pub async fn find_active_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(
+        "SELECT id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
+                monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys
+         WHERE id = $1 AND revoked_at IS NULL",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}

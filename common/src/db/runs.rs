@@ -567,3 +567,53 @@ pub async fn defer(pool: &PgPool, id: Uuid, delay_secs: f64, reason: &str) -> Re
     .rows_affected();
     Ok(n > 0)
 }
+
+// issue 3: live streaming
+
+/// Cancels a run that is still queued, in one transaction: status `cancelled` and the terminal
+/// `run.cancelled` event. `None` when the run is not queued (a worker has it, or it finished).
+pub async fn cancel_queued(pool: &PgPool, id: Uuid) -> Result<Option<RunEvent>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let row: Option<(i64, i32, Uuid)> = sqlx::query_as(
+        "UPDATE runs SET status = 'cancelled', cancel_requested_at = COALESCE(cancel_requested_at, now()),
+                completed_at = now(), next_attempt_at = NULL, waiting_reason = NULL, lease_owner = NULL,
+                lease_expires_at = NULL,
+                last_seq = GREATEST(last_seq, (SELECT COALESCE(max(seq), 0) FROM run_events WHERE run_id = $1)) + 1
+         WHERE id = $1 AND status = 'queued'
+         RETURNING last_seq, attempt, thread_id",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((seq, attempt, thread_id)) = row else {
+        return Ok(None);
+    };
+    let event = RunEvent { run_id: id, seq, attempt, kind: EventKind::Cancelled, data: json!({}) };
+    events::insert(&mut *tx, &event).await?;
+    sqlx::query("UPDATE threads SET last_activity_at = now() WHERE id = $1").bind(thread_id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(Some(event))
+}
+
+/// Flags an active run for cancellation; `true` when this call set the flag.
+pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query(
+        "UPDATE runs SET cancel_requested_at = now()
+         WHERE id = $1 AND cancel_requested_at IS NULL AND status IN ('queued', 'in_progress')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Whether cancellation of the run was requested (the worker's fallback when it missed the
+/// Redis signal).
+pub async fn cancel_requested(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
+    let flag: Option<bool> = sqlx::query_scalar("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(flag.unwrap_or(false))
+}

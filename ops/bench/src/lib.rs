@@ -21,6 +21,9 @@ pub enum Command {
     /// Short chat runs end to end: N clients each create a thread, submit a run and poll it
     /// until it is terminal, in a loop.
     Runs(scenarios::runs::Args),
+    /// Streaming runs followed over SSE: upstream-to-client token latency, events/s, drops,
+    /// API RSS (`--subscribers-per-run` for the subscribers figure).
+    StreamLatency(scenarios::stream_latency::Args),
 }
 
 /// Where the API is and how to authenticate; shared by every scenario.
@@ -38,9 +41,12 @@ pub struct ApiArgs {
 /// order its report struct declares them (`scenario` first).
 #[derive(Debug, serde::Serialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // built and printed once per process
 pub enum Report {
     /// Result of `runs`.
     Runs(scenarios::runs::Report),
+    /// Result of `stream-latency`.
+    StreamLatency(scenarios::stream_latency::Report),
 }
 
 /// Runs the chosen scenario and returns its result, which the binary prints as one JSON object
@@ -48,5 +54,6 @@ pub enum Report {
 pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     match cli.command {
         Command::Runs(args) => Ok(Report::Runs(scenarios::runs::run(args).await?)),
+        Command::StreamLatency(args) => Ok(Report::StreamLatency(scenarios::stream_latency::run(args).await?)),
     }
 }

@@ -34,6 +34,9 @@ pub(crate) struct Directive {
     pub error_after: Option<usize>,
     pub cached: Option<u32>,
     pub echo_prompt: Option<bool>,
+    /// `stamp=1`: every content chunk is ` @<unix microseconds when it was sent>` (benchmarks
+    /// measure end-to-end streaming latency with it).
+    pub stamp: Option<bool>,
 }
 
 impl Directive {
@@ -56,6 +59,7 @@ impl Directive {
                 "error_after" => d.error_after = value.parse().ok().or(d.error_after),
                 "cached" => d.cached = value.parse().ok().or(d.cached),
                 "echo" => d.echo_prompt = Some(value == "prompt"),
+                "stamp" => d.stamp = Some(value == "1"),
                 _ => {}
             }
         }
@@ -75,6 +79,7 @@ impl Directive {
             error_after: over.error_after.or(self.error_after),
             cached: over.cached.or(self.cached),
             echo_prompt: over.echo_prompt.or(self.echo_prompt),
+            stamp: over.stamp.or(self.stamp),
         }
     }
 }

@@ -52,6 +52,9 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             breaker.abandon_probe();
         }
     });
+    // Watch for a cancel before claiming: a cancel flagged before the claim is seen by it, one
+    // published after reaches this registration.
+    let cancel = ctx.cancels.register(run_id);
     let Some(run) = claim(ctx, run_id).await? else {
         return Ok(());
     };
@@ -86,7 +89,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
 
     // Renew the lease while we work; losing it means another worker took over: stop.
     let lost = CancellationToken::new();
-    let renewer = tokio::spawn(renew_lease(ctx.clone(), run.id, run.attempt, lost.clone()));
+    let renewer = tokio::spawn(renew_lease(ctx.clone(), run.id, run.attempt, lost.clone(), cancel.token.clone()));
     let _stop_renewer = scopeguard(move || renewer.abort());
 
     if let Some(error) = check_input(ctx, &run).await? {
@@ -100,14 +103,15 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         Err(e) => return attempt.fail(e, String::new(), claimed_at, None).await,
     };
     let started = Instant::now();
-    let outcome = stream_answer(&mut attempt, &request, &lost, claimed_at).await;
+    let outcome = stream_answer(&mut attempt, &request, &lost, &cancel.token, claimed_at).await;
     let latency_ms = started.elapsed().as_millis() as i64;
     let changed = match &outcome {
         StreamOutcome::Done { .. } => ctx.breaker.success(),
         StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => ctx.breaker.failure(),
         // A permanent error is an answer: the provider is up.
         StreamOutcome::Failed { .. } => ctx.breaker.success(),
-        StreamOutcome::LeaseLost | StreamOutcome::Released => false,
+        // No verdict on the provider.
+        StreamOutcome::Cancelled { .. } | StreamOutcome::LeaseLost | StreamOutcome::Released => false,
     };
     if changed {
         ctx.breaker_changed().await;
@@ -172,6 +176,10 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             attempt.fail(error, partial, claimed_at, Some(record)).await
         }
         StreamOutcome::Released => attempt.release().await,
+        StreamOutcome::Cancelled { partial } => {
+            tracing::info!(run.id = %run.id, attempt = run.attempt, "run cancelled on request");
+            attempt.finish(Outcome::Cancelled { partial_text: partial }, None, claimed_at).await
+        }
         StreamOutcome::LeaseLost => {
             tracing::warn!(run.id = %run.id, attempt = run.attempt, "lease lost; another worker owns the run now");
             Ok(())
@@ -380,6 +388,9 @@ enum StreamOutcome {
         error: ProviderError,
         partial: String,
     },
+    Cancelled {
+        partial: String,
+    },
     LeaseLost,
     /// The worker is shutting down and its grace period is over.
     Released,
@@ -391,6 +402,7 @@ async fn stream_answer(
     attempt: &mut Attempt<'_>,
     request: &ChatRequest,
     lost: &CancellationToken,
+    cancel: &CancellationToken,
     claimed_at: Instant,
 ) -> StreamOutcome {
     let ctx = attempt.ctx;
@@ -408,6 +420,7 @@ async fn stream_answer(
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,
         _ = ctx.release.cancelled() => return StreamOutcome::Released,
+        _ = cancel.cancelled() => return StreamOutcome::Cancelled { partial: text },
     };
     loop {
         let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
@@ -415,6 +428,13 @@ async fn stream_answer(
             item = tokio::time::timeout(ctx.provider.idle_timeout, stream.next()) => item,
             _ = lost.cancelled() => return StreamOutcome::LeaseLost,
             _ = ctx.release.cancelled() => return StreamOutcome::Released,
+            // Dropping the stream aborts the upstream request; what was written is kept.
+            _ = cancel.cancelled() => {
+                if !pending.is_empty() {
+                    attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
+                }
+                return StreamOutcome::Cancelled { partial: text };
+            }
             _ = sleep_until_opt(flush_at) => {
                 attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
                 last_emit = Some(Instant::now());
@@ -425,12 +445,12 @@ async fn stream_answer(
             Err(_) => {
                 return StreamOutcome::Failed {
                     error: ProviderError::timeout(ctx.provider.idle_timeout),
-                    partial: text + &pending,
+                    partial: text,
                 };
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return StreamOutcome::Failed { error: ProviderError::classify(&e, None), partial: text + &pending };
+                return StreamOutcome::Failed { error: ProviderError::classify(&e, None), partial: text };
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
@@ -703,10 +723,14 @@ async fn retrieve(
     Ok(all)
 }
 
-async fn renew_lease(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken) {
+async fn renew_lease(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken, cancel: CancellationToken) {
     let every = ctx.config.run_lease / 3;
     loop {
         tokio::time::sleep(every).await;
+        // The fallback for a cancel signal this process missed.
+        if let Ok(true) = db::runs::cancel_requested(&ctx.pool, run_id).await {
+            cancel.cancel();
+        }
         match db::runs::renew_lease(&ctx.pool, run_id, attempt, ctx.config.run_lease.as_secs_f64()).await {
             Ok(true) => {}
             Ok(false) => {

@@ -6,3 +6,4 @@
 //! and [`crate::stats`] for percentiles, and add a variant to [`crate::Command`].
 
 pub mod runs;
+pub mod stream_latency;

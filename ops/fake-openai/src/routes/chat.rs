@@ -210,6 +210,7 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
             cut_after: eff.cut_after,
             garbage_after: eff.garbage_after,
             error_after: eff.error_after,
+            stamp: eff.stamp.unwrap_or(false),
             shared: Arc::clone(shared),
         };
         let response =
@@ -305,6 +306,7 @@ struct StreamPlan {
     cut_after: Option<usize>,
     garbage_after: Option<usize>,
     error_after: Option<usize>,
+    stamp: bool,
     shared: Arc<Shared>,
 }
 
@@ -375,7 +377,13 @@ impl StreamPlan {
             if !pause.is_zero() {
                 tokio::time::sleep(pause).await;
             }
-            let content = Value::String(token.clone()).to_string();
+            let content = if self.stamp {
+                let micros =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros());
+                format!("\" @{micros}\"")
+            } else {
+                Value::String(token.clone()).to_string()
+            };
             let choice =
                 format!("{{\"index\":0,\"delta\":{{\"content\":{content}}},\"logprobs\":null,\"finish_reason\":null}}");
             let next = Step::Content { emitted: emitted + 1, garbage_sent: false };
