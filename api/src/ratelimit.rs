@@ -52,6 +52,47 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
     Ok(())
 }
 
+/// Counts an upload of `bytes` against the key's daily quota (UTC day); refuses it, without
+/// counting it, when it would go over `CHATQ_RATE_UPLOAD_BYTES_PER_DAY`. Fails open like the
+/// run limits when Redis is unreachable.
+pub async fn admit_upload(state: &AppState, principal: &Principal, bytes: u64) -> Result<(), ApiError> {
+    let limit = state.config.rate_upload_bytes_per_day;
+    if limit == 0 {
+        return Ok(());
+    }
+    let now = chrono::Utc::now();
+    let key = format!("{}:rl:upload:{}:{}", state.queues.prefix(), principal.key_id, now.format("%Y%m%d"));
+    let reset_secs = 86_400 - (now.timestamp().max(0) as u64 % 86_400);
+    let mut conn = state.redis.clone();
+    let used: redis::RedisResult<(u64,)> = redis::pipe()
+        .atomic()
+        .incr(&key, bytes)
+        .cmd("EXPIRE")
+        .arg(&key)
+        .arg(2 * 86_400)
+        .ignore()
+        .query_async(&mut conn)
+        .await;
+    match used {
+        Ok((used,)) if used > limit => {
+            // A refused upload stores nothing, so it must not use up the quota either.
+            let _: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(&key).arg(bytes).query_async(&mut conn).await;
+            Err(ApiError::RateLimited {
+                code: "rate_limited",
+                message: format!("this upload would exceed the key's daily upload quota of {limit} bytes"),
+                limit,
+                remaining: limit.saturating_sub(used - bytes),
+                reset_secs,
+            })
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "upload quota unavailable; admitting the upload");
+            Ok(())
+        }
+    }
+}
+
 /// Counts one run in the current minute of `scope`; refuses it over `limit`. If Redis is
 /// unreachable the run is admitted (and logged): rate limiting must not take the API down.
 async fn count(state: &AppState, scope: &str, limit: u64, what: &str) -> Result<(), ApiError> {

@@ -114,6 +114,9 @@ pub struct Config {
     /// Queued or in-progress runs one end user may have at once; 0 = unlimited
     /// (`CHATQ_RATE_USER_ACTIVE_RUNS`).
     pub rate_user_active_runs: u32,
+    /// Bytes one key may upload to knowledge bases per day (UTC); 0 = unlimited
+    /// (`CHATQ_RATE_UPLOAD_BYTES_PER_DAY`).
+    pub rate_upload_bytes_per_day: u64,
     /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
     /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
     pub moderation_fail_closed: bool,
@@ -207,6 +210,7 @@ impl Config {
             rate_user_runs_per_min: r.parse("CHATQ_RATE_USER_RUNS_PER_MIN", "30"),
             rate_key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
             rate_user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
+            rate_upload_bytes_per_day: r.parse("CHATQ_RATE_UPLOAD_BYTES_PER_DAY", "1073741824"),
             moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
             breaker_failures: r.parse("CHATQ_BREAKER_FAILURES", "5"),
             breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),

@@ -410,6 +410,8 @@ pub async fn upload_documents(
         return Err(ApiError::invalid("the upload has no parts named `files`"));
     }
     db::knowledge::set_batch_duplicates(&mut tx, batch_id, duplicates).await?;
+    // Over the daily quota the transaction is dropped: nothing of this upload is stored.
+    crate::ratelimit::admit_upload(&state, &principal, total as u64).await?;
     tx.commit().await?;
     for id in queued {
         if let Err(e) = chatq_common::jobs::push_ingest(&state.ingest_queue, id).await {

@@ -401,3 +401,35 @@ async fn uploads_enforce_limits_types_duplicates_and_admin_only(pool: PgPool) {
     assert_eq!(status, StatusCode::NOT_FOUND);
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn uploads_over_the_daily_quota_are_refused_and_store_nothing(pool: PgPool) {
+    let s = stack(pool.clone(), &[("CHATQ_RATE_UPLOAD_BYTES_PER_DAY", "100")]).await;
+    let kb = create_kb(&s, "quota").await;
+    let (status, _) = upload(&s, &s.admin_key.clone(), &kb, &[("a.txt", vec![b'a'; 60])]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let resp = s
+        .http
+        .post(format!("{}/v1/knowledge-bases/{kb}/documents", s.api_url))
+        .bearer_auth(&s.admin_key)
+        .header("content-type", multipart(&[("b.txt", vec![b'b'; 60])]).0)
+        .body(multipart(&[("b.txt", vec![b'b'; 60])]).1)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(resp.headers()["ratelimit-limit"], "100");
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM documents WHERE knowledge_base_id = $1::uuid")
+        .bind(&kb)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "the refused upload stored nothing");
+    // A smaller upload still fits in what is left of the quota.
+    let (status, _) = upload(&s, &s.admin_key.clone(), &kb, &[("c.txt", vec![b'c'; 30])]).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    s.shutdown().await;
+}
