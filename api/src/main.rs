@@ -73,7 +73,7 @@ async fn main() -> anyhow::Result<()> {
     chatq_common::telemetry::init("chatq-api");
     let config = Config::from_env()?;
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => chatq_api::run(config, shutdown_signal()).await,
+        Command::Serve => chatq_api::run(config, chatq_common::signal::shutdown()).await,
         Command::Migrate => {
             db::create_database_if_missing(&config).await.context("cannot create the database (DATABASE_URL)")?;
             let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;
@@ -109,21 +109,4 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
 }

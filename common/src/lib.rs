@@ -11,6 +11,7 @@ pub mod pricing;
 pub mod provider;
 pub mod redis_conn;
 pub mod retrieval;
+pub mod signal;
 pub mod telemetry;
 pub mod tokens;
 

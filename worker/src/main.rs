@@ -14,21 +14,5 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
 async fn serve() -> anyhow::Result<()> {
     chatq_common::telemetry::init("chatq-worker");
     let config = Config::from_env()?;
-    chatq_worker::run(config, shutdown_signal()).await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            s.recv().await;
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+    chatq_worker::run(config, chatq_common::signal::shutdown()).await
 }
