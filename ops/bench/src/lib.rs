@@ -24,6 +24,12 @@ pub enum Command {
     /// Streaming runs followed over SSE: upstream-to-client token latency, events/s, drops,
     /// API RSS (`--subscribers-per-run` for the subscribers figure).
     StreamLatency(scenarios::stream_latency::Args),
+    /// Many SSE clients following live runs on one API process (default 10,000): events/s,
+    /// drops, API RSS (`--api-pid`).
+    Subscribers(scenarios::subscribers::Args),
+    /// Many concurrent streaming runs in one worker (default 2,000): worker CPU and peak RSS
+    /// (`--worker-pid`), Postgres commits per run-second (`--database-url`).
+    Streams(scenarios::streams::Args),
 }
 
 /// Where the API is and how to authenticate; shared by every scenario.
@@ -45,8 +51,10 @@ pub struct ApiArgs {
 pub enum Report {
     /// Result of `runs`.
     Runs(scenarios::runs::Report),
-    /// Result of `stream-latency`.
+    /// Result of `stream-latency` and `subscribers`.
     StreamLatency(scenarios::stream_latency::Report),
+    /// Result of `streams`.
+    Streams(scenarios::streams::Report),
 }
 
 /// Runs the chosen scenario and returns its result, which the binary prints as one JSON object
@@ -55,5 +63,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
     match cli.command {
         Command::Runs(args) => Ok(Report::Runs(scenarios::runs::run(args).await?)),
         Command::StreamLatency(args) => Ok(Report::StreamLatency(scenarios::stream_latency::run(args).await?)),
+        Command::Subscribers(args) => Ok(Report::StreamLatency(scenarios::subscribers::run(args).await?)),
+        Command::Streams(args) => Ok(Report::Streams(scenarios::streams::run(args).await?)),
     }
 }

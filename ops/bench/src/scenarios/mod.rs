@@ -7,3 +7,5 @@
 
 pub mod runs;
 pub mod stream_latency;
+pub mod streams;
+pub mod subscribers;

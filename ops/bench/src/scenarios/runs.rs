@@ -233,11 +233,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     })
 }
 
-/// One simulated user: thread, run, poll to the end, again, until the budget is spent.
+/// One simulated client: thread, run, poll to the end, again, until the budget is spent. Each
+/// run is a new end user, as real traffic is: per-user rate limits (`CHATQ_RATE_USER_*`) then
+/// measure nothing but throughput.
 async fn client_loop(shared: Arc<Shared>, n: usize) -> ClientStats {
     let mut stats = ClientStats::default();
-    let user = format!("bench-{n}");
+    let mut i = 0u64;
     while shared.claim() {
+        i += 1;
+        let user = format!("bench-{n}-{i}");
         let completed = match one_run(&shared, &user, &mut stats).await {
             Ok(completed) => completed,
             Err((stage, err)) => {
