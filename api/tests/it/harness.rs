@@ -196,3 +196,12 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Assistant messages (answers) a run produced.
+pub async fn answers(pool: &PgPool, run_id: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM messages WHERE run_id = $1::uuid AND role = 'assistant'")
+        .bind(run_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}

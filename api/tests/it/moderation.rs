@@ -30,12 +30,7 @@ async fn a_flagged_message_is_refused_before_any_generation(pool: PgPool) {
     assert!(s.fake.chat_requests().is_empty(), "the model was never asked");
     let id = run["id"].as_str().unwrap();
     assert_eq!(usage_outcomes(&pool, id, "moderation").await, ["flagged"]);
-    let answers: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM messages WHERE run_id = $1::uuid AND role = 'assistant'")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let answers = crate::harness::answers(&pool, id).await;
     assert_eq!(answers, 0);
     s.shutdown().await;
 }

@@ -47,12 +47,7 @@ async fn rate_limits_are_retried_until_the_answer_arrives(pool: PgPool) {
     assert_eq!(kinds.iter().filter(|k| *k == "run.started").count(), 3);
     assert_eq!(kinds.last().unwrap(), "run.completed");
     assert_eq!(outcomes(&pool, id).await, ["provider_rate_limited", "provider_rate_limited", "ok"]);
-    let answers: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM messages WHERE run_id = $1::uuid AND role = 'assistant'")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let answers = crate::harness::answers(&pool, id).await;
     assert_eq!(answers, 1);
     s.shutdown().await;
 }

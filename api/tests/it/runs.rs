@@ -222,12 +222,7 @@ async fn a_rejected_request_fails_the_run_with_provider_rejected(pool: PgPool) {
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "provider_rejected");
     assert!(!run["error"]["message"].as_str().unwrap().is_empty());
-    let answers: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM messages WHERE run_id = $1::uuid AND role = 'assistant'")
-            .bind(run["id"].as_str().unwrap())
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let answers = crate::harness::answers(&pool, run["id"].as_str().unwrap()).await;
     assert_eq!(answers, 0, "a failed run leaves no answer");
     // The thread is free again.
     let next = s.send(&thread, "again [[fake tokens=2]]").await;

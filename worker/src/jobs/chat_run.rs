@@ -124,20 +124,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
             }
 
-            let record = NewUsage {
-                kind: "chat",
-                model: run.model.clone(),
-                api_key_id: Some(run.api_key_id),
-                assistant_id: Some(run.assistant_id),
-                run_id: Some(run.id),
-                document_id: None,
-                input_tokens: usage.input as i64,
-                cached_input_tokens: usage.cached_input as i64,
-                output_tokens: usage.output as i64,
-                cost_usd: cost,
-                outcome: "ok".into(),
-                latency_ms,
-            };
+            let record = chat_usage(&run, "ok".into(), usage, cost, latency_ms);
             let cited = retrieval::citations(&text, &sources);
             for c in &cited {
                 attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
@@ -156,20 +143,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
             let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
-            let record = NewUsage {
-                kind: "chat",
-                model: run.model.clone(),
-                api_key_id: Some(run.api_key_id),
-                assistant_id: Some(run.assistant_id),
-                run_id: Some(run.id),
-                document_id: None,
-                input_tokens: 0,
-                cached_input_tokens: 0,
-                output_tokens: 0,
-                cost_usd: None,
-                outcome: error.code.to_string(),
-                latency_ms,
-            };
+            let record = chat_usage(&run, error.code.to_string(), TokenUsage::default(), None, latency_ms);
             if retry {
                 return attempt.retry(error, Some(record)).await;
             }
@@ -247,6 +221,30 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
         tokio::time::sleep(wait).await;
     }
     Ok(None)
+}
+
+/// The usage record of one chat call of `run`.
+fn chat_usage(
+    run: &db::runs::Run,
+    outcome: String,
+    usage: TokenUsage,
+    cost_usd: Option<f64>,
+    latency_ms: i64,
+) -> NewUsage {
+    NewUsage {
+        kind: "chat",
+        model: run.model.clone(),
+        api_key_id: Some(run.api_key_id),
+        assistant_id: Some(run.assistant_id),
+        run_id: Some(run.id),
+        document_id: None,
+        input_tokens: usage.input as i64,
+        cached_input_tokens: usage.cached_input as i64,
+        output_tokens: usage.output as i64,
+        cost_usd,
+        outcome,
+        latency_ms,
+    }
 }
 
 /// The state of one attempt: the next event number and the fence.
