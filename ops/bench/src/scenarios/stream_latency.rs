@@ -143,10 +143,21 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let base = args.conn.api.trim_end_matches('/').to_string();
     let auth = format!("Bearer {}", args.conn.key);
     let input = format!("bench [[fake tokens={} delay_ms={} stamp=1]]", args.tokens, args.delay_ms);
+    // Threads first, 32 at a time, so the runs themselves start together: with one thread
+    // created at a time the first answers finish before the last start, and far fewer than
+    // `--streams` are ever in flight at once.
+    let names: Vec<String> = (0..args.streams).map(|i| format!("bench-stream-{i}")).collect();
+    let threads: Vec<String> = futures::stream::iter(names.iter())
+        .map(|name| api.create_thread(&assistant, name))
+        .buffered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .context("creating threads")?;
     let started = Instant::now();
     let mut tasks = JoinSet::new();
-    for i in 0..args.streams {
-        let thread = api.create_thread(&assistant, &format!("bench-stream-{i}")).await.context("creating a thread")?;
+    for thread in threads {
         let (http, base, auth, input, k) =
             (http.clone(), base.clone(), auth.clone(), input.clone(), args.subscribers_per_run);
         tasks.spawn(async move {
