@@ -331,27 +331,3 @@ pub async fn catch_up(
     }
     Ok(events)
 }
-
-/// Publishes an event the API wrote itself (cancel of a queued run) to the run's stream.
-pub async fn publish(redis: &ConnectionManager, queues: &Queues, event: &RunEvent, ttl: Duration) {
-    let key = queues.run_stream(event.run_id);
-    let mut conn = redis.clone();
-    let result: redis::RedisResult<()> = redis::pipe()
-        .cmd("XADD")
-        .arg(&key)
-        .arg(format!("{}-0", event.seq))
-        .arg("kind")
-        .arg(event.kind.as_str())
-        .arg("attempt")
-        .arg(event.attempt)
-        .arg("data")
-        .arg(event.data.to_string())
-        .ignore()
-        .expire(&key, ttl.as_secs() as i64)
-        .ignore()
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(run.id = %event.run_id, error = %e, "cannot publish run event to Redis");
-    }
-}

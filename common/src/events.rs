@@ -81,3 +81,41 @@ impl RunEvent {
         Self { run_id, seq: 1, attempt: 0, kind: EventKind::Queued, data: json!({ "run_id": run_id }) }
     }
 }
+
+/// Events kept per run stream in Redis (approximate trim); older ones replay from Postgres.
+pub const STREAM_MAXLEN: usize = 10_000;
+
+/// Appends `event` to its run's Redis stream `{prefix}:run:{id}` with entry id `{seq}-0` (so
+/// readers resume by seq) and fields `kind`, `attempt`, `data`, and refreshes the stream's TTL.
+/// The one writer of that format: the worker's pipeline and the API (cancels) both call it.
+/// Failures are logged, not returned: Postgres stays the source of truth.
+pub async fn publish(
+    redis: &redis::aio::ConnectionManager,
+    queues: &crate::jobs::Queues,
+    event: &RunEvent,
+    ttl: std::time::Duration,
+) {
+    let key = queues.run_stream(event.run_id);
+    let mut conn = redis.clone();
+    let result: redis::RedisResult<()> = redis::pipe()
+        .cmd("XADD")
+        .arg(&key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(STREAM_MAXLEN)
+        .arg(format!("{}-0", event.seq))
+        .arg("kind")
+        .arg(event.kind.as_str())
+        .arg("attempt")
+        .arg(event.attempt)
+        .arg("data")
+        .arg(event.data.to_string())
+        .ignore()
+        .expire(&key, ttl.as_secs() as i64)
+        .ignore()
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(run.id = %event.run_id, seq = event.seq, error = %e, "cannot publish run event to Redis");
+    }
+}

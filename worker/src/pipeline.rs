@@ -27,9 +27,6 @@ pub struct EventSink {
     stream_ttl: Duration,
 }
 
-/// Events kept per run stream in Redis (approximate trim); older ones replay from Postgres.
-const STREAM_MAXLEN: usize = 10_000;
-
 impl EventSink {
     /// Starts the writer task; it stops when every sink clone is dropped.
     pub fn start(
@@ -57,30 +54,7 @@ impl EventSink {
     /// Publishes an event that is already stored (terminal events are written by the finish
     /// transaction).
     pub async fn publish(&self, event: &RunEvent) {
-        let key = self.queues.run_stream(event.run_id);
-        let data = event.data.to_string();
-        let mut conn = self.redis.clone();
-        let result: redis::RedisResult<()> = redis::pipe()
-            .cmd("XADD")
-            .arg(&key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(STREAM_MAXLEN)
-            .arg(format!("{}-0", event.seq))
-            .arg("kind")
-            .arg(event.kind.as_str())
-            .arg("attempt")
-            .arg(event.attempt)
-            .arg("data")
-            .arg(data)
-            .ignore()
-            .expire(&key, self.stream_ttl.as_secs() as i64)
-            .ignore()
-            .query_async(&mut conn)
-            .await;
-        if let Err(e) = result {
-            tracing::warn!(run.id = %event.run_id, seq = event.seq, error = %e, "cannot publish run event to Redis");
-        }
+        chatq_common::events::publish(&self.redis, &self.queues, event, self.stream_ttl).await;
     }
 
     /// Waits until every event queued so far is in Postgres.

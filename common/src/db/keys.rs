@@ -1,7 +1,7 @@
 //! `api_keys`: admin and client keys, stored as SHA-256.
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use uuid::Uuid;
 
 use crate::keys::{self, Role};
@@ -27,14 +27,16 @@ pub struct ApiKey {
     pub monthly_budget_usd: Option<f64>,
 }
 
+const COLUMNS: &str = "id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
+    monthly_budget_usd::float8 AS monthly_budget_usd";
+
 /// Creates a key and returns it with its row; the key is not recoverable later.
 pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, ApiKey), sqlx::Error> {
     let key = keys::generate(role);
-    let row = sqlx::query_as::<_, ApiKey>(
+    let row = sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
         "INSERT INTO api_keys (id, name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)
-         RETURNING id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
-                   monthly_budget_usd::float8 AS monthly_budget_usd",
-    )
+         RETURNING {COLUMNS}"
+    )))
     .bind(crate::new_id())
     .bind(name)
     .bind(role.as_str())
@@ -47,11 +49,9 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, Ap
 
 /// The live (not revoked) key with this hash.
 pub async fn find_active_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
-    sqlx::query_as::<_, ApiKey>(
-        "SELECT id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
-                monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys
-         WHERE key_hash = $1 AND revoked_at IS NULL",
-    )
+    sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
+    )))
     .bind(hash)
     .fetch_optional(pool)
     .await
@@ -88,11 +88,9 @@ pub async fn spend_this_month(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Erro
 
 /// The live (not revoked) key with this id: a user token stops working with its issuing key.
 pub async fn find_active_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
-    sqlx::query_as::<_, ApiKey>(
-        "SELECT id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
-                monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys
-         WHERE id = $1 AND revoked_at IS NULL",
-    )
+    sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
+    )))
     .bind(id)
     .fetch_optional(pool)
     .await
