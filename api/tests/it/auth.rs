@@ -6,7 +6,7 @@ use crate::harness::Stack;
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn requests_without_a_valid_key_are_unauthorized(pool: PgPool) {
-    let s = Stack::without_worker(pool).await;
+    let s = Stack::start(pool).await;
     let (status, body) = s.call(Method::GET, "/v1/threads", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "unauthorized");
@@ -19,7 +19,7 @@ async fn requests_without_a_valid_key_are_unauthorized(pool: PgPool) {
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn client_keys_cannot_manage_assistants_but_can_read_them(pool: PgPool) {
-    let s = Stack::without_worker(pool).await;
+    let s = Stack::start(pool).await;
     let (status, body) =
         s.client(Method::POST, "/v1/assistants", Some(json!({"name": "x", "model": "gpt-4o-mini"}))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
@@ -35,7 +35,7 @@ async fn client_keys_cannot_manage_assistants_but_can_read_them(pool: PgPool) {
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn another_keys_thread_and_run_are_not_found(pool: PgPool) {
-    let s = Stack::without_worker(pool.clone()).await;
+    let s = Stack::start(pool.clone()).await;
     let assistant = s.create_assistant(json!({})).await;
     let thread = s.create_thread(&assistant, "alice").await;
     let run = s.send(&thread, "hello").await;
@@ -66,7 +66,7 @@ async fn another_keys_thread_and_run_are_not_found(pool: PgPool) {
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn threads_list_filters_by_user_and_paginates(pool: PgPool) {
-    let s = Stack::without_worker(pool).await;
+    let s = Stack::start(pool).await;
     let assistant = s.create_assistant(json!({})).await;
     let mut alice = Vec::new();
     for _ in 0..5 {

@@ -1,10 +1,10 @@
-//! A whole chatq stack per test: the API and a worker in-process on port 0, a fresh database
-//! (`#[sqlx::test]`), the shared Redis under a unique queue prefix, and the fake OpenAI server.
+//! The API alone per test: in-process on port 0, a fresh database (`#[sqlx::test]`) and the
+//! shared Redis under a unique queue prefix. No worker runs, so submitted runs stay queued;
+//! tests that need answers are system tests (`ops/system-tests`).
 
-use std::{collections::HashMap, future::Future, time::Duration};
+use std::collections::HashMap;
 
 use chatq_common::{config::Config, db, keys::Role};
-use chatq_fake_openai::{FakeConfig, FakeHandle};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
@@ -14,26 +14,22 @@ use tokio_util::sync::CancellationToken;
 pub struct Stack {
     pub pool: PgPool,
     pub config: Config,
-    pub fake: FakeHandle,
     pub api_url: String,
     pub admin_key: String,
     pub client_key: String,
     pub http: reqwest::Client,
     api_stop: CancellationToken,
     api_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    pub worker: Option<chatq_worker::WorkerHandle>,
 }
 
-pub fn test_config(fake_url: &str, overrides: &[(&str, &str)]) -> Config {
+fn test_config(overrides: &[(&str, &str)]) -> Config {
     let prefix = format!("t{}", uuid::Uuid::now_v7().simple());
     let mut env: HashMap<String, String> = HashMap::from([
-        ("OPENAI_BASE_URL".into(), fake_url.to_string()),
+        // Never called: the API itself makes no provider calls in these tests.
+        ("OPENAI_BASE_URL".into(), "http://127.0.0.1:9/v1".into()),
         ("OPENAI_API_KEY".into(), "sk-test".into()),
         ("CHATQ_QUEUE_PREFIX".into(), prefix),
         ("CHATQ_TOKEN_SECRET".into(), "test-secret-test-secret-test-secret-0123".into()),
-        ("CHATQ_CHAT_POLL_MS".into(), "10".into()),
-        ("CHATQ_EVENT_FLUSH_MS".into(), "20".into()),
-        ("CHATQ_CHAT_CONCURRENCY".into(), "16".into()),
         ("CHATQ_DB_MAX_CONNECTIONS".into(), "5".into()),
     ]);
     if let Ok(url) = std::env::var("REDIS_URL") {
@@ -46,72 +42,37 @@ pub fn test_config(fake_url: &str, overrides: &[(&str, &str)]) -> Config {
 }
 
 impl Stack {
-    /// API + worker + fake.
+    /// The API with the default test configuration.
     pub async fn start(pool: PgPool) -> Self {
-        Self::start_with(pool, true, &[]).await
+        Self::start_with(pool, &[]).await
     }
 
-    /// API + fake, no worker: runs stay queued.
-    pub async fn without_worker(pool: PgPool) -> Self {
-        Self::start_with(pool, false, &[]).await
-    }
-
-    pub async fn start_with(pool: PgPool, worker: bool, overrides: &[(&str, &str)]) -> Self {
+    /// The API with configuration `overrides` (environment variable, value).
+    pub async fn start_with(pool: PgPool, overrides: &[(&str, &str)]) -> Self {
         chatq_common::telemetry::init("test");
-        let (_, fake) = chatq_fake_openai::spawn(FakeConfig::default()).await.expect("fake server starts");
-        let config = test_config(&fake.base_url(), overrides);
+        let config = test_config(overrides);
         let (admin_key, _) = db::keys::create(&pool, Role::Admin, "test-admin").await.unwrap();
         let (client_key, _) = db::keys::create(&pool, Role::Client, "test-client").await.unwrap();
         let mut stack = Stack {
             pool,
             config,
-            fake,
             api_url: String::new(),
             admin_key,
             client_key,
             http: reqwest::Client::new(),
             api_stop: CancellationToken::new(),
             api_task: None,
-            worker: None,
         };
-        stack.start_api().await;
-        if worker {
-            stack.start_worker().await;
-        }
+        let state = chatq_api::AppState::from_parts(stack.config.clone(), stack.pool.clone(), stack.redis().await);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        stack.api_url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = stack.api_stop.clone().cancelled_owned();
+        stack.api_task = Some(tokio::spawn(chatq_api::serve(listener, state, stop)));
         stack
     }
 
     pub async fn redis(&self) -> redis::aio::ConnectionManager {
         chatq_common::redis_conn::connect(self.config.redis_url.expose()).await.expect("redis reachable")
-    }
-
-    pub async fn start_api(&mut self) {
-        let state = chatq_api::AppState::from_parts(self.config.clone(), self.pool.clone(), self.redis().await);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.api_url = format!("http://{}", listener.local_addr().unwrap());
-        self.api_stop = CancellationToken::new();
-        let stop = self.api_stop.clone().cancelled_owned();
-        self.api_task = Some(tokio::spawn(chatq_api::serve(listener, state, stop)));
-    }
-
-    pub async fn stop_api(&mut self) {
-        self.api_stop.cancel();
-        if let Some(t) = self.api_task.take() {
-            t.await.unwrap().unwrap();
-        }
-    }
-
-    pub async fn start_worker(&mut self) {
-        let ctx =
-            chatq_worker::WorkerCtx::from_parts(self.config.clone(), self.pool.clone(), self.redis().await).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        self.worker = Some(chatq_worker::start_with(ctx, listener).unwrap());
-    }
-
-    pub async fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            w.shutdown().await.unwrap();
-        }
     }
 
     pub async fn call(
@@ -164,44 +125,10 @@ impl Stack {
         run
     }
 
-    /// Polls the run until it is final.
-    pub async fn wait_run(&self, run_id: &str) -> Value {
-        let path = format!("/v1/runs/{run_id}");
-        wait_for(Duration::from_secs(20), || async {
-            let (_, run) = self.client(Method::GET, &path, None).await;
-            matches!(run["status"].as_str(), Some("completed" | "failed" | "cancelled")).then_some(run)
-        })
-        .await
-    }
-
     pub async fn shutdown(mut self) {
-        self.stop_worker().await;
-        self.stop_api().await;
-        self.fake.shutdown();
-    }
-}
-
-/// Polls `f` until it returns `Some`, failing the test after `deadline`.
-pub async fn wait_for<T, F, Fut>(deadline: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    loop {
-        if let Some(v) = f().await {
-            return v;
+        self.api_stop.cancel();
+        if let Some(t) = self.api_task.take() {
+            t.await.unwrap().unwrap();
         }
-        assert!(tokio::time::Instant::now() < end, "condition not met within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// Assistant messages (answers) a run produced.
-pub async fn answers(pool: &PgPool, run_id: &str) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM messages WHERE run_id = $1::uuid AND role = 'assistant'")
-        .bind(run_id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }

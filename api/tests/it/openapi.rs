@@ -5,7 +5,7 @@ use crate::harness::Stack;
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn the_openapi_document_covers_every_route(pool: PgPool) {
-    let s = Stack::without_worker(pool).await;
+    let s = Stack::start(pool).await;
     let (status, doc) = s.call(Method::GET, "/openapi.json", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));

@@ -6,7 +6,7 @@ use crate::harness::Stack;
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn malformed_requests_get_the_error_envelope_not_a_500(pool: PgPool) {
-    let s = Stack::without_worker(pool).await;
+    let s = Stack::start(pool).await;
     let assistant = s.create_assistant(json!({})).await;
     let thread = s.create_thread(&assistant, "alice").await;
 
@@ -64,7 +64,7 @@ async fn malformed_requests_get_the_error_envelope_not_a_500(pool: PgPool) {
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn oversized_messages_and_bodies_are_refused_with_413(pool: PgPool) {
-    let s = Stack::without_worker(pool).await;
+    let s = Stack::start(pool).await;
     let assistant = s.create_assistant(json!({})).await;
     let thread = s.create_thread(&assistant, "alice").await;
     let big_message = "a".repeat(s.config.max_message_bytes + 1);

@@ -8,6 +8,8 @@ use chatq_fake_openai::FakeConfig;
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::support::wait_for;
+
 /// Environment for a worker process on this test's database, Redis prefix and fake server.
 fn worker_env(pool: &PgPool, prefix: &str, fake_url: &str) -> Vec<(String, String)> {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for tests");
@@ -40,18 +42,6 @@ fn spawn_worker(env: &[(String, String)]) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("worker binary starts")
-}
-
-async fn wait_until<F, Fut>(deadline: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let end = tokio::time::Instant::now() + deadline;
-    while !f().await {
-        assert!(tokio::time::Instant::now() < end, "condition not met within {deadline:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
@@ -97,9 +87,9 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
 
     let mut first = spawn_worker(&env);
     // Kill it in the middle of the answer.
-    wait_until(Duration::from_secs(20), || async {
+    wait_for(Duration::from_secs(20), || async {
         let r = db::runs::get(&pool, run.id).await.unwrap().unwrap();
-        r.status == "in_progress" && r.output_text.split_whitespace().count() >= 10
+        (r.status == "in_progress" && r.output_text.split_whitespace().count() >= 10).then_some(())
     })
     .await;
     first.kill().expect("kill -9");
@@ -107,8 +97,8 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
 
     let mut second = spawn_worker(&env);
     // Recovery bound: lease (3 s) + reconciler interval (1 s), then the answer (~5 s).
-    wait_until(Duration::from_secs(30), || async {
-        db::runs::get(&pool, run.id).await.unwrap().unwrap().status == "completed"
+    wait_for(Duration::from_secs(30), || async {
+        (db::runs::get(&pool, run.id).await.unwrap().unwrap().status == "completed").then_some(())
     })
     .await;
     second.kill().ok();

@@ -1,9 +1,9 @@
-//! Worker tests that need the real `chatq-worker` binary: crash recovery with `kill -9`, and
-//! knowledge-base ingestion (its `extract-pdf` child process). One binary keeps link time down.
+//! Worker tests without the API: the jobs driven directly on a per-test database and queue
+//! prefix, and crash recovery with the real `chatq-worker` binary killed with `kill -9`. One
+//! binary keeps link time down.
 
+mod chat_run;
+mod cleanup;
 mod crash;
-// The API's system-test harness: a whole stack per test.
-#[allow(dead_code)]
-#[path = "../../../api/tests/it/harness.rs"]
-mod harness;
-mod knowledge;
+mod reconciler;
+mod support;

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
+use eventsource_stream::Eventsource as _;
 use futures::StreamExt;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -83,43 +84,22 @@ async fn consume(resp: reqwest::Response) -> ClientResult {
     if !resp.status().is_success() {
         return out;
     }
-    let mut body = resp.bytes_stream();
-    let mut buf = String::new();
-    while let Some(Ok(chunk)) = body.next().await {
+    let mut events = resp.bytes_stream().eventsource();
+    while let Some(Ok(event)) = events.next().await {
         let received = now_micros();
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(end) = buf.find("\n\n") {
-            let frame: String = buf.drain(..end + 2).collect();
-            let mut event = "";
-            let mut data = String::new();
-            for line in frame.lines() {
-                if let Some(v) = line.strip_prefix("event:") {
-                    event = if v.trim() == "message.delta" {
-                        "delta"
-                    } else if v.trim() == "run.completed" {
-                        "done"
-                    } else {
-                        "other"
-                    };
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            if event.is_empty() {
-                continue;
-            }
-            out.events += 1;
-            if event == "delta" {
-                let text = serde_json::from_str::<Value>(&data).ok();
+        out.events += 1;
+        match event.event.as_str() {
+            "message.delta" => {
+                let text = serde_json::from_str::<Value>(&event.data).ok();
                 let text = text.as_ref().and_then(|v| v["text"].as_str()).unwrap_or("");
                 for word in text.split_whitespace() {
                     if let Some(sent) = word.strip_prefix('@').and_then(|w| w.parse::<u128>().ok()) {
                         out.latencies.record(received.saturating_sub(sent) as f64 / 1000.0);
                     }
                 }
-            } else if event == "done" {
-                out.completed = true;
             }
+            "run.completed" => out.completed = true,
+            _ => {}
         }
     }
     out
@@ -171,18 +151,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                 return vec![ClientResult { latencies: Samples::new(), events: 0, completed: false }];
             };
             // The first event carries the run id; the other subscribers follow it.
-            let mut body = resp.bytes_stream();
-            let mut head = String::new();
-            while !head.contains("\n\n") {
-                match body.next().await {
-                    Some(Ok(c)) => head.push_str(&String::from_utf8_lossy(&c)),
-                    _ => return vec![ClientResult { latencies: Samples::new(), events: 0, completed: false }],
-                }
-            }
-            let run_id = head
-                .lines()
-                .find_map(|l| l.strip_prefix("data:"))
-                .and_then(|d| serde_json::from_str::<Value>(d.trim()).ok())
+            let mut events = resp.bytes_stream().eventsource();
+            let Some(Ok(first)) = events.next().await else {
+                return vec![ClientResult { latencies: Samples::new(), events: 0, completed: false }];
+            };
+            let run_id = serde_json::from_str::<Value>(&first.data)
+                .ok()
                 .and_then(|v| v["run_id"].as_str().map(str::to_owned))
                 .unwrap_or_default();
             let mut followers = JoinSet::new();
@@ -195,7 +169,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
                     }
                 });
             }
-            drop(body);
+            drop(events);
             let mut results = Vec::new();
             while let Some(r) = followers.join_next().await {
                 results.push(r.unwrap_or(ClientResult { latencies: Samples::new(), events: 0, completed: false }));

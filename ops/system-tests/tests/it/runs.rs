@@ -4,7 +4,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{Stack, wait_for};
+use chatq_system_tests::{Stack, wait_for};
 
 /// What the fake answers to `input` with `tokens` words: an echo, then filler.
 fn expected_reply_prefix(input: &str) -> String {
@@ -222,7 +222,7 @@ async fn a_rejected_request_fails_the_run_with_provider_rejected(pool: PgPool) {
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"]["code"], "provider_rejected");
     assert!(!run["error"]["message"].as_str().unwrap().is_empty());
-    let answers = crate::harness::answers(&pool, run["id"].as_str().unwrap()).await;
+    let answers = chatq_system_tests::answers(&pool, run["id"].as_str().unwrap()).await;
     assert_eq!(answers, 0, "a failed run leaves no answer");
     // The thread is free again.
     let next = s.send(&thread, "again [[fake tokens=2]]").await;
@@ -262,8 +262,11 @@ async fn an_idle_worker_starts_a_new_run_promptly(pool: PgPool) {
     let s = Stack::start_with(pool, true, &[("CHATQ_CHAT_POLL_MS", "20"), ("CHATQ_CHAT_CONCURRENCY", "256")]).await;
     let assistant = s.create_assistant(json!({})).await;
     let thread = s.create_thread(&assistant, "alice").await;
-    // Let the worker go idle: several empty polls, so only its poll timer can wake it.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Let the worker go idle: it has answered a first run and acknowledged it, and the queue is
+    // empty, so only its poll timer can wake it.
+    let first = s.send(&thread, "hi [[fake tokens=1]]").await;
+    assert_eq!(s.wait_run(first["id"].as_str().unwrap()).await["status"], "completed");
+    wait_for(Duration::from_secs(10), || async { s.queue_idle("chat-runs").await.then_some(()) }).await;
     let run = s.send(&thread, "hi [[fake tokens=2]]").await;
     let run = s.wait_run(run["id"].as_str().unwrap()).await;
     let created = chrono::DateTime::parse_from_rfc3339(run["created_at"].as_str().unwrap()).unwrap();

@@ -1,69 +1,56 @@
+//! The chat job's delivery guarantees: redelivery, concurrent deliveries and a zombie attempt
+//! are fenced by the run's lease and attempt.
+
 use chatq_common::db;
-use chatq_worker::{WorkerCtx, jobs::chat_run};
-use reqwest::Method;
+use chatq_worker::jobs::chat_run;
 use serde_json::json;
 use sqlx::PgPool;
-use uuid::Uuid;
 
-use crate::harness::Stack;
-
-async fn ctx(s: &Stack) -> WorkerCtx {
-    WorkerCtx::from_parts(s.config.clone(), s.pool.clone(), s.redis().await).unwrap()
-}
-
-async fn count(pool: &PgPool, sql: &str, run: Uuid) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).bind(run).fetch_one(pool).await.unwrap()
-}
+use crate::support::{Setup, count};
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn a_redelivered_job_for_a_completed_run_changes_nothing(pool: PgPool) {
-    let s = Stack::start(pool.clone()).await;
-    let assistant = s.create_assistant(json!({})).await;
-    let thread = s.create_thread(&assistant, "alice").await;
-    let run = s.send(&thread, "hi [[fake tokens=4]]").await;
-    let run = s.wait_run(run["id"].as_str().unwrap()).await;
-    let id: Uuid = run["id"].as_str().unwrap().parse().unwrap();
+    let s = Setup::new(pool.clone()).await;
+    let id = s.submit("alice", "hi [[fake tokens=4]]").await;
+    let ctx = s.ctx().await;
+    chat_run::execute(&ctx, id).await.unwrap();
+    let run = s.wait_run(id).await;
+    assert_eq!(run.status, "completed");
     let events_before = count(&pool, "SELECT count(*) FROM run_events WHERE run_id = $1", id).await;
     let provider_calls = s.fake.chat_requests().len();
 
-    chat_run::execute(&ctx(&s).await, id).await.unwrap();
+    chat_run::execute(&s.ctx().await, id).await.unwrap();
 
     assert_eq!(count(&pool, "SELECT count(*) FROM run_events WHERE run_id = $1", id).await, events_before);
     assert_eq!(count(&pool, "SELECT count(*) FROM messages WHERE run_id = $1 AND role = 'assistant'", id).await, 1);
     assert_eq!(s.fake.chat_requests().len(), provider_calls, "no second provider call");
-    let (_, after) = s.client(Method::GET, &format!("/v1/runs/{id}"), None).await;
-    assert_eq!(after["attempt"], run["attempt"]);
-    assert_eq!(after["output_text"], run["output_text"]);
-    s.shutdown().await;
+    let after = db::runs::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(after.attempt, run.attempt);
+    assert_eq!(after.output_text, run.output_text);
+    s.shutdown();
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn two_deliveries_at_once_produce_one_answer(pool: PgPool) {
-    let s = Stack::without_worker(pool.clone()).await;
-    let assistant = s.create_assistant(json!({})).await;
-    let thread = s.create_thread(&assistant, "alice").await;
-    let run = s.send(&thread, "hi [[fake tokens=8 delay_ms=5]]").await;
-    let id: Uuid = run["id"].as_str().unwrap().parse().unwrap();
-    let (a, b) = (ctx(&s).await, ctx(&s).await);
+    let s = Setup::new(pool.clone()).await;
+    let id = s.submit("alice", "hi [[fake tokens=8 delay_ms=5]]").await;
+    let (a, b) = (s.ctx().await, s.ctx().await);
     let (ra, rb) = tokio::join!(chat_run::execute(&a, id), chat_run::execute(&b, id));
     ra.unwrap();
     rb.unwrap();
-    let stored = db::runs::get(&pool, id).await.unwrap().unwrap();
+    let stored = s.wait_run(id).await;
     assert_eq!(stored.status, "completed");
     assert_eq!(stored.attempt, 1, "only one delivery claimed the run");
     assert_eq!(count(&pool, "SELECT count(*) FROM messages WHERE run_id = $1 AND role = 'assistant'", id).await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM usage_records WHERE run_id = $1", id).await, 1);
     assert_eq!(s.fake.chat_requests().len(), 1);
-    s.shutdown().await;
+    s.shutdown();
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn a_zombie_attempt_cannot_write_after_losing_its_lease(pool: PgPool) {
-    let s = Stack::without_worker(pool.clone()).await;
-    let assistant = s.create_assistant(json!({})).await;
-    let thread = s.create_thread(&assistant, "alice").await;
-    let run = s.send(&thread, "hi").await;
-    let id: Uuid = run["id"].as_str().unwrap().parse().unwrap();
+    let s = Setup::new(pool.clone()).await;
+    let id = s.submit("alice", "hi").await;
 
     let zombie = db::runs::claim(&pool, id, "worker-a", 30.0).await.unwrap().unwrap();
     assert_eq!(zombie.attempt, 1);
@@ -112,40 +99,5 @@ async fn a_zombie_attempt_cannot_write_after_losing_its_lease(pool: PgPool) {
     let stored = db::runs::get(&pool, id).await.unwrap().unwrap();
     assert_eq!(stored.output_text, "answer of attempt 2");
     assert_eq!(count(&pool, "SELECT count(*) FROM messages WHERE run_id = $1 AND role = 'assistant'", id).await, 1);
-    s.shutdown().await;
-}
-
-#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
-async fn the_reconciler_enqueues_a_run_redis_never_received(pool: PgPool) {
-    let s = Stack::start(pool.clone()).await;
-    let assistant = s.create_assistant(json!({})).await;
-    let thread = s.create_thread(&assistant, "alice").await;
-    // Stored as the API would, but never pushed (Redis was down at submit time).
-    let key_id: Uuid =
-        sqlx::query_scalar("SELECT id FROM api_keys WHERE name = 'test-client'").fetch_one(&pool).await.unwrap();
-    let assistant_id: Uuid = assistant.parse().unwrap();
-    let run = db::runs::submit(
-        &pool,
-        &db::runs::NewRun {
-            thread_id: thread.parse().unwrap(),
-            assistant_id,
-            model: "gpt-4o-mini",
-            api_key_id: key_id,
-            input: "lost [[fake tokens=3]]",
-            client_message_id: None,
-            idempotency_key: None,
-        },
-    )
-    .await
-    .unwrap();
-    sqlx::query("UPDATE runs SET enqueued_at = now() - interval '5 minutes' WHERE id = $1")
-        .bind(run.id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    let pushed = chatq_worker::reconciler::tick(&ctx(&s).await).await.unwrap();
-    assert_eq!(pushed, 1);
-    let done = s.wait_run(&run.id.to_string()).await;
-    assert_eq!(done["status"], "completed");
-    s.shutdown().await;
+    s.shutdown();
 }

@@ -1,37 +1,13 @@
 //! Operations: metrics after real runs, `/v1/usage`, the cleanup job, the reaper.
 
-use std::{collections::HashMap, time::Duration};
+use std::time::Duration;
 
-use chatq_common::{
-    db,
-    jobs::{self, Cleanup},
-};
+use chatq_common::jobs::{self, Cleanup};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{Stack, wait_for};
-
-/// The value of the series `name{labels}` in a Prometheus text exposition (labels not given
-/// are ignored; the first matching series wins).
-pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            return None;
-        }
-        let found: HashMap<&str, &str> = label_text
-            .split("\",")
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.split_once("=\"").map(|(k, v)| (k, v.trim_end_matches('"'))))
-            .collect();
-        labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
-    })
-}
+use chatq_system_tests::{Stack, metric, wait_for};
 
 async fn text(s: &Stack, url: &str) -> String {
     s.http.get(url).send().await.unwrap().text().await.unwrap()
@@ -114,12 +90,6 @@ async fn metrics_show_completed_failed_and_cancelled_runs_and_cost_matches_usage
     );
     assert!(metric(&a, "chatq_http_request_duration_seconds_count", &[("route", "/v1/runs/{id}")]).unwrap() >= 4.0);
     s.shutdown().await;
-}
-
-impl Stack {
-    fn config_queue(&self, name: &str) -> String {
-        format!("{}-{name}", self.config.queue_prefix)
-    }
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
@@ -437,140 +407,9 @@ async fn concurrent_triggers_and_every_replicas_tick_do_the_work_once(pool: PgPo
     })
     .await;
     assert_eq!(n, 2);
-    tokio::time::sleep(Duration::from_millis(300)).await; // a second job would appear within this
+    // Both pushes have had their chance: the queue has delivered and acknowledged everything.
+    wait_for(Duration::from_secs(20), || async { s.queue_idle("maintenance").await.then_some(()) }).await;
     let total: i64 = sqlx::query_scalar("SELECT count(*) FROM maintenance_jobs").fetch_one(&pool).await.unwrap();
     assert_eq!(total, 2, "the trigger's job and one job for the tick");
-    s.shutdown().await;
-}
-
-#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
-async fn the_reaper_fails_a_run_whose_workers_died_too_often_and_requeues_the_others(pool: PgPool) {
-    let s = Stack::without_worker(pool.clone()).await;
-    let a = s.create_assistant(json!({})).await;
-    let doomed = s.send(&s.create_thread(&a, "x").await, "one").await["id"].as_str().unwrap().to_string();
-    let retry = s.send(&s.create_thread(&a, "y").await, "two").await["id"].as_str().unwrap().to_string();
-    // Both were claimed by workers that died; the first one for the third time.
-    for (id, attempt) in [(&doomed, 3), (&retry, 1)] {
-        sqlx::query(
-            "UPDATE runs SET status = 'in_progress', attempt = $2, lease_owner = 'dead',
-                    lease_expires_at = now() - interval '1 second', enqueued_at = now() - interval '1 minute'
-             WHERE id = $1::uuid",
-        )
-        .bind(id)
-        .bind(attempt)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), s.redis().await).unwrap();
-    assert_eq!(chatq_worker::reconciler::tick(&ctx).await.unwrap(), 2);
-    let (_, run) = s.client(Method::GET, &format!("/v1/runs/{doomed}"), None).await;
-    assert_eq!(run["status"], "failed", "{run}");
-    assert_eq!(run["error"]["code"], db::runs::EXHAUSTED_CODE);
-    let last: String =
-        sqlx::query_scalar("SELECT kind FROM run_events WHERE run_id = $1::uuid ORDER BY seq DESC LIMIT 1")
-            .bind(&doomed)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(last, "run.failed");
-    let (_, run) = s.client(Method::GET, &format!("/v1/runs/{retry}"), None).await;
-    assert_eq!(run["status"], "in_progress", "pushed again, for the next worker to claim");
-    let m = chatq_common::metrics::encode(&ctx.metrics.registry);
-    assert_eq!(metric(&m, "chatq_reconciler_recoveries_total", &[("action", "failed")]), Some(1.0), "{m}");
-    assert_eq!(metric(&m, "chatq_reconciler_recoveries_total", &[("action", "requeued")]), Some(1.0));
-    s.shutdown().await;
-}
-
-#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
-async fn cleanup_purges_chunks_and_bytes_of_deleted_documents_only(pool: PgPool) {
-    let s = Stack::without_worker(pool.clone()).await;
-    let kb = uuid::Uuid::now_v7();
-    sqlx::query("INSERT INTO knowledge_bases (id, name, embedding_model, embedding_dims) VALUES ($1, 'kb', 'e', 2)")
-        .bind(kb)
-        .execute(&pool)
-        .await
-        .unwrap();
-    let mut docs = Vec::new();
-    for (name, deleted) in [("gone.md", true), ("live.md", false)] {
-        let id = uuid::Uuid::now_v7();
-        sqlx::query(
-            "INSERT INTO documents (id, knowledge_base_id, filename, media_type, size_bytes, sha256, status, deleted_at)
-             VALUES ($1, $2, $3, 'text/markdown', 5, $4, 'ready', CASE WHEN $5 THEN now() END)",
-        )
-        .bind(id)
-        .bind(kb)
-        .bind(name)
-        .bind(name.as_bytes())
-        .bind(deleted)
-        .execute(&pool)
-        .await
-        .unwrap();
-        sqlx::query("INSERT INTO document_blobs (document_id, bytes) VALUES ($1, 'hello')")
-            .bind(id)
-            .execute(&pool)
-            .await
-            .unwrap();
-        for ordinal in 0..3 {
-            sqlx::query(
-                "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, embedding)
-                 VALUES ($1, $2, $3, $4, 'hello', 1, 0, 5, '{0.1, 0.2}')",
-            )
-            .bind(uuid::Uuid::now_v7())
-            .bind(id)
-            .bind(kb)
-            .bind(ordinal)
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
-        docs.push(id);
-    }
-    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), s.redis().await).unwrap();
-    let dry = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup { job_id: None, dry_run: true }).await.unwrap().unwrap();
-    assert_eq!((dry["document_chunks"].as_i64(), dry["document_blobs"].as_i64()), (Some(3), Some(1)), "{dry}");
-    let stats = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
-    assert_eq!((stats["document_chunks"].as_i64(), stats["document_blobs"].as_i64()), (Some(3), Some(1)), "{stats}");
-    for (doc, left) in [(docs[0], 0), (docs[1], 4)] {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT (SELECT count(*) FROM chunks WHERE document_id = $1) + (SELECT count(*) FROM document_blobs WHERE document_id = $1)",
-        )
-        .bind(doc)
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        assert_eq!(n, left);
-    }
-    let m = chatq_common::metrics::encode(&ctx.metrics.registry);
-    assert_eq!(metric(&m, "chatq_cleanup_deleted_total", &[("kind", "document_chunks")]), Some(3.0), "{m}");
-    s.shutdown().await;
-}
-
-#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
-async fn cleanup_trims_apalis_sets_and_metadata_of_workers_that_are_gone(pool: PgPool) {
-    use redis::AsyncCommands;
-    let s = Stack::without_worker(pool.clone()).await;
-    let queue = s.config_queue("chat-runs");
-    let mut redis = s.redis().await;
-    // A finished task whose data is still there, and ids whose data apalis already dropped.
-    let _: () = redis.hset(format!("{queue}:meta:kept"), "status", "Done").await.unwrap();
-    let _: () = redis.sadd(format!("{queue}:done"), &["kept", "gone-1", "gone-2"]).await.unwrap();
-    let _: () = redis.sadd(format!("{queue}:dead"), "gone-3").await.unwrap();
-    let _: () = redis.hset(format!("{queue}:workers:metadata:ghost"), "backend_name", "x").await.unwrap();
-    let _: () = redis.hset(format!("{queue}:workers:metadata:alive"), "backend_name", "x").await.unwrap();
-    let _: () = redis.zadd(format!("{queue}:workers"), "alive", chrono::Utc::now().timestamp()).await.unwrap();
-
-    let ctx = chatq_worker::WorkerCtx::from_parts(s.config.clone(), pool.clone(), redis.clone()).unwrap();
-    let stats = chatq_worker::jobs::cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
-    assert_eq!(stats["redis"][&queue]["set_entries_trimmed"], 3, "{stats}");
-    assert_eq!(stats["redis"][&queue]["worker_metadata_deleted"], 1, "{stats}");
-    let done: Vec<String> = redis.smembers(format!("{queue}:done")).await.unwrap();
-    assert_eq!(done, ["kept"]);
-    assert!(!redis.exists::<_, bool>(format!("{queue}:workers:metadata:ghost")).await.unwrap());
-    assert!(redis.exists::<_, bool>(format!("{queue}:workers:metadata:alive")).await.unwrap());
-    let keys: Vec<String> = redis.keys(format!("{}*", s.config.queue_prefix)).await.unwrap();
-    if !keys.is_empty() {
-        let _: () = redis.del(keys).await.unwrap();
-    }
     s.shutdown().await;
 }

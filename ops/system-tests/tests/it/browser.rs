@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
-use crate::harness::Stack;
+use chatq_system_tests::Stack;
 
 const PAGE: &str = r##"<!doctype html>
 <html><body><pre id="out"></pre><script>
@@ -49,7 +49,7 @@ start();
 </script></body></html>"##;
 
 fn browser_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../ops/browser")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../browser")
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]

@@ -1,7 +1,7 @@
 use serde_json::json;
 use sqlx::PgPool;
 
-use crate::harness::Stack;
+use chatq_system_tests::Stack;
 
 async fn usage_outcomes(pool: &PgPool, run_id: &str, kind: &str) -> Vec<String> {
     sqlx::query_scalar("SELECT outcome FROM usage_records WHERE run_id = $1::uuid AND kind = $2 ORDER BY at")
@@ -30,7 +30,7 @@ async fn a_flagged_message_is_refused_before_any_generation(pool: PgPool) {
     assert!(s.fake.chat_requests().is_empty(), "the model was never asked");
     let id = run["id"].as_str().unwrap();
     assert_eq!(usage_outcomes(&pool, id, "moderation").await, ["flagged"]);
-    let answers = crate::harness::answers(&pool, id).await;
+    let answers = chatq_system_tests::answers(&pool, id).await;
     assert_eq!(answers, 0);
     s.shutdown().await;
 }

@@ -2,62 +2,16 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use rand::{Rng, SeedableRng as _};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{Stack, wait_for};
-
-#[derive(Debug, Clone)]
-pub struct SseEvent {
-    pub id: i64,
-    pub event: String,
-    pub data: Value,
-}
-
-/// A minimal SSE client over reqwest.
-pub struct SseClient {
-    body: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
-}
-
-impl SseClient {
-    pub async fn open(resp: reqwest::Response) -> Self {
-        assert_eq!(resp.status(), StatusCode::OK, "SSE request refused");
-        let ct = resp.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-        assert!(ct.starts_with("text/event-stream"), "content-type {ct}");
-        Self { body: resp.bytes_stream().boxed(), buf: String::new() }
-    }
-
-    /// The next event, skipping heartbeat comments; `None` when the server closed the stream.
-    pub async fn next(&mut self) -> Option<SseEvent> {
-        loop {
-            while let Some(end) = self.buf.find("\n\n") {
-                let frame: String = self.buf.drain(..end + 2).collect();
-                let (mut id, mut event, mut data) = (None, String::new(), String::new());
-                for line in frame.lines() {
-                    if let Some(v) = line.strip_prefix("id:") {
-                        id = v.trim().parse().ok();
-                    } else if let Some(v) = line.strip_prefix("event:") {
-                        event = v.trim().to_string();
-                    } else if let Some(v) = line.strip_prefix("data:") {
-                        data.push_str(v.strip_prefix(' ').unwrap_or(v));
-                    }
-                }
-                if let Some(id) = id {
-                    return Some(SseEvent { id, event, data: serde_json::from_str(&data).unwrap_or(Value::Null) });
-                }
-            }
-            let chunk = tokio::time::timeout(Duration::from_secs(20), self.body.next())
-                .await
-                .expect("an SSE event or a heartbeat within 20 s")?
-                .ok()?;
-            self.buf.push_str(&String::from_utf8_lossy(&chunk));
-        }
-    }
-}
+use chatq_system_tests::{
+    Stack, metric,
+    sse::{SseClient, SseEvent},
+    wait_for,
+};
 
 /// Opens the events of a run after `after` with the client key.
 async fn events(s: &Stack, run_id: &str, after: Option<i64>) -> SseClient {
@@ -233,14 +187,19 @@ async fn the_json_page_returns_as_soon_as_an_event_arrives(pool: PgPool) {
             .bearer_auth(s.client_key.clone())
             .send(),
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The request waits on a live subscription while nothing happens.
+    wait_for(Duration::from_secs(5), || async {
+        metric(&s.api_metrics().await, "chatq_sse_subscribers", &[]).is_some_and(|n| n >= 1.0).then_some(())
+    })
+    .await;
+    assert!(!poll.is_finished(), "the page waits while no event arrives");
     s.start_worker().await;
     let resp = poll.await.unwrap().unwrap();
     let st = resp.status();
     let page: Value = resp.json().await.unwrap();
     let waited = started.elapsed();
     assert_eq!(st, StatusCode::OK, "{page}");
-    assert!(waited >= Duration::from_millis(300) && waited < Duration::from_secs(5), "{waited:?}");
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_eq!(page["events"][0]["seq"], 2, "{page}");
     assert_eq!(page["events"][0]["type"], "run.started");
 
@@ -510,4 +469,18 @@ async fn cors_allows_the_configured_origin_only(pool: PgPool) {
     let other = preflight("https://evil.example").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
     s.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_character_split_across_network_chunks_arrives_intact() {
+    let frame = "id: 7\nevent: message.delta\ndata: {\"text\":\"roar 🦁!\"}\n\n".as_bytes();
+    let split = frame.iter().position(|&b| b == 0xF0).unwrap() + 2; // inside the lion's 4 bytes
+    let chunks: Vec<reqwest::Result<Vec<u8>>> = vec![Ok(frame[..split].to_vec()), Ok(frame[split..].to_vec())];
+    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
+    let resp = http::Response::builder().header("content-type", "text/event-stream").body(body).unwrap();
+    let mut client = SseClient::open(reqwest::Response::from(resp)).await;
+    let e = client.next().await.unwrap();
+    assert_eq!((e.id, e.event.as_str()), (7, "message.delta"));
+    assert_eq!(e.data["text"], "roar 🦁!");
+    assert!(client.next().await.is_none());
 }

@@ -1,14 +1,15 @@
-//! Knowledge bases end to end: the real API and worker (with the `extract-pdf` child process
-//! of this crate's binary) against Postgres, Redis and the fake OpenAI server.
+//! Knowledge bases end to end: the real API and worker (with the `extract-pdf` child process,
+//! run from this crate's `chatq-test-extractor` binary) against Postgres, Redis and the fake
+//! OpenAI server.
 
 use std::time::Duration;
 
-use crate::harness::{Stack, wait_for};
+use chatq_system_tests::{Stack, wait_for};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-const EXTRACTOR: &str = env!("CARGO_BIN_EXE_chatq-worker");
+const EXTRACTOR: &str = env!("CARGO_BIN_EXE_chatq-test-extractor");
 
 async fn stack(pool: PgPool, extra: &[(&str, &str)]) -> Stack {
     let mut overrides = vec![

@@ -1,10 +1,11 @@
 use std::time::Duration;
 
+use chatq_worker::breaker::State;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{Stack, wait_for};
+use chatq_system_tests::{Stack, wait_for};
 
 const BREAKER: &[(&str, &str)] = &[
     ("CHATQ_BREAKER_FAILURES", "2"),
@@ -88,7 +89,9 @@ async fn a_probe_that_ends_without_a_provider_call_frees_the_probe_slot(pool: Pg
     let s = Stack::start_with(pool, true, BREAKER).await;
     let assistant = s.create_assistant(json!({})).await;
     open_breaker(&s, &assistant).await;
-    tokio::time::sleep(Duration::from_millis(2100)).await; // the cool-down: the next run probes
+    // After the cool-down the breaker half-opens: the next run probes.
+    let breaker = s.worker_ctx.as_ref().unwrap().breaker.clone();
+    wait_for(Duration::from_secs(5), || async { (breaker.state() == State::HalfOpen).then_some(()) }).await;
     // The probe is refused by moderation before any chat call: no verdict on the provider.
     let strict = s.create_assistant(json!({"moderation": "input"})).await;
     let thread = s.create_thread(&strict, "alice").await;

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::{Stack, wait_for};
+use chatq_system_tests::{Stack, wait_for};
 
 // These tests fail many calls in a row on purpose: keep the circuit breaker out of the way.
 const FAST_RETRIES: &[(&str, &str)] =
@@ -47,7 +47,7 @@ async fn rate_limits_are_retried_until_the_answer_arrives(pool: PgPool) {
     assert_eq!(kinds.iter().filter(|k| *k == "run.started").count(), 3);
     assert_eq!(kinds.last().unwrap(), "run.completed");
     assert_eq!(outcomes(&pool, id).await, ["provider_rate_limited", "provider_rate_limited", "ok"]);
-    let answers = crate::harness::answers(&pool, id).await;
+    let answers = chatq_system_tests::answers(&pool, id).await;
     assert_eq!(answers, 1);
     s.shutdown().await;
 }

@@ -1,0 +1,13 @@
+//! System tests: the real API and worker against real Postgres and Redis and the fake OpenAI
+//! server. One binary for the crate keeps link time down.
+
+mod breaker;
+mod browser;
+mod knowledge;
+mod limits;
+mod moderation;
+mod ops;
+mod ops_files;
+mod resilience;
+mod runs;
+mod streaming;
