@@ -1,6 +1,7 @@
 # shellcheck shell=bash
-# Shared helpers for ops/dev, ops/test and .ci/run: console output, Postgres and Redis
-# (reach, start, install, or docker compose), the test runner, ports and Postgres databases.
+# Shared helpers for the ops scripts (ops/dev, ops/test, ops/readme-tour, ops/chaos): console
+# output, Postgres and Redis (reach, start, install, or docker compose), ports and Postgres
+# databases, background processes with their logs, the fake OpenAI server, cargo paths.
 #
 # Source it from a script that already runs under `set -euo pipefail`:
 #   source "$(dirname "${BASH_SOURCE[0]}")/lib/services.sh"
@@ -177,6 +178,78 @@ redis_start_local() {
     CHATQ_STARTED_SERVICES+=(redis)
 }
 
+# --- scratch Postgres and Redis (ops/chaos) -------------------------------------------------
+# Throwaway servers in a temporary directory on other ports, for scripts that kill, flush and
+# restart them: the machine's shared services are never touched.
+
+# pg_server_bin: the newest Postgres server binary directory (with initdb), installing the
+# server package when none is there.
+pg_server_bin() {
+    local dir found=""
+    for dir in /usr/lib/postgresql/*/bin; do
+        [[ -x $dir/initdb ]] && found=$dir
+    done
+    if [[ -z $found ]] && apt_install postgresql; then
+        for dir in /usr/lib/postgresql/*/bin; do
+            [[ -x $dir/initdb ]] && found=$dir
+        done
+    fi
+    [[ -n $found ]] || die "the Postgres server binaries (initdb) are not installed." \
+        "Install them, e.g.: sudo apt-get install -y postgresql"
+    printf '%s\n' "$found"
+}
+
+# as_pg_owner CMD...: run a Postgres server command as user postgres when this script is root
+# (the server refuses to run as root), else as the current user.
+as_pg_owner() {
+    if [[ $(id -u) -eq 0 ]]; then
+        runuser -u postgres -- "$@"
+    else
+        "$@"
+    fi
+}
+
+# scratch_pg_ctl DIR PORT ARGS...: pg_ctl for the scratch cluster in DIR/pg, serving PORT on
+# 127.0.0.1 with its socket in DIR/pg and its log in DIR/pg/server.log.
+scratch_pg_ctl() {
+    local dir=$1 port=$2
+    shift 2
+    as_pg_owner "$(pg_server_bin)/pg_ctl" -D "$dir/pg" -l "$dir/pg/server.log" \
+        -o "-p $port -k $dir/pg -c listen_addresses=127.0.0.1" "$@" >/dev/null
+}
+
+# start_scratch_postgres DIR PORT: a new cluster in DIR/pg (trust auth for user postgres),
+# started on 127.0.0.1:PORT.
+start_scratch_postgres() {
+    local dir=$1 port=$2
+    mkdir -p "$dir/pg"
+    [[ $(id -u) -ne 0 ]] || chown postgres "$dir/pg"
+    as_pg_owner "$(pg_server_bin)/initdb" -D "$dir/pg" -U postgres -A trust >/dev/null ||
+        die "initdb of a scratch Postgres in $dir/pg failed."
+    scratch_pg_ctl "$dir" "$port" start -w || die "the scratch Postgres on port $port did not start."
+}
+
+# stop_scratch_postgres DIR: stop the scratch cluster in DIR/pg at once; best effort.
+stop_scratch_postgres() {
+    [[ -f $1/pg/postmaster.pid ]] || return 0
+    as_pg_owner "$(pg_server_bin)/pg_ctl" -D "$1/pg" stop -m immediate >/dev/null 2>&1 || true
+}
+
+# start_scratch_redis DIR PORT: a Redis on 127.0.0.1:PORT that saves nothing, logging to
+# DIR/redis.log.
+start_scratch_redis() {
+    local dir=$1 port=$2
+    have redis-server || apt_install redis-server ||
+        die "redis-server is not installed." "Install it, e.g.: sudo apt-get install -y redis-server"
+    redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+        --dir "$dir" --logfile "$dir/redis.log" || die "the scratch Redis on port $port did not start."
+}
+
+# stop_scratch_redis PORT: shut the scratch Redis on PORT down; best effort.
+stop_scratch_redis() {
+    redis-cli -p "$1" shutdown nosave >/dev/null 2>&1 || true
+}
+
 # --- install / docker fallbacks -----------------------------------------------------------
 
 apt_install() {
@@ -280,30 +353,44 @@ stop_started_services() {
     CHATQ_STARTED_SERVICES=()
 }
 
+# pg_admin_psql ARGS...: psql as user postgres on database postgres (the local psql, else psql
+# inside the compose container); returns 3 when neither is available.
+pg_admin_psql() {
+    if have psql; then
+        psql -X -q -v ON_ERROR_STOP=1 -h "$CHATQ_PG_HOST" -p "$CHATQ_PG_PORT" -U postgres -d postgres "$@"
+    elif docker_compose_usable; then
+        docker compose -f "$CHATQ_ROOT/docker-compose.yml" exec -T postgres psql -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres "$@"
+    else
+        return 3
+    fi
+}
+
 # ensure_database NAME: create database NAME on the local Postgres unless it exists.
-# Uses psql when installed, else psql inside the compose container.
 ensure_database() {
     local name=$1
     [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "invalid database name: $name"
-    local -a psql_cmd
-    if have psql; then
-        psql_cmd=(psql -X -q -v ON_ERROR_STOP=1 -h "$CHATQ_PG_HOST" -p "$CHATQ_PG_PORT" -U postgres -d postgres)
-    elif docker_compose_usable; then
-        psql_cmd=(docker compose -f "$CHATQ_ROOT/docker-compose.yml" exec -T postgres psql -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres)
-    else
+    if ! have psql && ! docker_compose_usable; then
         warn "no psql: cannot check that database $name exists (install postgresql-client)"
         return 0
     fi
     local exists
-    exists=$("${psql_cmd[@]}" -tAc "SELECT 1 FROM pg_database WHERE datname = '$name'") ||
+    exists=$(pg_admin_psql -tAc "SELECT 1 FROM pg_database WHERE datname = '$name'") ||
         die "cannot connect to PostgreSQL at $CHATQ_PG_HOST:$CHATQ_PG_PORT as user postgres." \
             "chatq needs passwordless (trust) access for postgres over TCP in dev and test;" \
             "add 'host all postgres 127.0.0.1/32 trust' to pg_hba.conf and reload Postgres."
     if [[ $exists != 1 ]]; then
         info "creating database $name"
-        "${psql_cmd[@]}" -c "CREATE DATABASE \"$name\"" >/dev/null ||
+        pg_admin_psql -c "CREATE DATABASE \"$name\"" >/dev/null ||
             die "could not create database $name"
     fi
+}
+
+# drop_database NAME: drop database NAME (closing its connections) if it exists; best effort.
+drop_database() {
+    local name=$1
+    [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "invalid database name: $name"
+    pg_admin_psql -c "DROP DATABASE IF EXISTS \"$name\" WITH (FORCE)" >/dev/null 2>&1 ||
+        warn "could not drop database $name"
 }
 
 # load_dotenv FILE: export the KEY=VALUE lines of FILE (a .env made from .env.example) for
@@ -350,4 +437,116 @@ cargo_target_dir() {
     local dir=${CARGO_TARGET_DIR:-target}
     [[ $dir == /* ]] || dir="$CHATQ_ROOT/$dir"
     printf '%s\n' "$dir"
+}
+
+# --- background processes -----------------------------------------------------------------
+
+# Where start_bg writes each process's log (NAME.log); the caller sets it and creates it.
+CHATQ_RUN_DIR=${CHATQ_RUN_DIR:-$CHATQ_ROOT/ops/.run}
+# Parallel arrays: pid and name of each process start_bg started, in start order.
+CHATQ_BG_PIDS=()
+CHATQ_BG_NAMES=()
+
+# start_bg NAME CMD...: run CMD in the background with its output in $CHATQ_RUN_DIR/NAME.log
+# (appended, so a restarted process keeps one log).
+start_bg() {
+    local name=$1
+    shift
+    info "starting $name (log: $CHATQ_RUN_DIR/$name.log)"
+    "$@" >>"$CHATQ_RUN_DIR/$name.log" 2>&1 &
+    CHATQ_BG_PIDS+=("$!")
+    CHATQ_BG_NAMES+=("$name")
+}
+
+# bg_pid NAME: the pid of the newest process start_bg started as NAME.
+bg_pid() {
+    local i
+    for ((i = ${#CHATQ_BG_PIDS[@]} - 1; i >= 0; i--)); do
+        if [[ ${CHATQ_BG_NAMES[i]} == "$1" ]]; then
+            printf '%s\n' "${CHATQ_BG_PIDS[i]}"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# log_tail NAME: the end of a process's log on stderr, for error messages.
+log_tail() {
+    printf '\n--- last lines of %s/%s.log ---\n' "$CHATQ_RUN_DIR" "$1" >&2
+    tail -n 40 "$CHATQ_RUN_DIR/$1.log" >&2 || true
+    printf -- '---\n' >&2
+}
+
+# stop_background: stop every process start_bg started, newest first (the API stops taking
+# requests before the worker and the upstream go away): SIGTERM, then SIGKILL after 10 s.
+stop_background() {
+    local i pid deadline
+    for ((i = ${#CHATQ_BG_PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${CHATQ_BG_PIDS[i]}
+        if kill -0 "$pid" 2>/dev/null; then
+            info "stopping ${CHATQ_BG_NAMES[i]} (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    deadline=$((SECONDS + 10))
+    for ((i = ${#CHATQ_BG_PIDS[@]} - 1; i >= 0; i--)); do
+        pid=${CHATQ_BG_PIDS[i]}
+        while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            warn "${CHATQ_BG_NAMES[i]} (pid $pid) did not stop within 10s; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    CHATQ_BG_PIDS=()
+    CHATQ_BG_NAMES=()
+}
+
+# connect_addr ADDR: the address to connect to for a listen address (0.0.0.0 and [::] mean
+# loopback).
+connect_addr() {
+    local addr=$1 host=${1%:*} port=${1##*:}
+    case $host in
+    0.0.0.0 | "[::]" | "") addr="127.0.0.1:$port" ;;
+    esac
+    printf '%s\n' "$addr"
+}
+
+# wait_http NAME URL [SECONDS]: wait until URL answers 2xx while the process start_bg started
+# as NAME stays alive; exits with its log's tail when it dies or SECONDS pass.
+wait_http() {
+    local name=$1 url=$2 seconds=${3:-$CHATQ_SERVICE_TIMEOUT} pid
+    pid=$(bg_pid "$name") || pid=""
+    local deadline=$((SECONDS + seconds))
+    until curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; do
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            log_tail "$name"
+            die "$name exited during start-up (see the log above)."
+        fi
+        if ((SECONDS >= deadline)); then
+            log_tail "$name"
+            die "$name did not answer $url within ${seconds}s (see the log above)."
+        fi
+        sleep 0.2
+    done
+    info "$name is ready ($url)"
+}
+
+# start_fake_openai BIN_DIR LISTEN [SECONDS]: start chatq-fake-openai on LISTEN (as process
+# "fake-openai"), wait until it listens, and point OPENAI_BASE_URL and OPENAI_API_KEY at it.
+start_fake_openai() {
+    local bin_dir=$1 listen=$2 seconds=${3:-$CHATQ_SERVICE_TIMEOUT} printed
+    : >"$CHATQ_RUN_DIR/fake-openai.log"
+    start_bg fake-openai "$bin_dir/chatq-fake-openai" --listen "$listen"
+    fake_openai_listening() { grep -q 'listening on' "$CHATQ_RUN_DIR/fake-openai.log" 2>/dev/null; }
+    if ! wait_for "chatq-fake-openai" "$seconds" fake_openai_listening; then
+        log_tail fake-openai
+        die "chatq-fake-openai did not start (see the log above)."
+    fi
+    # Prefer the address the server says it bound.
+    printed=$(sed -n 's/.*chatq-fake-openai listening on \(http[^[:space:]]*\).*/\1/p' "$CHATQ_RUN_DIR/fake-openai.log" | head -n 1)
+    export OPENAI_BASE_URL="${printed:-http://$(connect_addr "$listen")/v1}"
+    export OPENAI_API_KEY=sk-fake-dev
 }
