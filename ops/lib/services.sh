@@ -534,13 +534,17 @@ wait_http() {
     info "$name is ready ($url)"
 }
 
+# fake_openai_listening: whether the fake OpenAI server started by start_fake_openai listens.
+fake_openai_listening() {
+    grep -q 'listening on' "$CHATQ_RUN_DIR/fake-openai.log" 2>/dev/null
+}
+
 # start_fake_openai BIN_DIR LISTEN [SECONDS]: start chatq-fake-openai on LISTEN (as process
 # "fake-openai"), wait until it listens, and point OPENAI_BASE_URL and OPENAI_API_KEY at it.
 start_fake_openai() {
     local bin_dir=$1 listen=$2 seconds=${3:-$CHATQ_SERVICE_TIMEOUT} printed
     : >"$CHATQ_RUN_DIR/fake-openai.log"
     start_bg fake-openai "$bin_dir/chatq-fake-openai" --listen "$listen"
-    fake_openai_listening() { grep -q 'listening on' "$CHATQ_RUN_DIR/fake-openai.log" 2>/dev/null; }
     if ! wait_for "chatq-fake-openai" "$seconds" fake_openai_listening; then
         log_tail fake-openai
         die "chatq-fake-openai did not start (see the log above)."
