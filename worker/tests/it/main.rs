@@ -6,4 +6,5 @@ mod crash;
 #[allow(dead_code)]
 #[path = "../../../api/tests/it/harness.rs"]
 mod harness;
+mod housekeeping;
 mod knowledge;
