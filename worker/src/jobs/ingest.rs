@@ -2,10 +2,11 @@
 //! `queued` (or crashed `processing`) document is claimed, every write is fenced on the
 //! attempt, and one transaction replaces the chunks and marks the document `ready`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::{BoxDynError, Data};
 use chatq_common::{
+    config::Config,
     db::{self, knowledge::NewChunk, usage::NewUsage},
     jobs::IngestDocument,
     pricing::TokenUsage,
@@ -16,8 +17,23 @@ use uuid::Uuid;
 
 use crate::{
     WorkerCtx,
+    jobs::Job,
     extract::{self, ChildLimits, ExtractError, Piece},
 };
+
+impl Job for IngestDocument {
+    fn concurrency(config: &Config) -> usize {
+        config.ingest_concurrency
+    }
+
+    fn poll_interval(config: &Config) -> Duration {
+        config.chat_poll_interval.max(Duration::from_millis(50))
+    }
+
+    async fn recover(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
+        crate::reconciler::recover_documents(ctx).await
+    }
+}
 
 /// apalis entry point: only infrastructure errors go back to apalis for redelivery.
 pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
