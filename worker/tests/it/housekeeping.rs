@@ -32,7 +32,10 @@ async fn litter(redis: &mut redis::aio::ConnectionManager, queue: &str) {
     for (id, done_at) in [("old", now - 30 * 24 * 3600), ("recent", now)] {
         let _: () = redis.hset(format!("{queue}:data"), id, "{}").await.unwrap();
         let _: () = redis
-            .hset_multiple(format!("{queue}:meta:{id}"), &[("status", "Done".to_string()), ("done_at", done_at.to_string())])
+            .hset_multiple(
+                format!("{queue}:meta:{id}"),
+                &[("status", "Done".to_string()), ("done_at", done_at.to_string())],
+            )
             .await
             .unwrap();
     }

@@ -108,7 +108,12 @@ impl<'a> Attempt<'a> {
     /// Flushes this run's events, then writes the final state in one transaction and
     /// publishes the terminal event. Retries for about 10 s (100 ms doubling) while Postgres
     /// is unavailable.
-    pub(super) async fn finish(self, outcome: Outcome, usage: Option<NewUsage>, claimed_at: Instant) -> Result<(), sqlx::Error> {
+    pub(super) async fn finish(
+        self,
+        outcome: Outcome,
+        usage: Option<NewUsage>,
+        claimed_at: Instant,
+    ) -> Result<(), sqlx::Error> {
         let ctx = self.ctx;
         ctx.sink.flush().await;
         let (status, code) = match &outcome {
@@ -151,4 +156,3 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 }
-

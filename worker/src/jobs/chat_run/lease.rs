@@ -9,7 +9,13 @@ use crate::WorkerCtx;
 
 /// Renews the lease of `attempt` until aborted; cancels `lost` when the lease is gone, and
 /// `cancel` when a cancel request is seen in Postgres (the fallback for a missed signal).
-pub(super) async fn renew(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken, cancel: CancellationToken) {
+pub(super) async fn renew(
+    ctx: WorkerCtx,
+    run_id: Uuid,
+    attempt: i32,
+    lost: CancellationToken,
+    cancel: CancellationToken,
+) {
     let every = ctx.config.run_lease / 3;
     loop {
         tokio::time::sleep(every).await;
@@ -28,4 +34,3 @@ pub(super) async fn renew(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: Canc
         }
     }
 }
-

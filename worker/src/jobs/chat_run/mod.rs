@@ -275,4 +275,3 @@ fn chat_usage(
         latency_ms,
     }
 }
-

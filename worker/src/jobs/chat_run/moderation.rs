@@ -82,4 +82,3 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
         }
     }
 }
-

@@ -159,7 +159,6 @@ pub(super) async fn retrieve(
     Ok(all)
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,20 +20,11 @@ use super::attempt::Attempt;
 /// How the stream of one attempt ended.
 pub(super) enum StreamOutcome {
     /// The provider finished the answer.
-    Done {
-        text: String,
-        finish_reason: String,
-        usage: TokenUsage,
-    },
+    Done { text: String, finish_reason: String, usage: TokenUsage },
     /// The provider failed; `partial` is what was streamed before.
-    Failed {
-        error: ProviderError,
-        partial: String,
-    },
+    Failed { error: ProviderError, partial: String },
     /// A cancel was requested; `partial` is kept.
-    Cancelled {
-        partial: String,
-    },
+    Cancelled { partial: String },
     /// Another worker owns the run now.
     LeaseLost,
     /// The worker is shutting down and its grace period is over.
@@ -174,4 +165,3 @@ async fn sleep_until_opt(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
