@@ -37,6 +37,7 @@ impl Job for Cleanup {
 }
 
 /// apalis entry point.
+#[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.maintenance()))]
 pub async fn handle(job: Cleanup, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
     let queue = ctx.queues.maintenance();
     match run(&ctx, &job).await {

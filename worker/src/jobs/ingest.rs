@@ -36,20 +36,22 @@ impl Job for IngestDocument {
 }
 
 /// apalis entry point: only infrastructure errors go back to apalis for redelivery.
-#[tracing::instrument(skip_all, fields(document.id = %job.document_id, job.queue = %ctx.queues.ingest_docs()))]
+#[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.ingest_docs()))]
 pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
     execute(&ctx, job.document_id).await.map_err(|e| {
-        tracing::warn!(error = %e, "ingestion interrupted by an infrastructure error");
+        tracing::warn!(document.id = %job.document_id, error = %e, "ingestion interrupted by an infrastructure error");
         Box::new(e) as BoxDynError
     })
 }
 
 /// Ingests one document if it can be claimed.
+#[tracing::instrument(skip_all, fields(document.id = %document_id, attempt = tracing::field::Empty))]
 pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Error> {
     let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id).await? else {
         tracing::debug!("document not claimable (done, failed or deleted); skipping");
         return Ok(());
     };
+    tracing::Span::current().record("attempt", doc.attempt);
     let started = Instant::now();
     let Some(kb) = db::knowledge::get_kb(&ctx.pool, doc.knowledge_base_id).await? else {
         return Ok(());

@@ -51,18 +51,19 @@ impl Job for ChatRun {
 
 /// apalis entry point. Only infrastructure failures (Postgres down) are returned as errors so
 /// apalis redelivers; provider failures are recorded on the run.
-#[tracing::instrument(skip_all, fields(run.id = %job.run_id, attempt = tracing::field::Empty, job.queue = %ctx.queues.chat_runs()))]
+#[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.chat_runs()))]
 pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
     let result = execute(&ctx, job.run_id).await;
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.jobs.with_label_values(&[&ctx.queues.chat_runs(), outcome]).inc();
     result.map_err(|e| {
-        tracing::warn!(error = %e, "chat run interrupted by an infrastructure error");
+        tracing::warn!(run.id = %job.run_id, error = %e, "chat run interrupted by an infrastructure error");
         Box::new(e) as BoxDynError
     })
 }
 
 /// Runs one attempt of a run, if it can be claimed.
+#[tracing::instrument(skip_all, fields(run.id = %run_id, attempt = tracing::field::Empty))]
 pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let probe = match ctx.breaker.admit() {
         Admission::Wait(retry_in) => return wait_for_provider(ctx, run_id, retry_in).await,
