@@ -163,6 +163,61 @@ pub(super) async fn retrieve(
 mod tests {
     use super::*;
 
+    fn assistant(instructions: &str) -> Assistant {
+        Assistant {
+            id: Uuid::now_v7(),
+            name: "a".into(),
+            instructions: instructions.into(),
+            model: "m".into(),
+            temperature: Some(0.5),
+            max_output_tokens: Some(100),
+            moderation: "off".into(),
+            retention_days: None,
+            metadata: serde_json::json!({}),
+            knowledge_base_ids: vec![],
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    fn message(role: &str, content: &str) -> Message {
+        Message {
+            id: Uuid::now_v7(),
+            thread_id: Uuid::nil(),
+            role: role.into(),
+            content: content.into(),
+            run_id: None,
+            client_message_id: None,
+            citations: serde_json::json!([]),
+            created_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn the_prompt_keeps_the_newest_history_that_fits_oldest_first_after_the_instructions() {
+        let long = "word ".repeat(200);
+        // Newest first, as `recent_until` returns it.
+        let recent = vec![message("user", "question"), message("assistant", "answer"), message("user", &long)];
+        let budget = tokens::message_tokens("be brief") + tokens::message_tokens("question") + 20;
+        let request = build_request(&assistant("be brief"), "gpt", recent, &[], budget);
+        let got: Vec<(PromptRole, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
+        assert_eq!(
+            got,
+            [(PromptRole::System, "be brief"), (PromptRole::Assistant, "answer"), (PromptRole::User, "question")]
+        );
+        assert_eq!(request.model, "gpt");
+        assert_eq!(request.max_output_tokens, Some(100));
+    }
+
+    #[test]
+    fn the_message_answered_is_sent_even_alone_over_budget() {
+        let long = "word ".repeat(200);
+        let request =
+            build_request(&assistant(""), "gpt", vec![message("user", &long), message("user", "old")], &[], 10);
+        assert_eq!(request.messages.len(), 1);
+        assert_eq!(request.messages[0].content, long);
+    }
+
     #[test]
     fn knowledge_bases_sharing_an_embedding_model_share_a_query() {
         let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
