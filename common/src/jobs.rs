@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use apalis_core::{backend::TaskSink, task::builder::TaskBuilder, task::task_id::TaskId};
 use apalis_redis::{Config as QueueConfig, ConnectionManager, RedisStorage};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use uuid::Uuid;
 
 /// Generate the answer of one run (`chat-runs` queue).
@@ -36,14 +36,78 @@ pub struct IngestDocument {
     pub document_id: Uuid,
 }
 
-/// The queue names of one chatq stack, all under `CHATQ_QUEUE_PREFIX`.
+/// A job payload with its own queue. Each payload declares here, once, its queue name and its
+/// apalis settings, so the pushing side (API, reconciler, cron tick) and the fetching side
+/// (worker) cannot disagree.
+pub trait QueueJob: Serialize + DeserializeOwned + Clone + Send + Sync + Unpin + 'static {
+    /// The queue name under the stack prefix: `{prefix}-{QUEUE}`. No `:` in it (apalis pub/sub
+    /// parsing splits channel names on `:`).
+    const QUEUE: &'static str;
+    /// How many jobs a storage used only for pushing asks for (apalis reads it on fetch only).
+    const PUSH_BATCH_SIZE: usize;
+
+    /// The apalis settings of `queue`, with `batch_size` jobs prefetched per fetch.
+    fn config(queue: String, batch_size: usize) -> QueueConfig;
+}
+
+/// Heartbeat of every queue worker. 5 s × 3 missed heartbeats brings a dead worker's prefetched
+/// jobs back within ~15 s; Postgres leases and statuses decide who really works, so an early
+/// redelivery is harmless.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long apalis remembers a pushed task id, so a duplicate push is dropped.
+const IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+
+impl QueueJob for ChatRun {
+    const QUEUE: &'static str = "chat-runs";
+    const PUSH_BATCH_SIZE: usize = 16;
+
+    fn config(queue: String, batch_size: usize) -> QueueConfig {
+        QueueConfig::default()
+            .queue(queue)
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(3)
+            .batch_size(batch_size.max(1))
+            .idempotency_ttl(Some(IDEMPOTENCY_TTL))
+    }
+}
+
+impl QueueJob for IngestDocument {
+    const QUEUE: &'static str = "ingest-docs";
+    const PUSH_BATCH_SIZE: usize = 4;
+
+    fn config(queue: String, batch_size: usize) -> QueueConfig {
+        QueueConfig::default()
+            .queue(queue)
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(3)
+            .batch_size(batch_size.max(1))
+            .idempotency_ttl(Some(IDEMPOTENCY_TTL))
+    }
+}
+
+impl QueueJob for Cleanup {
+    const QUEUE: &'static str = "maintenance";
+    const PUSH_BATCH_SIZE: usize = 1;
+
+    /// One cleanup at a time, nothing prefetched, whatever `batch_size` says.
+    fn config(queue: String, _batch_size: usize) -> QueueConfig {
+        QueueConfig::default()
+            .queue(queue)
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(6)
+            .batch_size(1)
+            .idempotency_ttl(Some(IDEMPOTENCY_TTL))
+    }
+}
+
+/// The Redis names of one chatq stack, all under `CHATQ_QUEUE_PREFIX`.
 #[derive(Clone, Debug)]
 pub struct Queues {
     prefix: String,
 }
 
 impl Queues {
-    /// Queue names for the stack with this prefix.
+    /// Names for the stack with this prefix.
     pub fn new(prefix: &str) -> Self {
         Self { prefix: prefix.to_string() }
     }
@@ -53,62 +117,34 @@ impl Queues {
         &self.prefix
     }
 
-    /// The chat run queue: `{prefix}-chat-runs`. No `:` in queue names (apalis pub/sub parsing).
-    pub fn chat_runs(&self) -> String {
-        format!("{}-chat-runs", self.prefix)
+    /// The queue of `J`: `{prefix}-{J::QUEUE}`.
+    pub fn name<J: QueueJob>(&self) -> String {
+        format!("{}-{}", self.prefix, J::QUEUE)
     }
 
-    /// apalis settings of the chat queue. Identical on the API (push) and worker (fetch) sides.
-    /// Heartbeat 5 s × 3 missed: a dead worker's prefetched jobs come back within ~15 s; Postgres
-    /// leases decide who really works, so an early redelivery is harmless.
-    pub fn chat_runs_config(&self, batch_size: usize) -> QueueConfig {
-        QueueConfig::default()
-            .queue(self.chat_runs())
-            .heartbeat_interval(Duration::from_secs(5))
-            .missed_heartbeats(3)
-            .batch_size(batch_size.max(1))
-            .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
+    /// The apalis settings of `J`'s queue on this stack.
+    pub fn config<J: QueueJob>(&self, batch_size: usize) -> QueueConfig {
+        J::config(self.name::<J>(), batch_size)
+    }
+
+    /// The chat run queue: `{prefix}-chat-runs`.
+    pub fn chat_runs(&self) -> String {
+        self.name::<ChatRun>()
+    }
+
+    /// The document ingestion queue: `{prefix}-ingest-docs`.
+    pub fn ingest_docs(&self) -> String {
+        self.name::<IngestDocument>()
     }
 
     /// The maintenance queue: `{prefix}-maintenance`.
     pub fn maintenance(&self) -> String {
-        format!("{}-maintenance", self.prefix)
-    }
-
-    /// apalis settings of the maintenance queue (one job at a time, nothing prefetched).
-    pub fn maintenance_config(&self) -> QueueConfig {
-        QueueConfig::default()
-            .queue(self.maintenance())
-            .heartbeat_interval(Duration::from_secs(5))
-            .missed_heartbeats(6)
-            .batch_size(1)
-            .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
-    }
-
-    /// Every queue of the stack, for metrics and housekeeping.
-    pub fn all(&self) -> Vec<String> {
-        vec![self.chat_runs(), self.ingest_docs(), self.maintenance()]
+        self.name::<Cleanup>()
     }
 
     /// The provider circuit breaker's published state: `{prefix}:breaker`.
     pub fn breaker_key(&self) -> String {
         format!("{}:breaker", self.prefix)
-    }
-
-    /// The document ingestion queue: `{prefix}-ingest-docs`.
-    pub fn ingest_docs(&self) -> String {
-        format!("{}-ingest-docs", self.prefix)
-    }
-
-    /// apalis settings of the ingestion queue, identical on both sides. Postgres statuses
-    /// decide what is done, so a redelivery is harmless.
-    pub fn ingest_docs_config(&self, batch_size: usize) -> QueueConfig {
-        QueueConfig::default()
-            .queue(self.ingest_docs())
-            .heartbeat_interval(Duration::from_secs(5))
-            .missed_heartbeats(3)
-            .batch_size(batch_size.max(1))
-            .idempotency_ttl(Some(Duration::from_secs(24 * 3600)))
     }
 
     /// The Redis stream carrying a run's live events: `{prefix}:run:{id}`.
@@ -122,12 +158,10 @@ impl Queues {
     }
 }
 
-/// The apalis storage of the chat queue.
-pub type ChatRunStorage = RedisStorage<ChatRun>;
-
-/// A storage for pushing chat runs (the API side).
-pub fn chat_run_storage(conn: ConnectionManager, queues: &Queues) -> ChatRunStorage {
-    RedisStorage::new(conn).with_config(queues.chat_runs_config(16))
+/// A storage for pushing jobs of type `J` (the fetching worker builds its own, with its
+/// prefetch and poll strategy).
+pub fn storage<J: QueueJob>(conn: ConnectionManager, queues: &Queues) -> RedisStorage<J> {
+    RedisStorage::new(conn).with_config(queues.config::<J>(J::PUSH_BATCH_SIZE))
 }
 
 /// Pushing a job failed (Redis unreachable or erroring).
@@ -135,58 +169,92 @@ pub fn chat_run_storage(conn: ConnectionManager, queues: &Queues) -> ChatRunStor
 #[error("cannot enqueue job: {0}")]
 pub struct EnqueueError(String);
 
-/// Pushes a chat run due after `delay` (rounded up to whole seconds: apalis schedules by the
-/// second). `task_id` must be fresh.
+/// Pushes `job` under `task_id`. apalis-redis silently drops a push whose task id it still
+/// holds: a fresh id re-delivers, a derived id (a cron tick, a trigger) deduplicates.
+pub async fn push<J: QueueJob>(storage: &RedisStorage<J>, job: J, task_id: String) -> Result<(), EnqueueError> {
+    let task = TaskBuilder::new(job).task_id(TaskId::from_string(task_id)).build();
+    storage.clone().push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+}
+
+/// Pushes `job` due after `delay`, rounded up to whole seconds (apalis schedules by the
+/// second). Same task id rules as [`push`].
+pub async fn push_after<J: QueueJob>(
+    storage: &RedisStorage<J>,
+    job: J,
+    task_id: String,
+    delay: Duration,
+) -> Result<(), EnqueueError> {
+    let task = TaskBuilder::new(job)
+        .task_id(TaskId::from_string(task_id))
+        .run_after(Duration::from_secs(delay.as_secs_f64().ceil() as u64))
+        .build();
+    storage.clone().push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+}
+
+/// The apalis storage of the chat queue.
+pub type ChatRunStorage = RedisStorage<ChatRun>;
+/// The apalis storage of the ingestion queue.
+pub type IngestStorage = RedisStorage<IngestDocument>;
+/// The apalis storage of the maintenance queue.
+pub type CleanupStorage = RedisStorage<Cleanup>;
+
+// Named shorthands over `storage`/`push` for existing callers.
+
+/// [`storage`] of [`ChatRun`].
+pub fn chat_run_storage(conn: ConnectionManager, queues: &Queues) -> ChatRunStorage {
+    storage(conn, queues)
+}
+
+/// [`push`] of a [`ChatRun`]; `task_id` must be fresh for every re-push.
+pub async fn push_chat_run(storage: &ChatRunStorage, run_id: Uuid, task_id: String) -> Result<(), EnqueueError> {
+    push(storage, ChatRun { run_id }, task_id).await
+}
+
+/// [`push_after`] of a [`ChatRun`].
 pub async fn push_chat_run_after(
     storage: &ChatRunStorage,
     run_id: Uuid,
     task_id: String,
     delay: Duration,
 ) -> Result<(), EnqueueError> {
-    let mut storage = storage.clone();
-    let task = TaskBuilder::new(ChatRun { run_id })
-        .task_id(TaskId::from_string(task_id))
-        .run_after(Duration::from_secs(delay.as_secs_f64().ceil() as u64))
-        .build();
-    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+    push_after(storage, ChatRun { run_id }, task_id, delay).await
 }
 
-/// Pushes a chat run. `task_id` must be fresh for every re-push: apalis-redis silently drops a
-/// push whose task id it still holds.
-pub async fn push_chat_run(storage: &ChatRunStorage, run_id: Uuid, task_id: String) -> Result<(), EnqueueError> {
-    let mut storage = storage.clone();
-    let task = TaskBuilder::new(ChatRun { run_id }).task_id(TaskId::from_string(task_id)).build();
-    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
-}
-
-/// The apalis storage of the maintenance queue.
-pub type CleanupStorage = RedisStorage<Cleanup>;
-
-/// A storage for pushing cleanups.
+/// [`storage`] of [`Cleanup`].
 pub fn cleanup_storage(conn: ConnectionManager, queues: &Queues) -> CleanupStorage {
-    RedisStorage::new(conn).with_config(queues.maintenance_config())
+    storage(conn, queues)
 }
 
-/// Pushes a cleanup under `task_id`; a second push with the same id is dropped by apalis
-/// (that is how every replica's cron tick turns into one job).
+/// [`push`] of a [`Cleanup`]; a second push with the same id is dropped (that is how every
+/// replica's cron tick turns into one job).
 pub async fn push_cleanup(storage: &CleanupStorage, job: Cleanup, task_id: String) -> Result<(), EnqueueError> {
-    let mut storage = storage.clone();
-    let task = TaskBuilder::new(job).task_id(TaskId::from_string(task_id)).build();
-    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+    push(storage, job, task_id).await
 }
 
-/// The apalis storage of the ingestion queue.
-pub type IngestStorage = RedisStorage<IngestDocument>;
-
-/// A storage for pushing ingestion jobs (the API side).
+/// [`storage`] of [`IngestDocument`].
 pub fn ingest_storage(conn: ConnectionManager, queues: &Queues) -> IngestStorage {
-    RedisStorage::new(conn).with_config(queues.ingest_docs_config(4))
+    storage(conn, queues)
 }
 
-/// Pushes an ingestion job with a fresh task id.
+/// [`push`] of an [`IngestDocument`] with a fresh task id.
 pub async fn push_ingest(storage: &IngestStorage, document_id: Uuid) -> Result<(), EnqueueError> {
-    let mut storage = storage.clone();
     let task_id = format!("{document_id}-{}", crate::new_id().simple());
-    let task = TaskBuilder::new(IngestDocument { document_id }).task_id(TaskId::from_string(task_id)).build();
-    storage.push_task(task).await.map_err(|e| EnqueueError(e.to_string()))
+    push(storage, IngestDocument { document_id }, task_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_and_settings_are_stable() {
+        let q = Queues::new("p");
+        assert_eq!(q.chat_runs(), "p-chat-runs");
+        assert_eq!(q.ingest_docs(), "p-ingest-docs");
+        assert_eq!(q.maintenance(), "p-maintenance");
+        assert_eq!(q.config::<ChatRun>(8).active_jobs_list(), "p-chat-runs:active");
+        assert_eq!(q.config::<ChatRun>(8).orphaned_duration(), Duration::from_secs(15));
+        assert_eq!(q.config::<IngestDocument>(8).orphaned_duration(), Duration::from_secs(15));
+        assert_eq!(q.config::<Cleanup>(8).orphaned_duration(), Duration::from_secs(30));
+    }
 }

@@ -2,7 +2,7 @@
 
 pub mod breaker;
 pub mod cancel;
-pub mod extract;
+pub mod ingest;
 pub mod jobs;
 pub mod metrics;
 pub mod pipeline;

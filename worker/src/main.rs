@@ -5,7 +5,7 @@ use chatq_common::config::Config;
 fn main() -> anyhow::Result<std::process::ExitCode> {
     // Hidden subcommand: the sandboxed PDF text extractor the worker runs as a child process.
     if std::env::args().nth(1).as_deref() == Some("extract-pdf") {
-        return Ok(chatq_worker::extract::child_main());
+        return Ok(chatq_worker::ingest::child_main());
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())?;
     Ok(std::process::ExitCode::SUCCESS)

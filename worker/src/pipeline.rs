@@ -1,9 +1,10 @@
-//! The event pipeline of DESIGN §5: each event goes to the run's Redis stream at once (live
-//! subscribers) and to Postgres through one batched writer per process (one multi-row insert per
+//! The run event writer: each event goes to the run's Redis stream at once (live subscribers)
+//! and to Postgres through one batched writer per process (one multi-row insert per
 //! `CHATQ_EVENT_FLUSH_MS` across all runs), never one insert per token.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
+use backon::{ConstantBuilder, Retryable as _};
 use chatq_common::{db, events::RunEvent, jobs::Queues};
 use chrono::{DateTime, Utc};
 use redis::aio::ConnectionManager;
@@ -109,13 +110,13 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Command>, every: Duration, 
                     true
                 }
                 None => {
-                    write_until_done(&pool, &mut batch, &metrics).await;
+                    write_until_done(&pool, &batch, &metrics).await;
                     return;
                 }
             },
             _ = tick.tick() => true,
         };
-        if flush_now && !batch.is_empty() && !write(&pool, &batch, &metrics).await {
+        if flush_now && !batch.is_empty() && write(&pool, &batch, &metrics).await.is_err() {
             // Keep the batch and retry at the next tick; the writes are idempotent.
             continue;
         }
@@ -128,18 +129,19 @@ async fn writer(pool: PgPool, mut rx: mpsc::Receiver<Command>, every: Duration, 
     }
 }
 
-async fn write_until_done(pool: &PgPool, batch: &mut Batch, metrics: &Metrics) {
-    for _ in 0..50 {
-        if batch.is_empty() || write(pool, batch, metrics).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+/// The last batch at shutdown: tried for about 10 s (every 200 ms) before giving up.
+async fn write_until_done(pool: &PgPool, batch: &Batch, metrics: &Metrics) {
+    if batch.is_empty() {
+        return;
     }
-    tracing::error!(events = batch.events.len(), "giving up on unwritten run events at shutdown");
+    let every = ConstantBuilder::default().with_delay(Duration::from_millis(200)).with_max_times(49);
+    if (|| write(pool, batch, metrics)).retry(every).sleep(tokio::time::sleep).await.is_err() {
+        tracing::error!(events = batch.events.len(), "giving up on unwritten run events at shutdown");
+    }
 }
 
 /// One transaction for the whole batch: fenced event inserts plus run progress.
-async fn write(pool: &PgPool, batch: &Batch, metrics: &Metrics) -> bool {
+async fn write(pool: &PgPool, batch: &Batch, metrics: &Metrics) -> Result<(), sqlx::Error> {
     let result = async {
         let mut tx = pool.begin().await?;
         db::events::insert_batch_fenced(&mut tx, &batch.events).await?;
@@ -148,14 +150,9 @@ async fn write(pool: &PgPool, batch: &Batch, metrics: &Metrics) -> bool {
         tx.commit().await
     }
     .await;
-    match result {
-        Ok(()) => {
-            metrics.flush_rows.observe(batch.events.len() as f64);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(events = batch.events.len(), error = %e, "cannot write run events; retrying");
-            false
-        }
+    match &result {
+        Ok(()) => metrics.flush_rows.observe(batch.events.len() as f64),
+        Err(e) => tracing::warn!(events = batch.events.len(), error = %e, "cannot write run events; retrying"),
     }
+    result
 }

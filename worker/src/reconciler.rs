@@ -1,14 +1,19 @@
-//! The reconciler (stuck-work reaper): every `CHATQ_RECONCILE_INTERVAL_SECS`, one worker (leader by Postgres
-//! advisory lock) pushes again the runs whose job may be lost — queued runs Redis forgot
-//! (flush, failed push) and runs whose worker died (lease lapsed) — and fails runs whose
-//! workers died `CHATQ_RUN_MAX_ATTEMPTS` times, so a run that crashes every worker (a poison
-//! input) stops after a bounded number of attempts. Duplicate deliveries are harmless: the
-//! claim decides. Recoveries are counted in `chatq_reconciler_recoveries_total{action}`.
+//! The reconciler (stuck-work reaper): every `CHATQ_RECONCILE_INTERVAL_SECS`, one worker (leader
+//! by Postgres advisory lock) asks every queue in [`jobs::QUEUES`] to push again the work whose
+//! job may be lost. For chat runs that is queued runs Redis forgot (flush, failed push) and runs
+//! whose worker died (lease lapsed); runs whose workers died `CHATQ_RUN_MAX_ATTEMPTS` times are
+//! failed, so a run that crashes every worker (a poison input) stops after a bounded number of
+//! attempts. For documents it is queued or long-`processing` documents. Duplicate deliveries
+//! are harmless: the claim decides. Recoveries are counted in
+//! `chatq_reconciler_recoveries_total{action}`.
 
-use chatq_common::{db, jobs};
+use chatq_common::{
+    db,
+    jobs::{self, ChatRun, IngestDocument},
+};
 use tokio_util::sync::CancellationToken;
 
-use crate::WorkerCtx;
+use crate::{WorkerCtx, jobs::QUEUES};
 
 const LOCK_KEY: i64 = 0x6368_6174_7172_6563; // "chatqrec"
 
@@ -21,50 +26,66 @@ pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
         }
         match tick(&ctx).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(runs = n, "reconciler pushed stale runs again"),
+            Ok(n) => tracing::info!(items = n, "reconciler recovered stale work"),
             Err(e) => tracing::warn!(error = %e, "reconciler tick failed"),
         }
     }
 }
 
-/// One pass; returns how many runs were pushed again or failed.
+/// One pass over every queue; returns how many runs and documents were pushed again or failed.
 pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     let mut tx = ctx.pool.begin().await?;
-    let leader: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(LOCK_KEY).fetch_one(&mut *tx).await?;
-    if !leader {
+    if !db::maintenance::try_lock(&mut tx, LOCK_KEY).await? {
         return Ok(0);
     }
+    let mut recovered = 0;
+    for queue in QUEUES {
+        recovered += queue.recover(ctx).await?;
+    }
+    tx.commit().await?;
+    Ok(recovered)
+}
+
+/// Chat runs: fails those whose workers died too often, pushes again the stale ones.
+pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     let max_attempts = ctx.config.run_max_attempts;
     let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
     let ids = db::runs::take_stale(&ctx.pool, ctx.config.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
-    // Issue 4: documents whose ingestion job was lost (failed push, Redis flush, dead worker).
-    let processing_after = ctx.config.extract_timeout.as_secs_f64() + 600.0;
-    let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
-    tx.commit().await?;
-    let ingest = jobs::ingest_storage(ctx.redis.clone(), &ctx.queues);
-    for id in docs {
-        match jobs::push_ingest(&ingest, id).await {
-            Ok(()) => tracing::info!(document.id = %id, "reconciler pushed a stale document again"),
-            Err(e) => tracing::warn!(document.id = %id, error = %e, "reconciler cannot push document"),
-        }
-    }
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;
         ctx.metrics.runs_finished.with_label_values(&["failed", db::runs::EXHAUSTED_CODE]).inc();
     }
     ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);
-    let storage = ctx.chat_queue();
+    let storage = jobs::storage::<ChatRun>(ctx.redis.clone(), &ctx.queues);
     let stamp = chrono::Utc::now().timestamp_millis();
     let mut pushed = 0;
-    for id in ids {
+    for run_id in ids {
         // A fresh task id: apalis drops pushes whose id it still holds.
-        match jobs::push_chat_run(&storage, id, format!("{id}-{stamp}")).await {
+        match jobs::push(&storage, ChatRun { run_id }, format!("{run_id}-{stamp}")).await {
             Ok(()) => pushed += 1,
-            Err(e) => tracing::warn!(run.id = %id, error = %e, "reconciler cannot push run"),
+            Err(e) => tracing::warn!(run.id = %run_id, error = %e, "reconciler cannot push run"),
         }
     }
     ctx.metrics.reconciler_recoveries.with_label_values(&["requeued"]).inc_by(pushed as u64);
     Ok(pushed + failed.len())
+}
+
+/// Documents whose ingestion job was lost: queued for a minute, or `processing` well past the
+/// extraction timeout.
+pub(crate) async fn recover_documents(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
+    let processing_after = ctx.config.extract_timeout.as_secs_f64() + 600.0;
+    let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
+    let storage = jobs::storage::<IngestDocument>(ctx.redis.clone(), &ctx.queues);
+    let mut pushed = 0;
+    for id in docs {
+        match jobs::push_ingest(&storage, id).await {
+            Ok(()) => {
+                pushed += 1;
+                tracing::info!(document.id = %id, "reconciler pushed a stale document again");
+            }
+            Err(e) => tracing::warn!(document.id = %id, error = %e, "reconciler cannot push document"),
+        }
+    }
+    Ok(pushed)
 }

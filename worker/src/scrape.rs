@@ -12,7 +12,7 @@ use chatq_common::db;
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use crate::WorkerCtx;
+use crate::{WorkerCtx, jobs};
 
 /// How long the documents gauge is reused between scrapes.
 pub const DOCUMENTS_TTL: Duration = Duration::from_secs(5);
@@ -25,7 +25,7 @@ pub struct ScrapeCache {
 
 /// Refreshes the gauges; failures are logged and leave the previous values.
 pub async fn refresh(ctx: &WorkerCtx) {
-    for queue in ctx.queues.all() {
+    for queue in jobs::QUEUES.iter().map(|q| q.name(&ctx.queues)) {
         if let Err(e) = refresh_queue(ctx, &queue).await {
             tracing::warn!(job.queue = %queue, error = %e, "cannot read queue depth from Redis");
         }

@@ -4,11 +4,10 @@
 //! tick and concurrent admin triggers do the work once. Deletes go in batches of
 //! `CHATQ_CLEANUP_BATCH` rows; a dry run counts with the same predicates and deletes nothing.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use apalis::prelude::{BoxDynError, Data};
-use apalis_core::backend::Vacuum;
 use apalis_cron::Tick;
 use chatq_common::{
     db::{self, maintenance::ThreadCounts},
@@ -17,14 +16,28 @@ use chatq_common::{
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
-use crate::WorkerCtx;
+use crate::{
+    WorkerCtx,
+    jobs::{Job, QUEUES},
+};
 
 /// Advisory lock key of the cleanup ("chatqcln").
 const LOCK_KEY: i64 = 0x6368_6174_7163_6c6e;
 /// The kind in `maintenance_jobs`.
 pub const KIND: &str = "cleanup";
 
+impl Job for Cleanup {
+    fn concurrency(_: &chatq_common::config::Config) -> usize {
+        1
+    }
+
+    fn poll_interval(_: &chatq_common::config::Config) -> Duration {
+        Duration::from_millis(200)
+    }
+}
+
 /// apalis entry point.
+#[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.maintenance()))]
 pub async fn handle(job: Cleanup, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
     let queue = ctx.queues.maintenance();
     match run(&ctx, &job).await {
@@ -43,9 +56,9 @@ pub async fn handle(job: Cleanup, ctx: Data<WorkerCtx>) -> Result<(), BoxDynErro
 /// The cron tick of every replica: push one cleanup under a task id derived from the tick
 /// time, so the replicas' pushes collapse into one job.
 pub async fn on_tick(tick: Tick, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
-    let storage = jobs::cleanup_storage(ctx.redis.clone(), &ctx.queues);
+    let storage = jobs::storage::<Cleanup>(ctx.redis.clone(), &ctx.queues);
     let task_id = format!("cleanup-{}", tick.get_timestamp());
-    jobs::push_cleanup(&storage, Cleanup::default(), task_id.clone()).await?;
+    jobs::push(&storage, Cleanup::default(), task_id.clone()).await?;
     tracing::info!(task.id = %task_id, "scheduled cleanup pushed");
     Ok(())
 }
@@ -173,18 +186,17 @@ fn count(ctx: &WorkerCtx, kind: &str, n: i64) {
     }
 }
 
-/// apalis data in Redis, per queue: finished tasks older than `CHATQ_QUEUE_RETENTION`
+/// apalis data in Redis, for every queue in [`QUEUES`]: finished tasks older than `CHATQ_QUEUE_RETENTION`
 /// (`vacuum_before`, never `vacuum`: that one also drops failed tasks waiting for a retry,
 /// whose missing payload then kills the worker that fetches them), ids left in the done, dead
 /// and failed sets after their data went (apalis never trims them), and the metadata of
 /// workers no longer registered (apalis never deletes it).
 async fn redis_housekeeping(ctx: &WorkerCtx) -> anyhow::Result<Value> {
     let keep = ctx.config.queue_retention;
-    let mut chat = jobs::chat_run_storage(ctx.redis.clone(), &ctx.queues);
-    let mut maintenance = jobs::cleanup_storage(ctx.redis.clone(), &ctx.queues);
-    let vacuumed = [chat.vacuum_before(keep).await?, maintenance.vacuum_before(keep).await?];
     let mut out = serde_json::Map::new();
-    for (queue, vacuumed) in ctx.queues.all().into_iter().zip(vacuumed) {
+    for q in QUEUES {
+        let queue = q.name(&ctx.queues);
+        let vacuumed = q.vacuum(ctx, keep).await?;
         let mut trimmed = 0;
         for set in ["done", "dead", "failed"] {
             trimmed += trim_set(ctx, &queue, set).await?;

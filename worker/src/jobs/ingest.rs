@@ -2,10 +2,11 @@
 //! `queued` (or crashed `processing`) document is claimed, every write is fenced on the
 //! attempt, and one transaction replaces the chunks and marks the document `ready`.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use apalis::prelude::{BoxDynError, Data};
 use chatq_common::{
+    config::Config,
     db::{self, knowledge::NewChunk, usage::NewUsage},
     jobs::IngestDocument,
     pricing::TokenUsage,
@@ -16,10 +17,26 @@ use uuid::Uuid;
 
 use crate::{
     WorkerCtx,
-    extract::{self, ChildLimits, ExtractError, Piece},
+    ingest::{self, ChildLimits, ExtractError, Piece},
+    jobs::{Job, JobError},
 };
 
+impl Job for IngestDocument {
+    fn concurrency(config: &Config) -> usize {
+        config.ingest_concurrency
+    }
+
+    fn poll_interval(config: &Config) -> Duration {
+        config.chat_poll_interval.max(Duration::from_millis(50))
+    }
+
+    async fn recover(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
+        crate::reconciler::recover_documents(ctx).await
+    }
+}
+
 /// apalis entry point: only infrastructure errors go back to apalis for redelivery.
+#[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.ingest_docs()))]
 pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
     execute(&ctx, job.document_id).await.map_err(|e| {
         tracing::warn!(document.id = %job.document_id, error = %e, "ingestion interrupted by an infrastructure error");
@@ -28,11 +45,13 @@ pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), Box
 }
 
 /// Ingests one document if it can be claimed.
+#[tracing::instrument(skip_all, fields(document.id = %document_id, attempt = tracing::field::Empty))]
 pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Error> {
     let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id).await? else {
-        tracing::debug!(document.id = %document_id, "document not claimable (done, failed or deleted); skipping");
+        tracing::debug!("document not claimable (done, failed or deleted); skipping");
         return Ok(());
     };
+    tracing::Span::current().record("attempt", doc.attempt);
     let started = Instant::now();
     let Some(kb) = db::knowledge::get_kb(&ctx.pool, doc.knowledge_base_id).await? else {
         return Ok(());
@@ -47,24 +66,21 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         timeout: ctx.config.extract_timeout,
         memory_mb: ctx.config.extract_memory_mb,
     };
-    let extracted = match extract::extract(&doc.media_type, bytes, &limits).await {
+    let extracted = match ingest::extract(&doc.media_type, bytes, &limits).await {
         Ok(e) => e,
         Err(e) => return fail(ctx, &doc, &e).await,
     };
     let cfg = &ctx.config;
     let (max, overlap) = (cfg.chunk_tokens, cfg.chunk_overlap_tokens);
     let sections = extracted.sections;
-    let pieces = tokio::task::spawn_blocking(move || extract::chunk(&sections, max, overlap)).await.unwrap_or_default();
+    let pieces = tokio::task::spawn_blocking(move || ingest::chunk(&sections, max, overlap)).await.unwrap_or_default();
     if pieces.is_empty() {
-        let e = ExtractError { code: "empty_document".into(), message: "the document contains no text".into() };
-        return fail(ctx, &doc, &e).await;
+        return fail(ctx, &doc, &ExtractError::new("empty_document", "the document contains no text")).await;
     }
-    let vectors = match embed(ctx, &kb.embedding_model, kb.embedding_dims as usize, doc.id, &pieces).await? {
+    let vectors = match embed(ctx, &kb.embedding_model, kb.embedding_dims as usize, doc.id, &pieces).await {
         Ok(v) => v,
-        Err(message) => {
-            let e = ExtractError { code: "embedding_failed".into(), message };
-            return fail(ctx, &doc, &e).await;
-        }
+        Err(JobError::Permanent(e)) => return fail(ctx, &doc, &e).await,
+        Err(JobError::Transient(e)) => return Err(e),
     };
     let chunks: Vec<NewChunk> = pieces
         .into_iter()
@@ -83,30 +99,34 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         ctx.metrics.documents_ingested.with_label_values(&["ready"]).inc();
         ctx.metrics.chunks_indexed.inc_by(n as u64);
         ctx.metrics.pages_extracted.inc_by(extracted.pages as u64);
-        tracing::info!(document.id = %doc.id, chunks = n, pages = extracted.pages,
-            ms = started.elapsed().as_millis() as u64, "document ready");
+        tracing::info!(
+            chunks = n,
+            pages = extracted.pages,
+            ms = started.elapsed().as_millis() as u64,
+            "document ready"
+        );
     } else {
-        tracing::info!(document.id = %doc.id, "document deleted or re-claimed while ingesting; nothing written");
+        tracing::info!("document deleted or re-claimed while ingesting; nothing written");
     }
     Ok(())
 }
 
 async fn fail(ctx: &WorkerCtx, doc: &db::knowledge::Document, e: &ExtractError) -> Result<(), sqlx::Error> {
-    tracing::info!(document.id = %doc.id, code = %e.code, "document failed");
+    tracing::info!(code = %e.code, "document failed");
     ctx.metrics.documents_ingested.with_label_values(&["failed"]).inc();
     db::knowledge::fail_document(&ctx.pool, doc.id, doc.attempt, &e.code, &e.message).await?;
     Ok(())
 }
 
 /// Embeds the pieces in batches bounded by input count and tokens; one usage record per
-/// request. `Ok(Err(message))` when the provider keeps failing.
+/// request. Fails for good (`embedding_failed`) when the provider keeps failing.
 async fn embed(
     ctx: &WorkerCtx,
     model: &str,
     dims: usize,
     document_id: Uuid,
     pieces: &[Piece],
-) -> Result<Result<Vec<Vec<f32>>, String>, sqlx::Error> {
+) -> Result<Vec<Vec<f32>>, JobError<ExtractError>> {
     let cfg = &ctx.config;
     let mut out = Vec::with_capacity(pieces.len());
     let mut start = 0;
@@ -156,11 +176,12 @@ async fn embed(
                 }
             }
             Err(e) => {
-                tracing::warn!(document.id = %document_id, code = e.code, detail = %e.detail, "embedding failed");
-                return Ok(Err(format!("the embeddings provider failed: {}", e.message)));
+                tracing::warn!(code = e.code, detail = %e.detail, "embedding failed");
+                let message = format!("the embeddings provider failed: {}", e.message);
+                return Err(JobError::Permanent(ExtractError::new("embedding_failed", message)));
             }
         }
         start = end;
     }
-    Ok(Ok(out))
+    Ok(out)
 }

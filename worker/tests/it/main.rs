@@ -5,5 +5,6 @@
 mod chat_run;
 mod cleanup;
 mod crash;
+mod housekeeping;
 mod reconciler;
 mod support;

@@ -3,7 +3,7 @@
 
 fn main() -> std::process::ExitCode {
     if std::env::args().nth(1).as_deref() == Some("extract-pdf") {
-        chatq_worker::extract::child_main()
+        chatq_worker::ingest::child_main()
     } else {
         eprintln!("usage: chatq-test-extractor extract-pdf < file.pdf");
         std::process::ExitCode::from(2)

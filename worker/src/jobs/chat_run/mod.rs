@@ -1,0 +1,278 @@
+//! `ChatRun`: admit (circuit breaker), claim the run, check and build the prompt, stream the
+//! answer, finish in one transaction. Idempotent: a redelivered or duplicate job for a run that
+//! is finished or leased by a live worker does nothing; every write is fenced on the attempt
+//! number. The steps live in the submodules; this one holds the job entry points and the claim.
+
+mod attempt;
+mod lease;
+mod moderation;
+pub mod prompt;
+mod stream;
+
+use std::time::{Duration, Instant};
+
+use apalis::prelude::{BoxDynError, Data};
+use chatq_common::{
+    config::Config,
+    db::{self, runs::Outcome, usage::NewUsage},
+    events::EventKind,
+    jobs::{self, ChatRun},
+    pricing::TokenUsage,
+    provider::{ErrorClass, ProviderError},
+    retrieval,
+};
+use chrono::Utc;
+use scopeguard::defer;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use uuid::Uuid;
+
+use self::{attempt::Attempt, stream::StreamOutcome};
+use crate::{
+    WorkerCtx,
+    breaker::Admission,
+    jobs::{Job, JobError},
+};
+
+impl Job for ChatRun {
+    fn concurrency(config: &Config) -> usize {
+        config.chat_concurrency
+    }
+
+    fn poll_interval(config: &Config) -> Duration {
+        config.chat_poll_interval
+    }
+
+    async fn recover(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
+        crate::reconciler::recover_runs(ctx).await
+    }
+}
+
+/// apalis entry point. Only infrastructure failures (Postgres down) are returned as errors so
+/// apalis redelivers; provider failures are recorded on the run.
+#[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.chat_runs()))]
+pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
+    let result = execute(&ctx, job.run_id).await;
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.jobs.with_label_values(&[&ctx.queues.chat_runs(), outcome]).inc();
+    result.map_err(|e| {
+        tracing::warn!(run.id = %job.run_id, error = %e, "chat run interrupted by an infrastructure error");
+        Box::new(e) as BoxDynError
+    })
+}
+
+/// Runs one attempt of a run, if it can be claimed.
+#[tracing::instrument(skip_all, fields(run.id = %run_id, attempt = tracing::field::Empty))]
+pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
+    let probe = match ctx.breaker.admit() {
+        Admission::Wait(retry_in) => return wait_for_provider(ctx, run_id, retry_in).await,
+        Admission::Probe => true,
+        Admission::Allow => false,
+    };
+    // A probe that ends without a provider verdict (not claimable, moderation refusal, an error)
+    // must free the probe slot, or the breaker would wait for it forever. After a verdict the
+    // slot is already free, so releasing it again is harmless.
+    defer! {
+        if probe {
+            ctx.breaker.abandon_probe();
+        }
+    }
+    // Watch for a cancel before claiming: a cancel flagged before the claim is seen by it, one
+    // published after reaches this registration.
+    let cancel = ctx.cancels.register(run_id);
+    let Some(run) = claim(ctx, run_id).await? else {
+        return Ok(());
+    };
+    let claimed_at = Instant::now();
+    if run.attempt == 1 {
+        let wait = (Utc::now() - run.created_at).num_milliseconds().max(0) as f64 / 1000.0;
+        ctx.metrics.queue_wait.with_label_values(&[&ctx.queues.chat_runs()]).observe(wait);
+    }
+    ctx.metrics.runs_in_progress.inc();
+    defer! { ctx.metrics.runs_in_progress.dec(); }
+    tracing::Span::current().record("attempt", run.attempt);
+    tracing::info!("run claimed");
+
+    let mut attempt = Attempt::new(ctx, &run);
+    if run.cancel_requested_at.is_some() {
+        return attempt.finish(Outcome::Cancelled { partial_text: String::new() }, None, claimed_at).await;
+    }
+    // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
+    if run.attempt > ctx.config.run_max_attempts {
+        let outcome = Outcome::Failed {
+            code: db::runs::EXHAUSTED_CODE.into(),
+            message: db::runs::EXHAUSTED_MESSAGE.into(),
+            partial_text: String::new(),
+        };
+        return attempt.finish(outcome, None, claimed_at).await;
+    }
+    if run.attempt > 1 {
+        // The partial answer of the previous attempt is void: clients clear it on this event.
+        let reason = if run.previous_status.as_deref() == Some("in_progress") { "worker_lost" } else { "retry" };
+        attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": reason}), String::new(), None).await;
+    }
+    attempt.emit(EventKind::Started, json!({"attempt": run.attempt}), String::new(), None).await;
+
+    // Renew the lease while we work; losing it means another worker took over: stop.
+    let lost = CancellationToken::new();
+    let renewer = tokio::spawn(
+        lease::renew(ctx.clone(), run.id, run.attempt, lost.clone(), cancel.token.clone()).in_current_span(),
+    );
+    defer! { renewer.abort(); }
+
+    if let Some(error) = moderation::check_input(ctx, &run).await? {
+        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts {
+            return attempt.retry(error, None).await;
+        }
+        return attempt.fail(error, String::new(), claimed_at, None).await;
+    }
+    let (request, sources) = match prompt::prepare(ctx, &run).await {
+        Ok(r) => r,
+        Err(JobError::Permanent(e)) => return attempt.fail(e, String::new(), claimed_at, None).await,
+        Err(JobError::Transient(e)) => return Err(e),
+    };
+    let started = Instant::now();
+    let outcome = stream::stream_answer(&mut attempt, &request, &lost, &cancel.token, claimed_at).await;
+    let latency_ms = started.elapsed().as_millis() as i64;
+    let changed = match &outcome {
+        StreamOutcome::Done { .. } => ctx.breaker.success(),
+        StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => ctx.breaker.failure(),
+        // A permanent error is an answer: the provider is up.
+        StreamOutcome::Failed { .. } => ctx.breaker.success(),
+        // No verdict on the provider.
+        StreamOutcome::Cancelled { .. } | StreamOutcome::LeaseLost | StreamOutcome::Released => false,
+    };
+    if changed {
+        ctx.breaker_changed().await;
+    }
+    match outcome {
+        StreamOutcome::Done { text, finish_reason, usage } => {
+            let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
+            ctx.metrics.provider_requests.with_label_values(&["ok"]).inc();
+            for (kind, n) in [("input", usage.input), ("cached_input", usage.cached_input), ("output", usage.output)] {
+                ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
+            }
+
+            let record = chat_usage(&run, "ok".into(), usage, cost, latency_ms);
+            let cited = retrieval::citations(&text, &sources);
+            for c in &cited {
+                attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
+            }
+            let outcome = Outcome::Completed {
+                output_text: text,
+                finish_reason,
+                input_tokens: usage.input as i64,
+                cached_input_tokens: usage.cached_input as i64,
+                output_tokens: usage.output as i64,
+                cost_usd: cost,
+                citations: json!(cited),
+            };
+            attempt.finish(outcome, Some(record), claimed_at).await
+        }
+        StreamOutcome::Failed { error, partial } => {
+            ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
+            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
+            let record = chat_usage(&run, error.code.to_string(), TokenUsage::default(), None, latency_ms);
+            if retry {
+                return attempt.retry(error, Some(record)).await;
+            }
+            attempt.fail(error, partial, claimed_at, Some(record)).await
+        }
+        StreamOutcome::Released => attempt.release().await,
+        StreamOutcome::Cancelled { partial } => {
+            tracing::info!("run cancelled on request");
+            attempt.finish(Outcome::Cancelled { partial_text: partial }, None, claimed_at).await
+        }
+        StreamOutcome::LeaseLost => {
+            tracing::warn!("lease lost; another worker owns the run now");
+            Ok(())
+        }
+    }
+}
+
+/// The breaker is open: the run waits in `queued` (no attempt used) and is looked at again when
+/// the breaker may half-open; past `CHATQ_PROVIDER_MAX_WAIT_SECS` from its submission it fails.
+async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) -> Result<(), sqlx::Error> {
+    let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(()) };
+    if run.status != "queued" {
+        return Ok(());
+    }
+    let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
+    let max_wait = ctx.config.provider_max_wait;
+    if waited >= max_wait {
+        let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
+        let attempt = Attempt::new(ctx, &run);
+        let error = ProviderError {
+            class: ErrorClass::Permanent,
+            code: "provider_unavailable",
+            message: "The assistant is unavailable right now. Please try again later.".into(),
+            detail: format!("circuit breaker open for the whole wait of {}s", max_wait.as_secs()),
+            status: None,
+            retry_after: None,
+        };
+        return attempt.fail(error, String::new(), Instant::now(), None).await;
+    }
+    let delay = retry_in.min(max_wait - waited) + Duration::from_millis(50);
+    let reason = format!("The AI provider is unavailable; waiting for it to recover (up to {} s).", max_wait.as_secs());
+    if db::runs::defer(&ctx.pool, run_id, delay.as_secs_f64(), &reason).await? {
+        let task_id = format!("{run_id}-w{}", Utc::now().timestamp_millis());
+        if let Err(e) = jobs::push_after(&ctx.chat_queue(), ChatRun { run_id }, task_id, delay).await {
+            tracing::warn!(error = %e, "cannot push the waiting run; the reconciler will");
+        }
+    }
+    Ok(())
+}
+
+/// Claims the run. A job delivered a little before the run's `next_attempt_at` (apalis
+/// schedules by the whole second) waits for it, or is pushed again when it is further away,
+/// so an early delivery never loses the retry.
+async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
+    let lease = ctx.config.run_lease.as_secs_f64();
+    for _ in 0..2 {
+        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
+            return Ok(Some(run));
+        }
+        let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
+        let wait = match (run.status.as_str(), run.next_attempt_at) {
+            ("queued", Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
+            _ => {
+                tracing::debug!(status = run.status, "run not claimable (finished or leased); skipping");
+                return Ok(None);
+            }
+        };
+        if wait > Duration::from_secs(2) {
+            let task_id = format!("{run_id}-{}", Utc::now().timestamp_millis());
+            if let Err(e) = jobs::push_after(&ctx.chat_queue(), ChatRun { run_id }, task_id, wait).await {
+                tracing::warn!(error = %e, "cannot push early-delivered run again; the reconciler will");
+            }
+            return Ok(None);
+        }
+        tokio::time::sleep(wait).await;
+    }
+    Ok(None)
+}
+
+/// The usage record of one chat call of `run`.
+fn chat_usage(
+    run: &db::runs::Run,
+    outcome: String,
+    usage: TokenUsage,
+    cost_usd: Option<f64>,
+    latency_ms: i64,
+) -> NewUsage {
+    NewUsage {
+        kind: "chat",
+        model: run.model.clone(),
+        api_key_id: Some(run.api_key_id),
+        assistant_id: Some(run.assistant_id),
+        run_id: Some(run.id),
+        document_id: None,
+        input_tokens: usage.input as i64,
+        cached_input_tokens: usage.cached_input as i64,
+        output_tokens: usage.output as i64,
+        cost_usd,
+        outcome,
+        latency_ms,
+    }
+}

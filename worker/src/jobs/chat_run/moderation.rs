@@ -1,0 +1,84 @@
+//! Input moderation of the message being answered, before any generation.
+
+use std::time::Instant;
+
+use chatq_common::{
+    db::{self, usage::NewUsage},
+    pricing::TokenUsage,
+    provider::{ErrorClass, ProviderError},
+};
+use chrono::Utc;
+
+use crate::WorkerCtx;
+
+/// Input moderation (assistant `moderation: input`): the user message is checked before any
+/// generation. `Some(error)` stops the run: flagged (permanent, `moderation_flagged` with the
+/// categories), or the endpoint is down and `CHATQ_MODERATION_FAIL_CLOSED` is set (retried like
+/// any provider outage). Fail-open answers unchecked and counts it.
+pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<ProviderError>, sqlx::Error> {
+    let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
+        return Ok(None);
+    };
+    if assistant.moderation != "input" {
+        return Ok(None);
+    }
+    let Some(message) = db::messages::get(&ctx.pool, run.user_message_id).await? else { return Ok(None) };
+    let started = Instant::now();
+    let verdict = ctx.provider.moderate(&message.content).await;
+    let outcome = match &verdict {
+        Ok(v) if v.flagged => "flagged".to_string(),
+        Ok(_) => "ok".to_string(),
+        Err(e) => e.code.to_string(),
+    };
+    let model = chatq_common::provider::MODERATION_MODEL;
+    let record = NewUsage {
+        kind: "moderation",
+        model: model.to_string(),
+        api_key_id: Some(run.api_key_id),
+        assistant_id: Some(run.assistant_id),
+        run_id: Some(run.id),
+        document_id: None,
+        input_tokens: 0,
+        cached_input_tokens: 0,
+        output_tokens: 0,
+        cost_usd: ctx.pricing.cost(model, Utc::now().date_naive(), TokenUsage::default()),
+        outcome,
+        latency_ms: started.elapsed().as_millis() as i64,
+    };
+    db::usage::insert(&ctx.pool, &record).await?;
+    match verdict {
+        Ok(v) if v.flagged => {
+            ctx.metrics.moderation_checks.with_label_values(&["flagged"]).inc();
+            Ok(Some(ProviderError {
+                class: ErrorClass::Permanent,
+                code: "moderation_flagged",
+                message: format!(
+                    "This message can't be answered: content moderation flagged it ({}).",
+                    v.categories.join(", ")
+                ),
+                detail: format!("flagged categories: {}", v.categories.join(",")),
+                status: None,
+                retry_after: None,
+            }))
+        }
+        Ok(_) => {
+            ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
+            Ok(None)
+        }
+        Err(e) if ctx.config.moderation_fail_closed => {
+            ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
+            tracing::warn!(detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
+            Ok(Some(ProviderError {
+                class: ErrorClass::Retryable,
+                code: "provider_unavailable",
+                message: "The assistant can't check this message right now. Please try again.".into(),
+                ..e
+            }))
+        }
+        Err(e) => {
+            ctx.metrics.moderation_checks.with_label_values(&["unavailable_open"]).inc();
+            tracing::warn!(detail = %e.detail, "moderation unavailable; answering unchecked (fail-open)");
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! Streaming the answer: one provider stream per attempt, deltas coalesced (the first at once,
+//! later ones at most every `CHATQ_STREAM_COALESCE_MS`), stopped by a cancel, a lost lease or
+//! the end of the shutdown grace.
+
+use std::time::Instant;
+
+use async_openai::types::chat::FinishReason;
+use chatq_common::{
+    events::EventKind,
+    pricing::TokenUsage,
+    provider::{ChatRequest, ProviderError},
+};
+use chrono::Utc;
+use futures::StreamExt;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::attempt::Attempt;
+
+/// How the stream of one attempt ended.
+pub(super) enum StreamOutcome {
+    /// The provider finished the answer.
+    Done { text: String, finish_reason: String, usage: TokenUsage },
+    /// The provider failed; `partial` is what was streamed before.
+    Failed { error: ProviderError, partial: String },
+    /// A cancel was requested; `partial` is kept.
+    Cancelled { partial: String },
+    /// Another worker owns the run now.
+    LeaseLost,
+    /// The worker is shutting down and its grace period is over.
+    Released,
+}
+
+/// Streams the completion, coalescing deltas: the first one is emitted at once, later ones at
+/// most every `CHATQ_STREAM_COALESCE_MS`.
+pub(super) async fn stream_answer(
+    attempt: &mut Attempt<'_>,
+    request: &ChatRequest,
+    lost: &CancellationToken,
+    cancel: &CancellationToken,
+    claimed_at: Instant,
+) -> StreamOutcome {
+    let ctx = attempt.ctx;
+    let coalesce = ctx.config.stream_coalesce;
+    let mut text = String::new();
+    let mut pending = String::new();
+    let mut last_emit: Option<Instant> = None;
+    let mut finish_reason: Option<FinishReason> = None;
+    let mut usage: Option<TokenUsage> = None;
+
+    let mut stream = tokio::select! {
+        opened = ctx.provider.stream_chat(request) => match opened {
+            Ok(s) => s.stream,
+            Err(error) => return StreamOutcome::Failed { error, partial: text },
+        },
+        _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+        _ = ctx.release.cancelled() => return StreamOutcome::Released,
+        _ = cancel.cancelled() => return StreamOutcome::Cancelled { partial: text },
+    };
+    loop {
+        let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
+        let next = tokio::select! {
+            item = tokio::time::timeout(ctx.provider.idle_timeout, stream.next()) => item,
+            _ = lost.cancelled() => return StreamOutcome::LeaseLost,
+            _ = ctx.release.cancelled() => return StreamOutcome::Released,
+            // Dropping the stream aborts the upstream request; what was written is kept.
+            _ = cancel.cancelled() => {
+                if !pending.is_empty() {
+                    attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
+                }
+                return StreamOutcome::Cancelled { partial: text };
+            }
+            _ = sleep_until_opt(flush_at) => {
+                attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
+                last_emit = Some(Instant::now());
+                continue;
+            }
+        };
+        let item = match next {
+            Err(_) => {
+                return StreamOutcome::Failed {
+                    error: ProviderError::timeout(ctx.provider.idle_timeout),
+                    partial: text,
+                };
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return StreamOutcome::Failed { error: ProviderError::classify(&e, None), partial: text };
+            }
+            Ok(Some(Ok(chunk))) => chunk,
+        };
+        if let Some(u) = &item.usage {
+            let cached = u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0);
+            usage = Some(TokenUsage {
+                input: u.prompt_tokens as u64,
+                cached_input: cached as u64,
+                output: u.completion_tokens as u64,
+            });
+        }
+        for choice in &item.choices {
+            if let Some(reason) = choice.finish_reason {
+                finish_reason = Some(reason);
+            }
+            let Some(delta) = choice.delta.content.as_deref().filter(|d| !d.is_empty()) else { continue };
+            text.push_str(delta);
+            pending.push_str(delta);
+            match last_emit {
+                None => {
+                    ctx.metrics.ttft.observe(claimed_at.elapsed().as_secs_f64());
+                    attempt
+                        .emit(
+                            EventKind::Delta,
+                            json!({"text": pending}),
+                            std::mem::take(&mut pending),
+                            Some(Utc::now()),
+                        )
+                        .await;
+                    last_emit = Some(Instant::now());
+                }
+                Some(t) if t.elapsed() >= coalesce => {
+                    attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
+                    last_emit = Some(Instant::now());
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if !pending.is_empty() {
+        attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
+    }
+    // A stream that ends without a finish reason or usage was cut: never report it as success.
+    match (finish_reason, usage) {
+        (Some(reason), Some(usage)) => {
+            StreamOutcome::Done { text, finish_reason: finish_reason_str(reason).into(), usage }
+        }
+        (reason, usage) => StreamOutcome::Failed {
+            error: ProviderError::truncated(format!(
+                "stream ended without {}",
+                if reason.is_none() {
+                    "a finish reason"
+                } else if usage.is_none() {
+                    "usage"
+                } else {
+                    "[DONE]"
+                }
+            )),
+            partial: text,
+        },
+    }
+}
+
+fn finish_reason_str(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+        FinishReason::ToolCalls => "tool_calls",
+        FinishReason::ContentFilter => "content_filter",
+        FinishReason::FunctionCall => "function_call",
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
