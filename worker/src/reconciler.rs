@@ -17,7 +17,7 @@ pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(ctx.config.reconcile_interval) => {}
+            _ = tokio::time::sleep(ctx.config.runs.reconcile_interval) => {}
         }
         match tick(&ctx).await {
             Ok(0) => {}
@@ -35,11 +35,11 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     if !leader {
         return Ok(0);
     }
-    let max_attempts = ctx.config.run_max_attempts;
+    let max_attempts = ctx.config.runs.max_attempts;
     let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
-    let ids = db::runs::take_stale(&ctx.pool, ctx.config.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
+    let ids = db::runs::take_stale(&ctx.pool, ctx.config.runs.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
     // Issue 4: documents whose ingestion job was lost (failed push, Redis flush, dead worker).
-    let processing_after = ctx.config.extract_timeout.as_secs_f64() + 600.0;
+    let processing_after = ctx.config.knowledge.extract_timeout.as_secs_f64() + 600.0;
     let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
     tx.commit().await?;
     let ingest = jobs::ingest_storage(ctx.redis.clone(), &ctx.queues);

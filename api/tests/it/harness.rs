@@ -3,7 +3,11 @@
 
 use std::{collections::HashMap, future::Future, time::Duration};
 
-use chatq_common::{config::Config, db, keys::Role};
+use chatq_common::{
+    config::{Config, ExposeSecret},
+    db,
+    keys::Role,
+};
 use chatq_fake_openai::{FakeConfig, FakeHandle};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
@@ -82,11 +86,12 @@ impl Stack {
     }
 
     pub async fn redis(&self) -> redis::aio::ConnectionManager {
-        chatq_common::redis_conn::connect(self.config.redis_url.expose()).await.expect("redis reachable")
+        chatq_common::redis_conn::connect(self.config.redis.url.expose_secret()).await.expect("redis reachable")
     }
 
     pub async fn start_api(&mut self) {
-        let state = chatq_api::AppState::from_parts(self.config.clone(), self.pool.clone(), self.redis().await);
+        let state =
+            chatq_api::AppState::from_parts(self.config.clone(), self.pool.clone(), self.redis().await).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.api_url = format!("http://{}", listener.local_addr().unwrap());
         self.api_stop = CancellationToken::new();

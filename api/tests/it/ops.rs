@@ -118,7 +118,7 @@ async fn metrics_show_completed_failed_and_cancelled_runs_and_cost_matches_usage
 
 impl Stack {
     fn config_queue(&self, name: &str) -> String {
-        format!("{}-{name}", self.config.queue_prefix)
+        format!("{}-{name}", self.config.redis.queue_prefix)
     }
 }
 
@@ -422,7 +422,8 @@ async fn concurrent_triggers_and_every_replicas_tick_do_the_work_once(pool: PgPo
     assert_eq!(job["status"], "completed", "{job}");
 
     // Two replicas tick at the same second: one job.
-    let storage = jobs::cleanup_storage(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.queue_prefix));
+    let storage =
+        jobs::cleanup_storage(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.redis.queue_prefix));
     for _ in 0..2 {
         jobs::push_cleanup(&storage, Cleanup::default(), "cleanup-1700000000".into()).await.unwrap();
     }
@@ -568,7 +569,7 @@ async fn cleanup_trims_apalis_sets_and_metadata_of_workers_that_are_gone(pool: P
     assert_eq!(done, ["kept"]);
     assert!(!redis.exists::<_, bool>(format!("{queue}:workers:metadata:ghost")).await.unwrap());
     assert!(redis.exists::<_, bool>(format!("{queue}:workers:metadata:alive")).await.unwrap());
-    let keys: Vec<String> = redis.keys(format!("{}*", s.config.queue_prefix)).await.unwrap();
+    let keys: Vec<String> = redis.keys(format!("{}*", s.config.redis.queue_prefix)).await.unwrap();
     if !keys.is_empty() {
         let _: () = redis.del(keys).await.unwrap();
     }

@@ -72,7 +72,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         return attempt.finish(Outcome::Cancelled { partial_text: String::new() }, None, claimed_at).await;
     }
     // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
-    if run.attempt > ctx.config.run_max_attempts {
+    if run.attempt > ctx.config.runs.max_attempts {
         let outcome = Outcome::Failed {
             code: db::runs::EXHAUSTED_CODE.into(),
             message: db::runs::EXHAUSTED_MESSAGE.into(),
@@ -93,7 +93,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let _stop_renewer = scopeguard(move || renewer.abort());
 
     if let Some(error) = check_input(ctx, &run).await? {
-        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts {
+        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts {
             return attempt.retry(error, None).await;
         }
         return attempt.fail(error, String::new(), claimed_at, None).await;
@@ -142,7 +142,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         }
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
-            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
+            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts;
             let record = chat_usage(&run, error.code.to_string(), TokenUsage::default(), None, latency_ms);
             if retry {
                 return attempt.retry(error, Some(record)).await;
@@ -169,7 +169,7 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
         return Ok(());
     }
     let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
-    let max_wait = ctx.config.provider_max_wait;
+    let max_wait = ctx.config.provider.max_wait;
     if waited >= max_wait {
         let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
         let attempt = Attempt { ctx, run_id: run.id, attempt: run.attempt, seq: run.last_seq };
@@ -198,7 +198,7 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
 /// schedules by the whole second) waits for it, or is pushed again when it is further away,
 /// so an early delivery never loses the retry.
 async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
-    let lease = ctx.config.run_lease.as_secs_f64();
+    let lease = ctx.config.runs.lease.as_secs_f64();
     for _ in 0..2 {
         if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
             return Ok(Some(run));
@@ -289,12 +289,13 @@ impl Attempt<'_> {
         if let Some(usage) = &usage {
             db::usage::insert(&ctx.pool, usage).await?;
         }
-        let delay = crate::retry::delay(self.attempt, ctx.config.retry_base, ctx.config.retry_max, e.retry_after);
+        let delay =
+            crate::retry::delay(self.attempt, ctx.config.runs.retry_base, ctx.config.runs.retry_max, e.retry_after);
         let reason = format!(
             "Retrying after a provider error ({}): attempt {} of {} in {:.1} s.",
             e.code,
             self.attempt + 1,
-            ctx.config.run_max_attempts,
+            ctx.config.runs.max_attempts,
             delay.as_secs_f64()
         );
         if !db::runs::requeue(&ctx.pool, self.run_id, self.attempt, delay.as_secs_f64(), &reason).await? {
@@ -404,7 +405,7 @@ async fn stream_answer(
     claimed_at: Instant,
 ) -> StreamOutcome {
     let ctx = attempt.ctx;
-    let coalesce = ctx.config.stream_coalesce;
+    let coalesce = ctx.config.streaming.coalesce;
     let mut text = String::new();
     let mut pending = String::new();
     let mut last_emit: Option<Instant> = None;
@@ -583,7 +584,7 @@ async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<Prov
             ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
             Ok(None)
         }
-        Err(e) if ctx.config.moderation_fail_closed => {
+        Err(e) if ctx.config.provider.moderation_fail_closed => {
             ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
             tracing::warn!(run.id = %run.id, detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
             Ok(Some(ProviderError {
@@ -622,7 +623,7 @@ async fn build_request(
     let question = recent.first().map(|m| m.content.clone()).unwrap_or_default();
     let sources = retrieve(ctx, run, &assistant.knowledge_base_ids, &question).await?;
     let sources_prompt = (!sources.is_empty()).then(|| retrieval::sources_prompt(&sources));
-    let mut budget = ctx.config.history_max_tokens.saturating_sub(tokens::message_tokens(&assistant.instructions));
+    let mut budget = ctx.config.runs.history_max_tokens.saturating_sub(tokens::message_tokens(&assistant.instructions));
     if let Some(p) = &sources_prompt {
         budget = budget.saturating_sub(tokens::message_tokens(p));
     }
@@ -676,7 +677,7 @@ async fn retrieve(
             None => groups.push((key, vec![*id])),
         }
     }
-    let (k, budget) = (ctx.config.retrieval_top_k, ctx.config.retrieval_max_tokens);
+    let (k, budget) = (ctx.config.knowledge.retrieval_top_k, ctx.config.knowledge.retrieval_max_tokens);
     let mut all = Vec::new();
     for ((model, dims), ids) in groups {
         let started = Instant::now();
@@ -722,14 +723,14 @@ async fn retrieve(
 }
 
 async fn renew_lease(ctx: WorkerCtx, run_id: Uuid, attempt: i32, lost: CancellationToken, cancel: CancellationToken) {
-    let every = ctx.config.run_lease / 3;
+    let every = ctx.config.runs.lease / 3;
     loop {
         tokio::time::sleep(every).await;
         // The fallback for a cancel signal this process missed.
         if let Ok(true) = db::runs::cancel_requested(&ctx.pool, run_id).await {
             cancel.cancel();
         }
-        match db::runs::renew_lease(&ctx.pool, run_id, attempt, ctx.config.run_lease.as_secs_f64()).await {
+        match db::runs::renew_lease(&ctx.pool, run_id, attempt, ctx.config.runs.lease.as_secs_f64()).await {
             Ok(true) => {}
             Ok(false) => {
                 lost.cancel();

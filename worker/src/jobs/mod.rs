@@ -29,10 +29,10 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
     Monitor::new()
         .register(move |restarts| {
             let ctx = chat_ctx.clone();
-            let concurrency = ctx.config.chat_concurrency;
+            let concurrency = ctx.config.worker.chat_concurrency;
             let backend = RedisStorage::<ChatRun>::new(ctx.redis.clone())
                 .with_config(ctx.queues.chat_runs_config(concurrency.min(32)))
-                .poll_with_strategy(Ticker::new(ctx.config.chat_poll_interval));
+                .poll_with_strategy(Ticker::new(ctx.config.worker.chat_poll_interval));
             WorkerBuilder::new(format!("{}-{}-r{restarts}", ctx.queues.chat_runs(), ctx.worker_id))
                 .backend(backend)
                 .data(ctx)
@@ -43,10 +43,10 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
         })
         .register(move |restarts| {
             let ctx = ingest_ctx.clone();
-            let concurrency = ctx.config.ingest_concurrency;
+            let concurrency = ctx.config.worker.ingest_concurrency;
             let backend = RedisStorage::<IngestDocument>::new(ctx.redis.clone())
                 .with_config(ctx.queues.ingest_docs_config(concurrency.min(32)))
-                .poll_with_strategy(Ticker::new(ctx.config.chat_poll_interval.max(Duration::from_millis(50))));
+                .poll_with_strategy(Ticker::new(ctx.config.worker.chat_poll_interval.max(Duration::from_millis(50))));
             WorkerBuilder::new(format!("{}-{}-r{restarts}", ctx.queues.ingest_docs(), ctx.worker_id))
                 .backend(backend)
                 .data(ctx)
@@ -72,7 +72,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
         .register(move |restarts| {
             let ctx = cron_ctx.clone();
             // Validated at start (`Config`), so this parse cannot fail.
-            let schedule = cron::Schedule::from_str(&ctx.config.cleanup_schedule).expect("valid CHATQ_CLEANUP_SCHEDULE");
+            let schedule = cron::Schedule::from_str(&ctx.config.retention.cleanup_schedule).expect("valid CHATQ_CLEANUP_SCHEDULE");
             WorkerBuilder::new(format!("{}-cron-{}-r{restarts}", ctx.queues.maintenance(), ctx.worker_id))
                 .backend(CronScheduler::new(schedule))
                 .data(ctx)
@@ -84,7 +84,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
             tracing::error!(worker = worker.name(), error = %error, restarts = n, "queue worker stopped; restarting it");
             true
         })
-        .shutdown_timeout(ctx.config.shutdown_grace + Duration::from_secs(10))
+        .shutdown_timeout(ctx.config.worker.shutdown_grace + Duration::from_secs(10))
 }
 
 /// Wakes an idle queue worker every `period` so it fetches new jobs promptly.
