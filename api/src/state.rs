@@ -30,7 +30,7 @@ pub struct AppState {
     pub chat_queue: ChatRunStorage,
     /// The document ingestion queue, for pushing documents after an upload commits.
     pub ingest_queue: IngestStorage,
-    /// Resolved API keys, so most requests skip the key lookup in Postgres.
+    /// Resolved API keys, cached briefly so most requests skip the lookup in Postgres.
     pub keys: Arc<KeyCache>,
     /// Prometheus handles.
     pub metrics: Arc<Metrics>,
@@ -96,7 +96,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chatq-api-pricing-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pricing.toml");
-        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = 2026-01-01\ninput = 'cheap'\n").unwrap();
+        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = '2026-01-01'\ninput = 'cheap'\n").unwrap();
         let file = path.display().to_string();
         // Nothing listens on port 1: were pricing not checked first, the error would be the connection.
         let config = Config::from_lookup(|k| match k {

@@ -55,7 +55,7 @@ pub struct WorkerCtx {
     pub worker_id: String,
     /// Queue workers restarted after an error, for logs.
     pub worker_restarts: Arc<AtomicUsize>,
-    /// Gauges read from the stores at scrape time, and when they were last read.
+    /// When the documents gauge was last read, so scrapes query Postgres at most every few seconds.
     pub scrape: Arc<scrape::ScrapeCache>,
     /// Cancelled when the shutdown grace has passed: attempts still running give their run
     /// back to the queue so another worker restarts it at once.
@@ -271,7 +271,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("chatq-worker-pricing-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("pricing.toml");
-        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = 2026-01-01\ninput = 'cheap'\n").unwrap();
+        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = '2026-01-01'\ninput = 'cheap'\n").unwrap();
         let file = path.display().to_string();
         // Nothing listens on port 1: were pricing not checked first, the error would be the connection.
         let config = Config::from_lookup(|k| match k {
