@@ -7,7 +7,7 @@ use std::{
 };
 
 use axum::{extract::FromRequestParts, http::request::Parts};
-use chatq_common::{db, db::threads::Owner, keys::Role};
+use chatq_common::{config::ExposeSecret, db, db::threads::Owner, keys::Role};
 use uuid::Uuid;
 
 use crate::{error::ApiError, state::AppState};
@@ -121,8 +121,8 @@ pub async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiErro
 /// A user token: a client principal scoped to one end user. Refused when tampered, expired,
 /// or when its issuing key was revoked (checked like keys, through the cache).
 pub async fn resolve_user_token(state: &AppState, token: &str) -> Result<Principal, ApiError> {
-    let secret = state.config.token_secret.as_ref().ok_or(ApiError::Unauthorized)?;
-    let grant = crate::user_token::verify(secret.expose(), token, chrono::Utc::now().timestamp())
+    let secret = state.config.auth.token_secret.as_ref().ok_or(ApiError::Unauthorized)?;
+    let grant = crate::user_token::verify(secret.expose_secret(), token, chrono::Utc::now().timestamp())
         .ok_or(ApiError::Unauthorized)?;
     let cache_key = [b"id:".as_slice(), grant.key_id.as_bytes()].concat();
     let issuer = match state.keys.get(&cache_key) {

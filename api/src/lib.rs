@@ -30,12 +30,12 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))
         .fallback(error::no_route)
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
-        .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
+        .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             // The path only: query strings may carry tokens.
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
         }))
-        .layer(cors(&state.config.cors_origins))
+        .layer(cors(&state.config.api.cors_origins))
         .with_state(state)
 }
 
@@ -75,10 +75,10 @@ pub async fn serve(
 
 /// Connects, binds `CHATQ_LISTEN` and serves until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    if config.token_secret.is_none() {
+    if config.auth.token_secret.is_none() {
         anyhow::bail!("CHATQ_TOKEN_SECRET must be set for the API (at least 32 characters; it signs user tokens)");
     }
-    let listen = config.listen;
+    let listen = config.api.listen;
     let state = AppState::new(config).await?;
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (CHATQ_LISTEN)"))?;

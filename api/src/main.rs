@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Ingest { dir, kb, api, key, timeout_secs } => {
-            let api = api.unwrap_or_else(|| format!("http://{}", config.listen));
+            let api = api.unwrap_or_else(|| format!("http://{}", config.api.listen));
             let args = chatq_api::ingest_cli::IngestArgs {
                 dir,
                 kb,

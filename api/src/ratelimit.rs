@@ -11,14 +11,14 @@ use crate::{auth::Principal, error::ApiError, state::AppState};
 pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option<&str>) -> Result<(), ApiError> {
     let config = &state.config;
     if let Some(user) = end_user
-        && config.rate_user_active_runs > 0
+        && config.limits.user_active_runs > 0
     {
         let active = db::runs::active_for_user(&state.pool, principal.key_id, user).await?;
-        if active >= i64::from(config.rate_user_active_runs) {
+        if active >= i64::from(config.limits.user_active_runs) {
             return Err(ApiError::RateLimited {
                 code: "rate_limited",
                 message: format!("this user already has {active} runs in progress; wait for one to finish"),
-                limit: u64::from(config.rate_user_active_runs),
+                limit: u64::from(config.limits.user_active_runs),
                 remaining: 0,
                 reset_secs: 1,
             });
@@ -38,16 +38,16 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
     }
     let key_limit = match principal.runs_per_minute {
         Some(n) => n.max(0) as u64,
-        None => u64::from(config.rate_key_runs_per_min),
+        None => u64::from(config.limits.key_runs_per_min),
     };
     if key_limit > 0 {
         count(state, &format!("key:{}", principal.key_id), key_limit, "runs per minute for this key").await?;
     }
     if let Some(user) = end_user
-        && config.rate_user_runs_per_min > 0
+        && config.limits.user_runs_per_min > 0
     {
         let scope = format!("user:{}:{}", principal.key_id, hex_of(user));
-        count(state, &scope, u64::from(config.rate_user_runs_per_min), "runs per minute for this user").await?;
+        count(state, &scope, u64::from(config.limits.user_runs_per_min), "runs per minute for this user").await?;
     }
     Ok(())
 }
@@ -56,7 +56,7 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
 /// counting it, when it would go over `CHATQ_RATE_UPLOAD_BYTES_PER_DAY`. Fails open like the
 /// run limits when Redis is unreachable.
 pub async fn admit_upload(state: &AppState, principal: &Principal, bytes: u64) -> Result<(), ApiError> {
-    let limit = state.config.rate_upload_bytes_per_day;
+    let limit = state.config.limits.upload_bytes_per_day;
     if limit == 0 {
         return Ok(());
     }

@@ -2,9 +2,11 @@
 
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use chatq_common::{
-    config::Config,
+    config::{Config, ExposeSecret},
     jobs::{ChatRunStorage, IngestStorage, Queues},
+    pricing::Pricing,
     provider::Provider,
     retrieval::VectorCache,
 };
@@ -20,61 +22,93 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Postgres: the source of truth for everything clients see.
     pub pool: PgPool,
-    /// Redis, for readiness checks and (later) live events and rate limits.
+    /// Redis: readiness checks, rate-limit counters, cancel signals and breaker state.
     pub redis: ConnectionManager,
     /// Queue and key names of this stack.
     pub queues: Queues,
     /// The chat run queue, for pushing jobs after a submit commits.
     pub chat_queue: ChatRunStorage,
-    /// Resolved API keys.
+    /// The document ingestion queue, for pushing documents after an upload commits.
+    pub ingest_queue: IngestStorage,
+    /// Resolved API keys, cached briefly so most requests skip the lookup in Postgres.
     pub keys: Arc<KeyCache>,
     /// Prometheus handles.
     pub metrics: Arc<Metrics>,
-    /// Issue 4: the document ingestion queue.
-    pub ingest_queue: IngestStorage,
-    /// Issue 4: the provider, for embedding search queries.
+    /// The provider, for embedding search queries.
     pub provider: Provider,
-    /// Issue 4: knowledge-base vectors held in memory for `/search`.
+    /// Prices per model, for the cost records of search-query embeddings. Loaded once at start.
+    pub pricing: Arc<Pricing>,
+    /// Knowledge-base vectors held in memory for `/search`.
     pub vectors: Arc<VectorCache>,
-    // issue 3: live streaming
     /// The process's event hub: one Redis reader fanning run events out to subscribers.
     pub hub: Hub,
 }
 
 impl AppState {
-    /// Connects to Postgres and Redis and builds the state.
+    /// Loads pricing, connects to Postgres and Redis and builds the state.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        use anyhow::Context as _;
-        let pool = chatq_common::db::connect(&config, config.db_max_connections)
-            .await
-            .context("cannot connect to Postgres (DATABASE_URL)")?;
-        let redis = chatq_common::redis_conn::connect(config.redis_url.expose())
-            .await
-            .context("cannot connect to Redis (REDIS_URL)")?;
-        Ok(Self::from_parts(config, pool, redis))
+        // A bad pricing file fails start-up before anything is connected.
+        let pricing = load_pricing(&config)?;
+        let (pool, redis) = chatq_common::connections::open(&config).await?;
+        Self::build(config, pool, redis, pricing)
     }
 
     /// Builds the state on existing connections (tests use a per-test database).
-    pub fn from_parts(config: Config, pool: PgPool, redis: ConnectionManager) -> Self {
-        let queues = Queues::new(&config.queue_prefix);
+    pub fn from_parts(config: Config, pool: PgPool, redis: ConnectionManager) -> anyhow::Result<Self> {
+        let pricing = load_pricing(&config)?;
+        Self::build(config, pool, redis, pricing)
+    }
+
+    fn build(config: Config, pool: PgPool, redis: ConnectionManager, pricing: Pricing) -> anyhow::Result<Self> {
+        let queues = Queues::new(&config.redis.queue_prefix);
         let chat_queue = chatq_common::jobs::chat_run_storage(redis.clone(), &queues);
         let ingest_queue = chatq_common::jobs::ingest_storage(redis.clone(), &queues);
-        // Building a reqwest client only fails when the TLS backend cannot initialise.
-        let provider = Provider::new(&config).expect("the provider HTTP client builds");
+        let provider = Provider::new(&config).context("cannot build the provider client")?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Hub::start(config.redis_url.expose(), redis.clone(), queues.clone(), metrics.clone());
-        Self {
+        let hub = Hub::start(config.redis.url.expose_secret(), redis.clone(), queues.clone(), metrics.clone());
+        Ok(Self {
             config: Arc::new(config),
             pool,
             redis,
             queues,
             chat_queue,
-            keys: Arc::new(KeyCache::default()),
             ingest_queue,
-            provider,
-            vectors: Arc::default(),
+            keys: Arc::new(KeyCache::default()),
             metrics,
+            provider,
+            pricing: Arc::new(pricing),
+            vectors: Arc::default(),
             hub,
-        }
+        })
+    }
+}
+
+fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
+    Pricing::load(config.provider.pricing_file.as_deref()).context("cannot load pricing (CHATQ_PRICING_FILE)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_pricing_file_stops_start_up_naming_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("chatq-api-pricing-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pricing.toml");
+        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = '2026-01-01'\ninput = 'cheap'\n").unwrap();
+        let file = path.display().to_string();
+        // Nothing listens on port 1: were pricing not checked first, the error would be the connection.
+        let config = Config::from_lookup(|k| match k {
+            "CHATQ_PRICING_FILE" => Some(file.clone()),
+            "DATABASE_URL" => Some("postgres://postgres@127.0.0.1:1/none".into()),
+            "REDIS_URL" => Some("redis://127.0.0.1:1".into()),
+            _ => None,
+        })
+        .unwrap();
+        let err = format!("{:#}", AppState::new(config).await.err().expect("start-up fails"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("CHATQ_PRICING_FILE"), "{err}");
+        assert!(err.contains(&format!("{file}:4:")), "{err}");
     }
 }

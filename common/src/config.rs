@@ -1,28 +1,11 @@
 //! The one typed configuration, read once from the environment and validated at start.
+//!
+//! [`Config`] is split by concern; each field names the variable it is read from. `.env.example`
+//! lists every variable with its default, in the same groups.
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-/// A value that must never be printed: `Debug` and `Display` show `***`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret itself, for the one place that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
+pub use secrecy::{ExposeSecret, SecretString};
 
 /// A configuration problem, always naming the variable.
 #[derive(Debug, thiserror::Error)]
@@ -32,108 +15,177 @@ pub struct ConfigError(pub Vec<String>);
 /// Everything chatq reads from the environment. See `.env.example` for defaults and meanings.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Postgres connection string (`DATABASE_URL`); may hold a password, so it is a secret.
-    pub database_url: Secret,
-    /// Redis connection string (`REDIS_URL`).
-    pub redis_url: Secret,
-    /// Key for the OpenAI-compatible provider (`OPENAI_API_KEY`); `None` means "no key".
-    pub openai_api_key: Option<Secret>,
-    /// Base URL of the provider including `/v1` (`OPENAI_BASE_URL`).
-    pub openai_base_url: String,
-    /// Address of the HTTP API (`CHATQ_LISTEN`).
-    pub listen: SocketAddr,
-    /// Address of the worker's health and metrics server (`CHATQ_WORKER_LISTEN`).
-    pub worker_listen: SocketAddr,
+    /// The Postgres database.
+    pub database: DatabaseConfig,
+    /// The Redis server holding queues, live streams and counters.
+    pub redis: RedisConfig,
+    /// The OpenAI-compatible provider and what to do when it fails.
+    pub provider: ProviderConfig,
+    /// The HTTP API process.
+    pub api: ApiConfig,
+    /// End-user tokens.
+    pub auth: AuthConfig,
+    /// Size limits of requests and rate limits of keys and end users.
+    pub limits: LimitsConfig,
+    /// The worker process: its address, concurrency and shutdown.
+    pub worker: WorkerConfig,
+    /// How a chat run is executed: lease, attempts, retries, recovery, prompt budget.
+    pub runs: RunsConfig,
+    /// Live streaming of run events.
+    pub streaming: StreamingConfig,
+    /// Knowledge bases: embeddings, chunking, retrieval and document extraction.
+    pub knowledge: KnowledgeConfig,
+    /// What is deleted when, and the cleanup job that deletes it.
+    pub retention: RetentionConfig,
+}
+
+/// The Postgres database.
+#[derive(Clone, Debug)]
+pub struct DatabaseConfig {
+    /// Connection string (`DATABASE_URL`); may hold a password, so it is a secret.
+    pub url: SecretString,
+    /// Size of the Postgres pool per process (`CHATQ_DB_MAX_CONNECTIONS`).
+    pub max_connections: u32,
+}
+
+/// The Redis server.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// Connection string (`REDIS_URL`); may hold a password, so it is a secret.
+    pub url: SecretString,
     /// Prefix of every Redis key and queue name, so stacks and tests can share one Redis
     /// (`CHATQ_QUEUE_PREFIX`).
     pub queue_prefix: String,
-    /// HMAC secret for user tokens (`CHATQ_TOKEN_SECRET`); required by the API.
-    pub token_secret: Option<Secret>,
-    /// Chat runs one worker process executes at once (`CHATQ_CHAT_CONCURRENCY`).
-    pub chat_concurrency: usize,
-    /// How often an idle worker polls the chat queue (`CHATQ_CHAT_POLL_MS`).
-    pub chat_poll_interval: Duration,
-    /// How long a claimed run stays leased without renewal (`CHATQ_RUN_LEASE_SECS`).
-    pub run_lease: Duration,
-    /// Window for coalescing deltas into one event (`CHATQ_STREAM_COALESCE_MS`).
-    pub stream_coalesce: Duration,
-    /// Interval of the batched event writer (`CHATQ_EVENT_FLUSH_MS`).
-    pub event_flush_interval: Duration,
-    /// How long a run's live Redis stream is kept after it finishes (`CHATQ_RUN_STREAM_TTL_SECS`).
-    pub run_stream_ttl: Duration,
-    /// Token budget for the thread history sent to the model (`CHATQ_HISTORY_MAX_TOKENS`).
-    pub history_max_tokens: usize,
-    /// Largest accepted chat message in bytes (`CHATQ_MAX_MESSAGE_BYTES`).
-    pub max_message_bytes: usize,
-    /// Largest accepted JSON request body in bytes (`CHATQ_MAX_BODY_BYTES`).
-    pub max_body_bytes: usize,
-    /// Idle timeout between two chunks of a provider stream (`CHATQ_PROVIDER_IDLE_TIMEOUT_SECS`).
-    pub provider_idle_timeout: Duration,
-    /// Connect timeout to the provider (`CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS`).
-    pub provider_connect_timeout: Duration,
-    /// A pricing file replacing the built-in `ops/pricing.toml` (`CHATQ_PRICING_FILE`).
+}
+
+/// The OpenAI-compatible provider.
+#[derive(Clone, Debug)]
+pub struct ProviderConfig {
+    /// API key (`OPENAI_API_KEY`); `None` means "no key" (see [`ProviderConfig::key`]).
+    pub api_key: Option<SecretString>,
+    /// Base URL including `/v1`, without a trailing slash (`OPENAI_BASE_URL`).
+    pub base_url: String,
+    /// Connect timeout (`CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS`).
+    pub connect_timeout: Duration,
+    /// Idle timeout between two chunks of a stream (`CHATQ_PROVIDER_IDLE_TIMEOUT_SECS`).
+    pub idle_timeout: Duration,
+    /// A pricing file replacing the built-in `ops/pricing.toml`, for cost records
+    /// (`CHATQ_PRICING_FILE`).
     pub pricing_file: Option<PathBuf>,
-    /// Size of the Postgres pool per process (`CHATQ_DB_MAX_CONNECTIONS`).
-    pub db_max_connections: u32,
-    // --- Operations (issue 5): retention, cleanup schedule, reaper bound.
-    /// Threads with no activity for this many days are deleted, unless their assistant sets
-    /// its own `retention_days` (`CHATQ_RETENTION_DAYS`).
-    pub retention_days: u32,
-    /// Events of runs finished longer ago than this are dropped; the run keeps its output
-    /// (`CHATQ_EVENT_RETENTION`, e.g. `7d`, `12h`).
-    pub event_retention: Duration,
-    /// Cron expression (seconds first, UTC) of the cleanup job (`CHATQ_CLEANUP_SCHEDULE`).
-    pub cleanup_schedule: String,
-    /// Rows deleted per statement by the cleanup, so no statement holds locks for long
-    /// (`CHATQ_CLEANUP_BATCH`).
-    pub cleanup_batch: i64,
-    /// How long finished jobs stay in Redis before the cleanup vacuums them
-    /// (`CHATQ_QUEUE_RETENTION`, e.g. `24h`).
-    pub queue_retention: Duration,
-    // Issue 6: resilience.
-    /// Attempts a run gets before a retryable error, or its worker dying that often, fails it
-    /// (`CHATQ_RUN_MAX_ATTEMPTS`).
-    pub run_max_attempts: i32,
-    /// First retry delay; doubled each attempt, with jitter (`CHATQ_RETRY_BASE_MS`).
-    pub retry_base: Duration,
-    /// Longest delay between attempts, also the cap on a provider's `Retry-After`
-    /// (`CHATQ_RETRY_MAX_MS`).
-    pub retry_max: Duration,
-    /// On SIGTERM, how long in-flight runs may finish before their leases are released
-    /// (`CHATQ_SHUTDOWN_GRACE_SECS`).
-    pub shutdown_grace: Duration,
-    /// How often the reconciler looks for runs whose job was lost (`CHATQ_RECONCILE_INTERVAL_SECS`).
-    pub reconcile_interval: Duration,
-    /// A due run not pushed for this long is pushed again (`CHATQ_RECONCILE_AFTER_SECS`).
-    pub reconcile_after: Duration,
-    /// Runs one end user may start per minute, per key; 0 = unlimited (`CHATQ_RATE_USER_RUNS_PER_MIN`).
-    pub rate_user_runs_per_min: u32,
-    /// Runs one key may start per minute, unless the key overrides it; 0 = unlimited
-    /// (`CHATQ_RATE_KEY_RUNS_PER_MIN`).
-    pub rate_key_runs_per_min: u32,
-    /// Queued or in-progress runs one end user may have at once; 0 = unlimited
-    /// (`CHATQ_RATE_USER_ACTIVE_RUNS`).
-    pub rate_user_active_runs: u32,
-    /// Bytes one key may upload to knowledge bases per day (UTC); 0 = unlimited
-    /// (`CHATQ_RATE_UPLOAD_BYTES_PER_DAY`).
-    pub rate_upload_bytes_per_day: u64,
-    /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
-    /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
-    pub moderation_fail_closed: bool,
-    /// Retryable provider failures in a row that open the circuit breaker (`CHATQ_BREAKER_FAILURES`).
+    /// Retryable failures in a row that open the circuit breaker (`CHATQ_BREAKER_FAILURES`).
     pub breaker_failures: u32,
     /// How long the breaker stays open before a probe (`CHATQ_BREAKER_COOLDOWN_SECS`).
     pub breaker_cooldown: Duration,
     /// Longest a run waits for an open breaker, from its submission, before failing with
     /// `provider_unavailable` (`CHATQ_PROVIDER_MAX_WAIT_SECS`).
-    pub provider_max_wait: Duration,
-    // Issue 4: knowledge bases.
-    /// Documents one worker process ingests at once (`CHATQ_INGEST_CONCURRENCY`).
-    pub ingest_concurrency: usize,
+    pub max_wait: Duration,
+    /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
+    /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
+    pub moderation_fail_closed: bool,
+}
+
+impl ProviderConfig {
+    /// The API key sent to the provider; servers like the fake accept any non-empty key.
+    pub fn key(&self) -> &str {
+        self.api_key.as_ref().map(ExposeSecret::expose_secret).unwrap_or("sk-no-key")
+    }
+}
+
+/// The HTTP API process.
+#[derive(Clone, Debug)]
+pub struct ApiConfig {
+    /// Address of the HTTP API (`CHATQ_LISTEN`).
+    pub listen: SocketAddr,
+    /// Origins allowed to call the API from a browser, or `*` (`CHATQ_CORS_ORIGINS`,
+    /// comma-separated); empty means no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+/// End-user tokens.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// HMAC secret signing user tokens (`CHATQ_TOKEN_SECRET`); required by the API, which
+    /// refuses to start without it.
+    pub token_secret: Option<SecretString>,
+}
+
+/// Size limits of requests and rate limits of keys and end users.
+#[derive(Clone, Debug)]
+pub struct LimitsConfig {
+    /// Largest accepted JSON request body in bytes (`CHATQ_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Largest accepted chat message in bytes (`CHATQ_MAX_MESSAGE_BYTES`).
+    pub max_message_bytes: usize,
     /// Largest accepted uploaded file in bytes (`CHATQ_MAX_UPLOAD_FILE_BYTES`).
     pub max_upload_file_bytes: usize,
     /// Largest accepted upload request in bytes (`CHATQ_MAX_UPLOAD_REQUEST_BYTES`).
     pub max_upload_request_bytes: usize,
+    /// Runs one end user may start per minute, per key; 0 = unlimited
+    /// (`CHATQ_RATE_USER_RUNS_PER_MIN`).
+    pub user_runs_per_min: u32,
+    /// Runs one key may start per minute, unless the key overrides it; 0 = unlimited
+    /// (`CHATQ_RATE_KEY_RUNS_PER_MIN`).
+    pub key_runs_per_min: u32,
+    /// Queued or in-progress runs one end user may have at once; 0 = unlimited
+    /// (`CHATQ_RATE_USER_ACTIVE_RUNS`).
+    pub user_active_runs: u32,
+    /// Bytes one key may upload to knowledge bases per day (UTC); 0 = unlimited
+    /// (`CHATQ_RATE_UPLOAD_BYTES_PER_DAY`).
+    pub upload_bytes_per_day: u64,
+}
+
+/// The worker process.
+#[derive(Clone, Debug)]
+pub struct WorkerConfig {
+    /// Address of the worker's health and metrics server (`CHATQ_WORKER_LISTEN`).
+    pub listen: SocketAddr,
+    /// Chat runs one worker process executes at once (`CHATQ_CHAT_CONCURRENCY`).
+    pub chat_concurrency: usize,
+    /// How often an idle worker polls the chat queue (`CHATQ_CHAT_POLL_MS`).
+    pub chat_poll_interval: Duration,
+    /// Documents one worker process ingests at once (`CHATQ_INGEST_CONCURRENCY`).
+    pub ingest_concurrency: usize,
+    /// On SIGTERM, how long in-flight runs may finish before their leases are released
+    /// (`CHATQ_SHUTDOWN_GRACE_SECS`).
+    pub shutdown_grace: Duration,
+}
+
+/// How a chat run is executed.
+#[derive(Clone, Debug)]
+pub struct RunsConfig {
+    /// How long a claimed run stays leased without renewal (`CHATQ_RUN_LEASE_SECS`).
+    pub lease: Duration,
+    /// Attempts a run gets before a retryable error, or its worker dying that often, fails it
+    /// (`CHATQ_RUN_MAX_ATTEMPTS`).
+    pub max_attempts: i32,
+    /// First retry delay; doubled each attempt, with jitter (`CHATQ_RETRY_BASE_MS`).
+    pub retry_base: Duration,
+    /// Longest delay between attempts, also the cap on a provider's `Retry-After`
+    /// (`CHATQ_RETRY_MAX_MS`).
+    pub retry_max: Duration,
+    /// How often the reconciler looks for runs whose job was lost (`CHATQ_RECONCILE_INTERVAL_SECS`).
+    pub reconcile_interval: Duration,
+    /// A due run not pushed for this long is pushed again (`CHATQ_RECONCILE_AFTER_SECS`).
+    pub reconcile_after: Duration,
+    /// Token budget for the thread history sent to the model (`CHATQ_HISTORY_MAX_TOKENS`).
+    pub history_max_tokens: usize,
+}
+
+/// Live streaming of run events.
+#[derive(Clone, Debug)]
+pub struct StreamingConfig {
+    /// Window for coalescing deltas into one event (`CHATQ_STREAM_COALESCE_MS`).
+    pub coalesce: Duration,
+    /// Interval of the batched writer of run events to Postgres (`CHATQ_EVENT_FLUSH_MS`).
+    pub event_flush_interval: Duration,
+    /// How long a run's live Redis stream is kept after it finishes, for late subscribers
+    /// (`CHATQ_RUN_STREAM_TTL_SECS`).
+    pub run_stream_ttl: Duration,
+}
+
+/// Knowledge bases.
+#[derive(Clone, Debug)]
+pub struct KnowledgeConfig {
     /// Embedding model of new knowledge bases (`CHATQ_EMBEDDING_MODEL`).
     pub embedding_model: String,
     /// Embedding dimensions of new knowledge bases (`CHATQ_EMBEDDING_DIMS`).
@@ -157,10 +209,25 @@ pub struct Config {
     /// Binary run as `<bin> extract-pdf` for PDF text; default: the running worker binary
     /// (`CHATQ_EXTRACTOR_BIN`).
     pub extractor_bin: Option<PathBuf>,
-    // issue 3: live streaming
-    /// Origins allowed to call the API from a browser, comma-separated, or `*`
-    /// (`CHATQ_CORS_ORIGINS`); empty means no CORS headers.
-    pub cors_origins: Vec<String>,
+}
+
+/// What is deleted when, and the cleanup job that deletes it.
+#[derive(Clone, Debug)]
+pub struct RetentionConfig {
+    /// Threads with no activity for this many days are deleted, unless their assistant sets
+    /// its own `retention_days` (`CHATQ_RETENTION_DAYS`).
+    pub thread_days: u32,
+    /// Events of runs finished longer ago than this are dropped; the run keeps its output
+    /// (`CHATQ_EVENT_RETENTION`, e.g. `7d`, `12h`).
+    pub events: Duration,
+    /// How long finished jobs stay in Redis before the cleanup vacuums them
+    /// (`CHATQ_QUEUE_RETENTION`, e.g. `24h`).
+    pub finished_jobs: Duration,
+    /// Cron expression (seconds first, UTC) of the cleanup job (`CHATQ_CLEANUP_SCHEDULE`).
+    pub cleanup_schedule: String,
+    /// Rows deleted per statement by the cleanup, so no statement holds locks for long
+    /// (`CHATQ_CLEANUP_BATCH`).
+    pub cleanup_batch: i64,
 }
 
 impl Config {
@@ -173,147 +240,161 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut r = Reader { lookup: &lookup, errors: Vec::new() };
         let config = Config {
-            database_url: Secret::new(r.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatq")),
-            redis_url: Secret::new(r.string("REDIS_URL", "redis://127.0.0.1:6379")),
-            openai_api_key: r.optional("OPENAI_API_KEY").map(Secret::new),
-            openai_base_url: r.string("OPENAI_BASE_URL", "https://api.openai.com/v1").trim_end_matches('/').to_string(),
-            listen: r.parse("CHATQ_LISTEN", "127.0.0.1:8080"),
-            worker_listen: r.parse("CHATQ_WORKER_LISTEN", "127.0.0.1:9091"),
-            queue_prefix: r.string("CHATQ_QUEUE_PREFIX", "chatq"),
-            token_secret: r.optional("CHATQ_TOKEN_SECRET").map(Secret::new),
-            chat_concurrency: r.parse("CHATQ_CHAT_CONCURRENCY", "256"),
-            chat_poll_interval: Duration::from_millis(r.parse("CHATQ_CHAT_POLL_MS", "20")),
-            run_lease: Duration::from_secs(r.parse("CHATQ_RUN_LEASE_SECS", "30")),
-            stream_coalesce: Duration::from_millis(r.parse("CHATQ_STREAM_COALESCE_MS", "25")),
-            event_flush_interval: Duration::from_millis(r.parse("CHATQ_EVENT_FLUSH_MS", "100")),
-            run_stream_ttl: Duration::from_secs(r.parse("CHATQ_RUN_STREAM_TTL_SECS", "3600")),
-            history_max_tokens: r.parse("CHATQ_HISTORY_MAX_TOKENS", "16000"),
-            max_message_bytes: r.parse("CHATQ_MAX_MESSAGE_BYTES", "32768"),
-            max_body_bytes: r.parse("CHATQ_MAX_BODY_BYTES", "1048576"),
-            provider_idle_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_IDLE_TIMEOUT_SECS", "120")),
-            provider_connect_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS", "10")),
-            pricing_file: r.optional("CHATQ_PRICING_FILE").map(PathBuf::from),
-            db_max_connections: r.parse("CHATQ_DB_MAX_CONNECTIONS", "20"),
-            // --- Operations (issue 5).
-            retention_days: r.parse("CHATQ_RETENTION_DAYS", "30"),
-            event_retention: r.duration("CHATQ_EVENT_RETENTION", "7d"),
-            cleanup_schedule: r.string("CHATQ_CLEANUP_SCHEDULE", "0 17 3 * * *"),
-            cleanup_batch: r.parse("CHATQ_CLEANUP_BATCH", "1000"),
-            queue_retention: r.duration("CHATQ_QUEUE_RETENTION", "24h"),
-            // Issue 6: resilience.
-            run_max_attempts: r.parse("CHATQ_RUN_MAX_ATTEMPTS", "3"),
-            retry_base: Duration::from_millis(r.parse("CHATQ_RETRY_BASE_MS", "500")),
-            retry_max: Duration::from_millis(r.parse("CHATQ_RETRY_MAX_MS", "30000")),
-            shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
-            reconcile_interval: Duration::from_secs(r.parse("CHATQ_RECONCILE_INTERVAL_SECS", "10")),
-            reconcile_after: Duration::from_secs(r.parse("CHATQ_RECONCILE_AFTER_SECS", "30")),
-            rate_user_runs_per_min: r.parse("CHATQ_RATE_USER_RUNS_PER_MIN", "30"),
-            rate_key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
-            rate_user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
-            rate_upload_bytes_per_day: r.parse("CHATQ_RATE_UPLOAD_BYTES_PER_DAY", "1073741824"),
-            moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
-            breaker_failures: r.parse("CHATQ_BREAKER_FAILURES", "5"),
-            breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),
-            provider_max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
-            // Issue 4: knowledge bases.
-            ingest_concurrency: r.parse("CHATQ_INGEST_CONCURRENCY", "2"),
-            max_upload_file_bytes: r.parse("CHATQ_MAX_UPLOAD_FILE_BYTES", "52428800"),
-            max_upload_request_bytes: r.parse("CHATQ_MAX_UPLOAD_REQUEST_BYTES", "209715200"),
-            embedding_model: r.string("CHATQ_EMBEDDING_MODEL", "text-embedding-3-small"),
-            embedding_dims: r.parse("CHATQ_EMBEDDING_DIMS", "1536"),
-            embedding_batch_inputs: r.parse("CHATQ_EMBEDDING_BATCH_INPUTS", "128"),
-            embedding_batch_tokens: r.parse("CHATQ_EMBEDDING_BATCH_TOKENS", "100000"),
-            chunk_tokens: r.parse("CHATQ_CHUNK_TOKENS", "400"),
-            chunk_overlap_tokens: r.parse("CHATQ_CHUNK_OVERLAP_TOKENS", "60"),
-            retrieval_top_k: r.parse("CHATQ_RETRIEVAL_TOP_K", "6"),
-            retrieval_max_tokens: r.parse("CHATQ_RETRIEVAL_MAX_TOKENS", "3000"),
-            extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
-            extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
-            extractor_bin: r.optional("CHATQ_EXTRACTOR_BIN").map(PathBuf::from),
-            // issue 3: live streaming
-            cors_origins: r
-                .string("CHATQ_CORS_ORIGINS", "")
-                .split(',')
-                .map(|o| o.trim().trim_end_matches('/').to_string())
-                .filter(|o| !o.is_empty())
-                .collect(),
+            database: DatabaseConfig {
+                url: r.string("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/chatq").into(),
+                max_connections: r.parse("CHATQ_DB_MAX_CONNECTIONS", "20"),
+            },
+            redis: RedisConfig {
+                url: r.string("REDIS_URL", "redis://127.0.0.1:6379").into(),
+                queue_prefix: r.string("CHATQ_QUEUE_PREFIX", "chatq"),
+            },
+            provider: ProviderConfig {
+                api_key: r.optional("OPENAI_API_KEY").map(SecretString::from),
+                base_url: r.string("OPENAI_BASE_URL", "https://api.openai.com/v1").trim_end_matches('/').to_string(),
+                connect_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_CONNECT_TIMEOUT_SECS", "10")),
+                idle_timeout: Duration::from_secs(r.parse("CHATQ_PROVIDER_IDLE_TIMEOUT_SECS", "120")),
+                pricing_file: r.optional("CHATQ_PRICING_FILE").map(PathBuf::from),
+                breaker_failures: r.parse("CHATQ_BREAKER_FAILURES", "5"),
+                breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),
+                max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
+                moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
+            },
+            api: ApiConfig {
+                listen: r.parse("CHATQ_LISTEN", "127.0.0.1:8080"),
+                cors_origins: r
+                    .string("CHATQ_CORS_ORIGINS", "")
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_string())
+                    .filter(|o| !o.is_empty())
+                    .collect(),
+            },
+            auth: AuthConfig { token_secret: r.optional("CHATQ_TOKEN_SECRET").map(SecretString::from) },
+            limits: LimitsConfig {
+                max_body_bytes: r.parse("CHATQ_MAX_BODY_BYTES", "1048576"),
+                max_message_bytes: r.parse("CHATQ_MAX_MESSAGE_BYTES", "32768"),
+                max_upload_file_bytes: r.parse("CHATQ_MAX_UPLOAD_FILE_BYTES", "52428800"),
+                max_upload_request_bytes: r.parse("CHATQ_MAX_UPLOAD_REQUEST_BYTES", "209715200"),
+                user_runs_per_min: r.parse("CHATQ_RATE_USER_RUNS_PER_MIN", "30"),
+                key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
+                user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
+                upload_bytes_per_day: r.parse("CHATQ_RATE_UPLOAD_BYTES_PER_DAY", "1073741824"),
+            },
+            worker: WorkerConfig {
+                listen: r.parse("CHATQ_WORKER_LISTEN", "127.0.0.1:9091"),
+                chat_concurrency: r.parse("CHATQ_CHAT_CONCURRENCY", "256"),
+                chat_poll_interval: Duration::from_millis(r.parse("CHATQ_CHAT_POLL_MS", "20")),
+                ingest_concurrency: r.parse("CHATQ_INGEST_CONCURRENCY", "2"),
+                shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
+            },
+            runs: RunsConfig {
+                lease: Duration::from_secs(r.parse("CHATQ_RUN_LEASE_SECS", "30")),
+                max_attempts: r.parse("CHATQ_RUN_MAX_ATTEMPTS", "3"),
+                retry_base: Duration::from_millis(r.parse("CHATQ_RETRY_BASE_MS", "500")),
+                retry_max: Duration::from_millis(r.parse("CHATQ_RETRY_MAX_MS", "30000")),
+                reconcile_interval: Duration::from_secs(r.parse("CHATQ_RECONCILE_INTERVAL_SECS", "10")),
+                reconcile_after: Duration::from_secs(r.parse("CHATQ_RECONCILE_AFTER_SECS", "30")),
+                history_max_tokens: r.parse("CHATQ_HISTORY_MAX_TOKENS", "16000"),
+            },
+            streaming: StreamingConfig {
+                coalesce: Duration::from_millis(r.parse("CHATQ_STREAM_COALESCE_MS", "25")),
+                event_flush_interval: Duration::from_millis(r.parse("CHATQ_EVENT_FLUSH_MS", "100")),
+                run_stream_ttl: Duration::from_secs(r.parse("CHATQ_RUN_STREAM_TTL_SECS", "3600")),
+            },
+            knowledge: KnowledgeConfig {
+                embedding_model: r.string("CHATQ_EMBEDDING_MODEL", "text-embedding-3-small"),
+                embedding_dims: r.parse("CHATQ_EMBEDDING_DIMS", "1536"),
+                embedding_batch_inputs: r.parse("CHATQ_EMBEDDING_BATCH_INPUTS", "128"),
+                embedding_batch_tokens: r.parse("CHATQ_EMBEDDING_BATCH_TOKENS", "100000"),
+                chunk_tokens: r.parse("CHATQ_CHUNK_TOKENS", "400"),
+                chunk_overlap_tokens: r.parse("CHATQ_CHUNK_OVERLAP_TOKENS", "60"),
+                retrieval_top_k: r.parse("CHATQ_RETRIEVAL_TOP_K", "6"),
+                retrieval_max_tokens: r.parse("CHATQ_RETRIEVAL_MAX_TOKENS", "3000"),
+                extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
+                extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
+                extractor_bin: r.optional("CHATQ_EXTRACTOR_BIN").map(PathBuf::from),
+            },
+            retention: RetentionConfig {
+                thread_days: r.parse("CHATQ_RETENTION_DAYS", "30"),
+                events: r.duration("CHATQ_EVENT_RETENTION", "7d"),
+                finished_jobs: r.duration("CHATQ_QUEUE_RETENTION", "24h"),
+                cleanup_schedule: r.string("CHATQ_CLEANUP_SCHEDULE", "0 17 3 * * *"),
+                cleanup_batch: r.parse("CHATQ_CLEANUP_BATCH", "1000"),
+            },
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
     }
 
     fn validate(&self, errors: &mut Vec<String>) {
-        let prefix_ok = !self.queue_prefix.is_empty()
-            && self.queue_prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        let prefix = &self.redis.queue_prefix;
+        let prefix_ok =
+            !prefix.is_empty() && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !prefix_ok {
             errors.push("CHATQ_QUEUE_PREFIX must be non-empty and use only letters, digits, '-', '_' or '.'".into());
         }
-        if let Some(secret) = &self.token_secret
-            && secret.expose().len() < 32
+        if let Some(secret) = &self.auth.token_secret
+            && secret.expose_secret().len() < 32
         {
             errors.push("CHATQ_TOKEN_SECRET must be at least 32 characters".into());
         }
-        if !(self.openai_base_url.starts_with("http://") || self.openai_base_url.starts_with("https://")) {
+        let base_url = &self.provider.base_url;
+        if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
             errors.push("OPENAI_BASE_URL must start with http:// or https://".into());
         }
+        let (limits, knowledge) = (&self.limits, &self.knowledge);
         for (name, value) in [
-            ("CHATQ_CHAT_CONCURRENCY", self.chat_concurrency),
-            ("CHATQ_MAX_MESSAGE_BYTES", self.max_message_bytes),
-            ("CHATQ_MAX_BODY_BYTES", self.max_body_bytes),
-            ("CHATQ_HISTORY_MAX_TOKENS", self.history_max_tokens),
-            ("CHATQ_INGEST_CONCURRENCY", self.ingest_concurrency),
-            ("CHATQ_MAX_UPLOAD_FILE_BYTES", self.max_upload_file_bytes),
-            ("CHATQ_MAX_UPLOAD_REQUEST_BYTES", self.max_upload_request_bytes),
-            ("CHATQ_EMBEDDING_DIMS", self.embedding_dims),
-            ("CHATQ_EMBEDDING_BATCH_INPUTS", self.embedding_batch_inputs),
-            ("CHATQ_EMBEDDING_BATCH_TOKENS", self.embedding_batch_tokens),
-            ("CHATQ_CHUNK_TOKENS", self.chunk_tokens),
-            ("CHATQ_RETRIEVAL_TOP_K", self.retrieval_top_k),
+            ("CHATQ_CHAT_CONCURRENCY", self.worker.chat_concurrency),
+            ("CHATQ_MAX_MESSAGE_BYTES", limits.max_message_bytes),
+            ("CHATQ_MAX_BODY_BYTES", limits.max_body_bytes),
+            ("CHATQ_HISTORY_MAX_TOKENS", self.runs.history_max_tokens),
+            ("CHATQ_INGEST_CONCURRENCY", self.worker.ingest_concurrency),
+            ("CHATQ_MAX_UPLOAD_FILE_BYTES", limits.max_upload_file_bytes),
+            ("CHATQ_MAX_UPLOAD_REQUEST_BYTES", limits.max_upload_request_bytes),
+            ("CHATQ_EMBEDDING_DIMS", knowledge.embedding_dims),
+            ("CHATQ_EMBEDDING_BATCH_INPUTS", knowledge.embedding_batch_inputs),
+            ("CHATQ_EMBEDDING_BATCH_TOKENS", knowledge.embedding_batch_tokens),
+            ("CHATQ_CHUNK_TOKENS", knowledge.chunk_tokens),
+            ("CHATQ_RETRIEVAL_TOP_K", knowledge.retrieval_top_k),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
             }
         }
-        if self.retention_days == 0 {
+        let retention = &self.retention;
+        if retention.thread_days == 0 {
             errors.push("CHATQ_RETENTION_DAYS must be greater than 0".into());
         }
-        if !(1..=100_000).contains(&self.cleanup_batch) {
+        if !(1..=100_000).contains(&retention.cleanup_batch) {
             errors.push("CHATQ_CLEANUP_BATCH must be between 1 and 100000".into());
         }
-        if self.queue_retention < Duration::from_secs(3600) {
+        if retention.finished_jobs < Duration::from_secs(3600) {
             // vacuum also removes failed tasks waiting for a retry; an hour keeps them safe.
             errors.push("CHATQ_QUEUE_RETENTION must be at least 1h".into());
         }
-        if let Err(e) = cron::Schedule::from_str(&self.cleanup_schedule) {
+        if let Err(e) = cron::Schedule::from_str(&retention.cleanup_schedule) {
             errors.push(format!(
                 "CHATQ_CLEANUP_SCHEDULE={:?} is not a cron expression (sec min hour day month weekday): {e}",
-                self.cleanup_schedule
+                retention.cleanup_schedule
             ));
         }
-        if !(1..=25).contains(&self.run_max_attempts) {
+        if !(1..=25).contains(&self.runs.max_attempts) {
             errors.push("CHATQ_RUN_MAX_ATTEMPTS must be between 1 and 25".into());
         }
-
-        if self.chunk_overlap_tokens >= self.chunk_tokens {
+        if knowledge.chunk_overlap_tokens >= knowledge.chunk_tokens {
             errors.push("CHATQ_CHUNK_OVERLAP_TOKENS must be smaller than CHATQ_CHUNK_TOKENS".into());
         }
-
-        for origin in &self.cors_origins {
+        let origins = &self.api.cors_origins;
+        for origin in origins {
             let ok = origin == "*" || origin.starts_with("http://") || origin.starts_with("https://");
-            if !ok || (origin == "*" && self.cors_origins.len() > 1) || !origin.chars().all(|c| c.is_ascii_graphic()) {
+            if !ok || (origin == "*" && origins.len() > 1) || !origin.chars().all(|c| c.is_ascii_graphic()) {
                 errors.push(format!(
                     "CHATQ_CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com (got {origin:?})"
                 ));
             }
         }
-        if self.run_lease < Duration::from_secs(3) {
+        if self.runs.lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());
         }
-    }
-
-    /// The API key sent to the provider; servers like the fake accept any non-empty key.
-    pub fn provider_key(&self) -> &str {
-        self.openai_api_key.as_ref().map(Secret::expose).unwrap_or("sk-no-key")
     }
 }
 
@@ -392,9 +473,10 @@ mod tests {
     #[test]
     fn defaults_are_valid() {
         let c = from(&[]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.queue_prefix, "chatq");
-        assert!(c.openai_api_key.is_none());
+        assert_eq!(c.api.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.redis.queue_prefix, "chatq");
+        assert!(c.provider.api_key.is_none());
+        assert_eq!(c.provider.key(), "sk-no-key");
     }
 
     #[test]
@@ -411,9 +493,9 @@ mod tests {
     #[test]
     fn operations_settings_parse_durations_and_cron() {
         let c = from(&[("CHATQ_EVENT_RETENTION", "12h"), ("CHATQ_CLEANUP_SCHEDULE", "0 */5 * * * *")]).unwrap();
-        assert_eq!(c.event_retention, Duration::from_secs(12 * 3600));
-        assert_eq!(c.retention_days, 30);
-        assert_eq!(c.queue_retention, Duration::from_secs(24 * 3600));
+        assert_eq!(c.retention.events, Duration::from_secs(12 * 3600));
+        assert_eq!(c.retention.thread_days, 30);
+        assert_eq!(c.retention.finished_jobs, Duration::from_secs(24 * 3600));
         let err =
             from(&[("CHATQ_EVENT_RETENTION", "soon"), ("CHATQ_CLEANUP_SCHEDULE", "daily")]).unwrap_err().to_string();
         assert!(err.contains("CHATQ_EVENT_RETENTION"), "{err}");
@@ -422,9 +504,52 @@ mod tests {
 
     #[test]
     fn secrets_never_show_in_debug_output() {
-        let c = from(&[("OPENAI_API_KEY", "sk-very-secret"), ("DATABASE_URL", "postgres://u:pw@h/db")]).unwrap();
+        let c = from(&[
+            ("OPENAI_API_KEY", "sk-very-secret"),
+            ("DATABASE_URL", "postgres://u:pw@h/db"),
+            ("REDIS_URL", "redis://:redispw@h"),
+            ("CHATQ_TOKEN_SECRET", "token-secret-token-secret-token-secret"),
+        ])
+        .unwrap();
         let shown = format!("{c:?}");
-        assert!(!shown.contains("sk-very-secret"));
-        assert!(!shown.contains("pw@"));
+        assert!(!shown.contains("sk-very-secret"), "{shown}");
+        assert!(!shown.contains("pw@"), "{shown}");
+        assert!(!shown.contains("token-secret"), "{shown}");
+        assert_eq!(c.provider.key(), "sk-very-secret");
+    }
+
+    /// `KEY=VALUE` lines of `.env.example`, commented out (`# KEY=VALUE`) or not.
+    fn env_example() -> Vec<(String, String, bool)> {
+        let text = include_str!("../../.env.example");
+        text.lines()
+            .filter_map(|line| {
+                let (commented, line) = match line.strip_prefix("# ") {
+                    Some(rest) => (true, rest),
+                    None => (false, line),
+                };
+                let (key, value) = line.split_once('=')?;
+                let is_var = !key.is_empty() && key.chars().all(|c| c.is_ascii_uppercase() || c == '_');
+                is_var.then(|| (key.to_string(), value.to_string(), commented))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn env_example_lists_every_variable_with_its_built_in_default() {
+        let example = env_example();
+        let read = std::cell::RefCell::new(Vec::new());
+        Config::from_lookup(|k| {
+            read.borrow_mut().push(k.to_string());
+            None
+        })
+        .unwrap();
+        for name in read.borrow().iter() {
+            assert!(example.iter().any(|(k, _, _)| k == name), "{name} is missing from .env.example");
+        }
+        // The uncommented values are the defaults: setting them changes nothing.
+        let set: HashMap<String, String> =
+            example.iter().filter(|(_, _, commented)| !commented).map(|(k, v, _)| (k.clone(), v.clone())).collect();
+        let with_example = Config::from_lookup(|k| set.get(k).cloned()).unwrap();
+        assert_eq!(format!("{with_example:?}"), format!("{:?}", from(&[]).unwrap()));
     }
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod events;
 pub mod jobs;

@@ -36,9 +36,9 @@ pub enum PricingError {
     /// The file could not be read.
     #[error("cannot read pricing file {path}: {source}")]
     Read { path: String, source: std::io::Error },
-    /// The file is not valid pricing TOML.
-    #[error("invalid pricing file {path}: {source}")]
-    Parse { path: String, source: toml::de::Error },
+    /// The file is not valid pricing TOML; `line` and `column` count from 1.
+    #[error("invalid pricing file {path}:{line}:{column}: {message}")]
+    Parse { path: String, line: usize, column: usize, message: String },
 }
 
 /// The price table: every dated entry per model.
@@ -73,8 +73,10 @@ impl Pricing {
     }
 
     fn parse(text: &str, path: &str) -> Result<Self, PricingError> {
-        let file: PricingFile =
-            toml::from_str(text).map_err(|source| PricingError::Parse { path: path.into(), source })?;
+        let file: PricingFile = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_column(text, e.span().map_or(0, |span| span.start));
+            PricingError::Parse { path: path.into(), line, column, message: e.message().trim_end().to_string() }
+        })?;
         let mut models: HashMap<String, Vec<ModelPrice>> = HashMap::new();
         for price in file.model {
             models.entry(price.name.clone()).or_default().push(price);
@@ -101,6 +103,17 @@ impl Pricing {
             + usage.output as f64 * p.output;
         Some(micros / 1_000_000.0)
     }
+}
+
+/// The 1-based line and column (in characters) of byte `offset` of `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (before.matches('\n').count() + 1, before[line_start..].chars().count() + 1)
 }
 
 /// `gpt-4o-mini-2024-07-18` → `gpt-4o-mini`.
@@ -147,6 +160,38 @@ mod tests {
     fn unknown_models_are_unpriced_not_free() {
         let p = Pricing::load(None).unwrap();
         assert_eq!(p.cost("my-local-llama", day(), TokenUsage { input: 10, cached_input: 0, output: 10 }), None);
+    }
+
+    #[test]
+    fn a_bad_file_is_refused_naming_its_path_line_and_column() {
+        let dir = std::env::temp_dir().join(format!("chatq-pricing-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pricing.toml");
+        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = '2026-01-01'\ninput = 'cheap'\n").unwrap();
+        let err = Pricing::load(Some(&path)).unwrap_err().to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains(&format!("{}:4:9:", path.display())), "{err}");
+        assert!(err.contains("invalid type"), "{err}");
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_line() {
+        let err = Pricing::parse("[[model]]\nname = 'm'\ninput = = 1\n", "p.toml").unwrap_err().to_string();
+        assert!(err.starts_with("invalid pricing file p.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_file_is_refused_naming_its_path() {
+        let err = Pricing::load(Some(Path::new("/nonexistent/chatq-pricing.toml"))).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/chatq-pricing.toml"), "{err}");
+    }
+
+    #[test]
+    fn line_and_column_count_from_one_in_characters() {
+        assert_eq!(line_column("abc", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\nxé=", 6), (2, 3));
+        assert_eq!(line_column("a", 99), (1, 2));
     }
 
     #[test]

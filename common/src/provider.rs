@@ -233,13 +233,13 @@ impl Provider {
     /// A client for `OPENAI_BASE_URL` with connect and read timeouts and no retries.
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .connect_timeout(config.provider_connect_timeout)
+            .connect_timeout(config.provider.connect_timeout)
             // Per read, reset by every chunk: safe for long streams (a total timeout is not).
-            .read_timeout(config.provider_idle_timeout)
+            .read_timeout(config.provider.idle_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
-        let openai = OpenAIConfig::new().with_api_base(&config.openai_base_url).with_api_key(config.provider_key());
-        Ok(Self { http, config: openai, idle_timeout: config.provider_idle_timeout })
+        let openai = OpenAIConfig::new().with_api_base(&config.provider.base_url).with_api_key(config.provider.key());
+        Ok(Self { http, config: openai, idle_timeout: config.provider.idle_timeout })
     }
 
     /// A client for one call whose transport records `Retry-After` of an error response into

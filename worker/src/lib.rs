@@ -18,7 +18,13 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use chatq_common::{config::Config, jobs::Queues, pricing::Pricing, provider::Provider};
+use chatq_common::{
+    config::{Config, ExposeSecret},
+    jobs::Queues,
+    pricing::Pricing,
+    provider::Provider,
+    retrieval::VectorCache,
+};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -31,17 +37,17 @@ use crate::{metrics::Metrics, pipeline::EventSink};
 pub struct WorkerCtx {
     /// Validated configuration.
     pub config: Arc<Config>,
-    /// Postgres.
+    /// Postgres: runs, events, documents, usage.
     pub pool: PgPool,
-    /// Redis (queues, live events).
+    /// Redis: queues, live event streams, breaker state.
     pub redis: ConnectionManager,
     /// Queue and key names of this stack.
     pub queues: Queues,
     /// The OpenAI-compatible provider.
     pub provider: Provider,
-    /// Prices for cost records.
+    /// Prices per model, for cost records. Loaded once at start.
     pub pricing: Arc<Pricing>,
-    /// Live + batched event output.
+    /// Run event output: live to Redis, batched to Postgres.
     pub sink: EventSink,
     /// Prometheus handles.
     pub metrics: Arc<Metrics>,
@@ -49,46 +55,46 @@ pub struct WorkerCtx {
     pub worker_id: String,
     /// Queue workers restarted after an error, for logs.
     pub worker_restarts: Arc<AtomicUsize>,
-    /// When scrape-time gauges were last read.
+    /// When the documents gauge was last read, so scrapes query Postgres at most every few seconds.
     pub scrape: Arc<scrape::ScrapeCache>,
     /// Cancelled when the shutdown grace has passed: attempts still running give their run
     /// back to the queue so another worker restarts it at once.
     pub release: CancellationToken,
-    /// The provider's circuit breaker.
+    /// The provider's circuit breaker, shared by every run of this process.
     pub breaker: Arc<breaker::Breaker>,
-    /// Issue 4: knowledge-base vectors held in memory for retrieval.
-    pub vectors: Arc<chatq_common::retrieval::VectorCache>,
-    // issue 3: live streaming
+    /// Knowledge-base vectors held in memory for retrieval.
+    pub vectors: Arc<VectorCache>,
     /// Cancel signals of the runs this process works on.
     pub cancels: Arc<cancel::Cancels>,
 }
 
 impl WorkerCtx {
-    /// Connects to Postgres and Redis, loads pricing and starts the event writer.
+    /// Loads pricing, connects to Postgres and Redis and starts the event writer.
     pub async fn new(config: Config) -> anyhow::Result<Self> {
-        let pool = chatq_common::db::connect(&config, config.db_max_connections)
-            .await
-            .context("cannot connect to Postgres (DATABASE_URL)")?;
-        let redis = chatq_common::redis_conn::connect(config.redis_url.expose())
-            .await
-            .context("cannot connect to Redis (REDIS_URL)")?;
-        Self::from_parts(config, pool, redis)
+        // A bad pricing file fails start-up before anything is connected.
+        let pricing = load_pricing(&config)?;
+        let (pool, redis) = chatq_common::connections::open(&config).await?;
+        Self::build(config, pool, redis, pricing)
     }
 
     /// Builds the context on existing connections (tests use a per-test database).
     pub fn from_parts(config: Config, pool: PgPool, redis: ConnectionManager) -> anyhow::Result<Self> {
-        let pricing =
-            Pricing::load(config.pricing_file.as_deref()).context("cannot load pricing (CHATQ_PRICING_FILE)")?;
+        let pricing = load_pricing(&config)?;
+        Self::build(config, pool, redis, pricing)
+    }
+
+    fn build(config: Config, pool: PgPool, redis: ConnectionManager, pricing: Pricing) -> anyhow::Result<Self> {
         let provider = Provider::new(&config).context("cannot build the provider client")?;
-        let queues = Queues::new(&config.queue_prefix);
-        let breaker = Arc::new(breaker::Breaker::new(config.breaker_failures, config.breaker_cooldown));
+        let queues = Queues::new(&config.redis.queue_prefix);
+        let breaker =
+            Arc::new(breaker::Breaker::new(config.provider.breaker_failures, config.provider.breaker_cooldown));
         let metrics = Arc::new(Metrics::new());
         let sink = EventSink::start(
             pool.clone(),
             redis.clone(),
             queues.clone(),
-            config.event_flush_interval,
-            config.run_stream_ttl,
+            config.streaming.event_flush_interval,
+            config.streaming.run_stream_ttl,
             metrics.clone(),
         );
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into());
@@ -113,6 +119,10 @@ impl WorkerCtx {
     }
 }
 
+fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
+    Pricing::load(config.provider.pricing_file.as_deref()).context("cannot load pricing (CHATQ_PRICING_FILE)")
+}
+
 impl WorkerCtx {
     /// Exports a breaker state change (gauge, and Redis for the API's `/readyz`).
     pub async fn breaker_changed(&self) {
@@ -124,7 +134,7 @@ impl WorkerCtx {
         let result: redis::RedisResult<()> = if state == breaker::State::Closed {
             redis::cmd("DEL").arg(&key).query_async(&mut conn).await
         } else {
-            let ttl = self.config.breaker_cooldown.as_secs() + 60;
+            let ttl = self.config.provider.breaker_cooldown.as_secs() + 60;
             redis::cmd("SET").arg(&key).arg(state.as_str()).arg("EX").arg(ttl).query_async(&mut conn).await
         };
         if let Err(e) = result {
@@ -174,7 +184,7 @@ pub fn start_with(ctx: WorkerCtx, listener: TcpListener) -> anyhow::Result<Worke
 
 /// Connects, binds `CHATQ_WORKER_LISTEN` and works until `shutdown` resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-    let listen = config.worker_listen;
+    let listen = config.worker.listen;
     let ctx = WorkerCtx::new(config).await?;
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (CHATQ_WORKER_LISTEN)"))?;
@@ -196,12 +206,12 @@ async fn run_with(
     let reconciler = tokio::spawn(reconciler::run(ctx.clone(), stop.clone()));
     let cancel_listener = tokio::spawn(cancel::listen(
         ctx.cancels.clone(),
-        ctx.config.redis_url.expose().to_string(),
+        ctx.config.redis.url.expose_secret().to_string(),
         ctx.queues.cancel_channel(),
         stop.clone(),
     ));
     let monitor_stop = stop.clone();
-    let (release, grace) = (ctx.release.clone(), ctx.config.shutdown_grace);
+    let (release, grace) = (ctx.release.clone(), ctx.config.worker.shutdown_grace);
     let signal = async move {
         shutdown.await;
         // Stop fetching now; runs in flight get `grace` to finish, then release their leases.
@@ -250,4 +260,30 @@ async fn readyz(State(ctx): State<WorkerCtx>) -> impl IntoResponse {
         "redis": if redis { "ok" } else { "error" },
     });
     (if pg && redis { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE }, axum::Json(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_bad_pricing_file_stops_start_up_naming_the_file_and_line() {
+        let dir = std::env::temp_dir().join(format!("chatq-worker-pricing-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("pricing.toml");
+        std::fs::write(&path, "[[model]]\nname = 'm'\neffective = '2026-01-01'\ninput = 'cheap'\n").unwrap();
+        let file = path.display().to_string();
+        // Nothing listens on port 1: were pricing not checked first, the error would be the connection.
+        let config = Config::from_lookup(|k| match k {
+            "CHATQ_PRICING_FILE" => Some(file.clone()),
+            "DATABASE_URL" => Some("postgres://postgres@127.0.0.1:1/none".into()),
+            "REDIS_URL" => Some("redis://127.0.0.1:1".into()),
+            _ => None,
+        })
+        .unwrap();
+        let err = format!("{:#}", WorkerCtx::new(config).await.err().expect("start-up fails"));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("CHATQ_PRICING_FILE"), "{err}");
+        assert!(err.contains(&format!("{file}:4:")), "{err}");
+    }
 }

@@ -22,7 +22,7 @@ pub async fn run(ctx: WorkerCtx, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(ctx.config.reconcile_interval) => {}
+            _ = tokio::time::sleep(ctx.config.runs.reconcile_interval) => {}
         }
         match tick(&ctx).await {
             Ok(0) => {}
@@ -48,9 +48,9 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
 
 /// Chat runs: fails those whose workers died too often, pushes again the stale ones.
 pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
-    let max_attempts = ctx.config.run_max_attempts;
+    let max_attempts = ctx.config.runs.max_attempts;
     let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
-    let ids = db::runs::take_stale(&ctx.pool, ctx.config.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
+    let ids = db::runs::take_stale(&ctx.pool, ctx.config.runs.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;
@@ -74,7 +74,7 @@ pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> 
 /// Documents whose ingestion job was lost: queued for a minute, or `processing` well past the
 /// extraction timeout.
 pub(crate) async fn recover_documents(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
-    let processing_after = ctx.config.extract_timeout.as_secs_f64() + 600.0;
+    let processing_after = ctx.config.knowledge.extract_timeout.as_secs_f64() + 600.0;
     let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
     let storage = jobs::storage::<IngestDocument>(ctx.redis.clone(), &ctx.queues);
     let mut pushed = 0;

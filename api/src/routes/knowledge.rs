@@ -239,12 +239,6 @@ pub struct SearchOut {
     pub results: Vec<SearchResult>,
 }
 
-/// The price table for query-embedding costs, loaded once per process.
-fn pricing(state: &AppState) -> Option<&'static chatq_common::pricing::Pricing> {
-    static PRICING: std::sync::OnceLock<Option<chatq_common::pricing::Pricing>> = std::sync::OnceLock::new();
-    PRICING.get_or_init(|| chatq_common::pricing::Pricing::load(state.config.pricing_file.as_deref()).ok()).as_ref()
-}
-
 async fn live_kb(state: &AppState, id: Uuid) -> Result<KnowledgeBase, ApiError> {
     db::knowledge::get_kb(&state.pool, id).await?.ok_or(ApiError::NotFound("knowledge base"))
 }
@@ -264,7 +258,7 @@ pub async fn create_kb(
     if input.description.len() > 16_384 {
         return Err(ApiError::invalid("description must be at most 16 KiB"));
     }
-    let c = &state.config;
+    let c = &state.config.knowledge;
     let kb = db::knowledge::create_kb(
         &state.pool,
         input.name.trim(),
@@ -340,7 +334,8 @@ pub async fn upload_documents(
 ) -> Result<(StatusCode, Json<UploadOut>), ApiError> {
     principal.require_admin()?;
     let kb = live_kb(&state, id).await?;
-    let (file_limit, request_limit) = (state.config.max_upload_file_bytes, state.config.max_upload_request_bytes);
+    let (file_limit, request_limit) =
+        (state.config.limits.max_upload_file_bytes, state.config.limits.max_upload_request_bytes);
     let declared = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -521,7 +516,7 @@ pub async fn search(
             .await
             .map_err(|retrieval::RetrievalError::Db(e)| ApiError::from(e))?;
     let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
-    let pricing_cost = pricing(&state).and_then(|p| p.cost(&kb.embedding_model, Utc::now().date_naive(), usage));
+    let pricing_cost = state.pricing.cost(&kb.embedding_model, Utc::now().date_naive(), usage);
     let record = NewUsage {
         kind: "embedding",
         model: kb.embedding_model.clone(),

@@ -321,7 +321,7 @@ pub async fn cancel_run(
         && let Some(event) = db::runs::cancel_queued(&state.pool, run.id).await?
     {
         state.metrics.runs_cancel_requested.inc();
-        chatq_common::events::publish(&state.redis, &state.queues, &event, state.config.run_stream_ttl).await;
+        chatq_common::events::publish(&state.redis, &state.queues, &event, state.config.streaming.run_stream_ttl).await;
         let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
         return Ok(Json(run.into()));
     }

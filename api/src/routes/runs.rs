@@ -201,10 +201,10 @@ pub async fn create_run(
     if input.input.trim().is_empty() {
         return Err(ApiError::invalid("input must not be empty"));
     }
-    if input.input.len() > state.config.max_message_bytes {
+    if input.input.len() > state.config.limits.max_message_bytes {
         return Err(ApiError::PayloadTooLarge(format!(
             "input must be at most {} bytes",
-            state.config.max_message_bytes
+            state.config.limits.max_message_bytes
         )));
     }
     if input.client_message_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > MAX_CLIENT_ID) {

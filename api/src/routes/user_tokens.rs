@@ -1,7 +1,7 @@
 //! `POST /v1/user-tokens`: short-lived tokens scoped to one end user, for browsers.
 
 use axum::{extract::State, http::StatusCode};
-use chatq_common::keys::Role;
+use chatq_common::{config::ExposeSecret, keys::Role};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -60,10 +60,11 @@ pub async fn create_user_token(
     }
     let secret = state
         .config
+        .auth
         .token_secret
         .as_ref()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
     let expires_at = Utc::now() + chrono::Duration::seconds(ttl);
-    let token = user_token::sign(secret.expose(), principal.key_id, &input.user, expires_at.timestamp());
+    let token = user_token::sign(secret.expose_secret(), principal.key_id, &input.user, expires_at.timestamp());
     Ok((StatusCode::CREATED, Json(UserTokenOut { token, expires_at })))
 }

@@ -2,6 +2,7 @@
 //! shared Redis under a unique queue prefix. No worker runs, so submitted runs stay queued;
 //! tests that need answers are system tests (`ops/system-tests`).
 
+use chatq_common::config::ExposeSecret;
 use std::collections::HashMap;
 
 use chatq_common::{config::Config, db, keys::Role};
@@ -63,7 +64,8 @@ impl Stack {
             api_stop: CancellationToken::new(),
             api_task: None,
         };
-        let state = chatq_api::AppState::from_parts(stack.config.clone(), stack.pool.clone(), stack.redis().await);
+        let state =
+            chatq_api::AppState::from_parts(stack.config.clone(), stack.pool.clone(), stack.redis().await).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         stack.api_url = format!("http://{}", listener.local_addr().unwrap());
         let stop = stack.api_stop.clone().cancelled_owned();
@@ -72,7 +74,7 @@ impl Stack {
     }
 
     pub async fn redis(&self) -> redis::aio::ConnectionManager {
-        chatq_common::redis_conn::connect(self.config.redis_url.expose()).await.expect("redis reachable")
+        chatq_common::redis_conn::connect(self.config.redis.url.expose_secret()).await.expect("redis reachable")
     }
 
     pub async fn call(

@@ -7,7 +7,7 @@ use crate::harness::Stack;
 
 /// Starts a second API process-equivalent on the same database and Redis prefix.
 async fn second_api(s: &Stack) -> String {
-    let state = chatq_api::AppState::from_parts(s.config.clone(), s.pool.clone(), s.redis().await);
+    let state = chatq_api::AppState::from_parts(s.config.clone(), s.pool.clone(), s.redis().await).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(chatq_api::serve(listener, state, std::future::pending()));

@@ -67,13 +67,13 @@ async fn oversized_messages_and_bodies_are_refused_with_413(pool: PgPool) {
     let s = Stack::start(pool).await;
     let assistant = s.create_assistant(json!({})).await;
     let thread = s.create_thread(&assistant, "alice").await;
-    let big_message = "a".repeat(s.config.max_message_bytes + 1);
+    let big_message = "a".repeat(s.config.limits.max_message_bytes + 1);
     let (status, body) =
         s.client(Method::POST, &format!("/v1/threads/{thread}/runs"), Some(json!({"input": big_message}))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");
 
-    let huge_body = "a".repeat(s.config.max_body_bytes + 10);
+    let huge_body = "a".repeat(s.config.limits.max_body_bytes + 10);
     let (status, body) =
         s.client(Method::POST, &format!("/v1/threads/{thread}/runs"), Some(json!({"input": huge_body}))).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");

@@ -18,11 +18,11 @@ use sqlx::{
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
-use crate::config::Config;
+use crate::config::{Config, ExposeSecret};
 
 /// Opens the pool for `DATABASE_URL`.
 pub async fn connect(config: &Config, max_connections: u32) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(config.database_url.expose())?
+    let options = PgConnectOptions::from_str(config.database.url.expose_secret())?
         .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1))
         .log_statements(tracing::log::LevelFilter::Trace);
     PgPoolOptions::new()
@@ -35,7 +35,7 @@ pub async fn connect(config: &Config, max_connections: u32) -> Result<PgPool, sq
 /// Creates the database named in `DATABASE_URL` when it does not exist yet.
 pub async fn create_database_if_missing(config: &Config) -> Result<(), sqlx::Error> {
     use sqlx::migrate::MigrateDatabase;
-    let url = config.database_url.expose();
+    let url = config.database.url.expose_secret();
     if !sqlx::Postgres::database_exists(url).await? {
         sqlx::Postgres::create_database(url).await?;
     }

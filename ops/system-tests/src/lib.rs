@@ -4,6 +4,7 @@
 
 pub mod sse;
 
+use chatq_common::config::ExposeSecret;
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use chatq_common::{config::Config, db, keys::Role};
@@ -88,11 +89,12 @@ impl Stack {
     }
 
     pub async fn redis(&self) -> redis::aio::ConnectionManager {
-        chatq_common::redis_conn::connect(self.config.redis_url.expose()).await.expect("redis reachable")
+        chatq_common::redis_conn::connect(self.config.redis.url.expose_secret()).await.expect("redis reachable")
     }
 
     pub async fn start_api(&mut self) {
-        let state = chatq_api::AppState::from_parts(self.config.clone(), self.pool.clone(), self.redis().await);
+        let state = chatq_api::AppState::from_parts(self.config.clone(), self.pool.clone(), self.redis().await)
+            .expect("API state");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.api_url = format!("http://{}", listener.local_addr().unwrap());
         self.api_stop = CancellationToken::new();
@@ -184,7 +186,7 @@ impl Stack {
 
     /// The full name of the queue `name` (e.g. `chat-runs`) under this stack's prefix.
     pub fn config_queue(&self, name: &str) -> String {
-        format!("{}-{name}", self.config.queue_prefix)
+        format!("{}-{name}", self.config.redis.queue_prefix)
     }
 
     /// Whether the queue `name` (e.g. `chat-runs`) has nothing to deliver and nothing in

@@ -111,14 +111,14 @@ pub async fn run(ctx: &WorkerCtx, job: &Cleanup) -> anyhow::Result<Option<Value>
 /// Does (or counts) the work and returns the stats.
 async fn execute(ctx: &WorkerCtx, dry_run: bool) -> anyhow::Result<Value> {
     let cfg = &ctx.config;
-    let global = i32::try_from(cfg.retention_days).unwrap_or(i32::MAX);
+    let global = i32::try_from(cfg.retention.thread_days).unwrap_or(i32::MAX);
     let min = db::maintenance::min_retention_days(&ctx.pool, global).await?;
-    let event_secs = cfg.event_retention.as_secs_f64();
-    let batch = cfg.cleanup_batch;
+    let event_secs = cfg.retention.events.as_secs_f64();
+    let batch = cfg.retention.cleanup_batch;
     let mut stats = json!({
         "dry_run": dry_run,
         "retention_days": global,
-        "event_retention_secs": cfg.event_retention.as_secs(),
+        "event_retention_secs": cfg.retention.events.as_secs(),
     });
     if dry_run {
         let t = db::maintenance::count_expired_threads(&ctx.pool, global, min).await?;
@@ -192,7 +192,7 @@ fn count(ctx: &WorkerCtx, kind: &str, n: i64) {
 /// and failed sets after their data went (apalis never trims them), and the metadata of
 /// workers no longer registered (apalis never deletes it).
 async fn redis_housekeeping(ctx: &WorkerCtx) -> anyhow::Result<Value> {
-    let keep = ctx.config.queue_retention;
+    let keep = ctx.config.retention.finished_jobs;
     let mut out = serde_json::Map::new();
     for q in QUEUES {
         let queue = q.name(&ctx.queues);

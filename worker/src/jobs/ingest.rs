@@ -23,11 +23,11 @@ use crate::{
 
 impl Job for IngestDocument {
     fn concurrency(config: &Config) -> usize {
-        config.ingest_concurrency
+        config.worker.ingest_concurrency
     }
 
     fn poll_interval(config: &Config) -> Duration {
-        config.chat_poll_interval.max(Duration::from_millis(50))
+        config.worker.chat_poll_interval.max(Duration::from_millis(50))
     }
 
     async fn recover(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
@@ -62,16 +62,16 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         return Ok(());
     };
     let limits = ChildLimits {
-        bin: ctx.config.extractor_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_default(),
-        timeout: ctx.config.extract_timeout,
-        memory_mb: ctx.config.extract_memory_mb,
+        bin: ctx.config.knowledge.extractor_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_default(),
+        timeout: ctx.config.knowledge.extract_timeout,
+        memory_mb: ctx.config.knowledge.extract_memory_mb,
     };
     let extracted = match ingest::extract(&doc.media_type, bytes, &limits).await {
         Ok(e) => e,
         Err(e) => return fail(ctx, &doc, &e).await,
     };
     let cfg = &ctx.config;
-    let (max, overlap) = (cfg.chunk_tokens, cfg.chunk_overlap_tokens);
+    let (max, overlap) = (cfg.knowledge.chunk_tokens, cfg.knowledge.chunk_overlap_tokens);
     let sections = extracted.sections;
     let pieces = tokio::task::spawn_blocking(move || ingest::chunk(&sections, max, overlap)).await.unwrap_or_default();
     if pieces.is_empty() {
@@ -134,8 +134,8 @@ async fn embed(
         let mut end = start;
         let mut tokens = 0;
         while end < pieces.len()
-            && end - start < cfg.embedding_batch_inputs
-            && (end == start || tokens + pieces[end].tokens <= cfg.embedding_batch_tokens)
+            && end - start < cfg.knowledge.embedding_batch_inputs
+            && (end == start || tokens + pieces[end].tokens <= cfg.knowledge.embedding_batch_tokens)
         {
             tokens += pieces[end].tokens;
             end += 1;

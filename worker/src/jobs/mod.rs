@@ -129,7 +129,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
         .register(move |restarts| {
             let ctx = cron_ctx.clone();
             // Validated at start (`Config`), so this parse cannot fail.
-            let schedule = cron::Schedule::from_str(&ctx.config.cleanup_schedule).expect("valid CHATQ_CLEANUP_SCHEDULE");
+            let schedule = cron::Schedule::from_str(&ctx.config.retention.cleanup_schedule).expect("valid CHATQ_CLEANUP_SCHEDULE");
             WorkerBuilder::new(format!("{}-cron-{}-r{restarts}", ctx.queues.maintenance(), ctx.worker_id))
                 .backend(CronScheduler::new(schedule))
                 .data(ctx)
@@ -141,7 +141,7 @@ pub fn monitor(ctx: &WorkerCtx) -> Monitor {
             tracing::error!(worker = worker.name(), error = %error, restarts = n, "queue worker stopped; restarting it");
             true
         })
-        .shutdown_timeout(ctx.config.shutdown_grace + Duration::from_secs(10))
+        .shutdown_timeout(ctx.config.worker.shutdown_grace + Duration::from_secs(10))
 }
 
 /// Wakes an idle queue worker every `period` so it fetches new jobs promptly.

@@ -92,7 +92,7 @@ async fn cleanup_trims_apalis_sets_and_metadata_of_workers_that_are_gone(pool: P
     assert_eq!(done, ["kept"]);
     assert!(!redis.exists::<_, bool>(format!("{queue}:workers:metadata:ghost")).await.unwrap());
     assert!(redis.exists::<_, bool>(format!("{queue}:workers:metadata:alive")).await.unwrap());
-    let keys: Vec<String> = redis.keys(format!("{}*", s.config.queue_prefix)).await.unwrap();
+    let keys: Vec<String> = redis.keys(format!("{}*", s.config.redis.queue_prefix)).await.unwrap();
     if !keys.is_empty() {
         let _: () = redis.del(keys).await.unwrap();
     }

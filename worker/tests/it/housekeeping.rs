@@ -2,6 +2,7 @@
 //! vacuumed, dangling set entries trimmed, metadata of departed workers deleted, and the stats
 //! keyed by the queue they describe.
 
+use chatq_common::config::ExposeSecret;
 use std::collections::HashMap;
 
 use chatq_common::{config::Config, jobs::Cleanup};
@@ -50,7 +51,7 @@ async fn litter(redis: &mut redis::aio::ConnectionManager, queue: &str) {
 async fn cleanup_vacuums_and_trims_every_queue_and_labels_each_queues_stats(pool: PgPool) {
     let prefix = format!("t{}", Uuid::now_v7().simple());
     let config = config(&prefix);
-    let mut redis = chatq_common::redis_conn::connect(config.redis_url.expose()).await.unwrap();
+    let mut redis = chatq_common::redis_conn::connect(config.redis.url.expose_secret()).await.unwrap();
     let queues = [format!("{prefix}-chat-runs"), format!("{prefix}-ingest-docs"), format!("{prefix}-maintenance")];
     for queue in &queues {
         litter(&mut redis, queue).await;

@@ -2,6 +2,7 @@
 //! unique queue prefix, the fake OpenAI server and runs stored the way the API stores them.
 //! Tests drive the jobs directly ([`Setup::ctx`]) or start an in-process worker.
 
+use chatq_common::config::ExposeSecret;
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use chatq_common::{config::Config, db, keys::Role};
@@ -55,7 +56,7 @@ impl Setup {
     }
 
     pub async fn redis(&self) -> redis::aio::ConnectionManager {
-        chatq_common::redis_conn::connect(self.config.redis_url.expose()).await.expect("redis reachable")
+        chatq_common::redis_conn::connect(self.config.redis.url.expose_secret()).await.expect("redis reachable")
     }
 
     /// A worker context on this setup, as a worker process would build it.
@@ -65,7 +66,7 @@ impl Setup {
 
     /// The full name of the queue `name` (e.g. `chat-runs`) under this setup's prefix.
     pub fn config_queue(&self, name: &str) -> String {
-        format!("{}-{name}", self.config.queue_prefix)
+        format!("{}-{name}", self.config.redis.queue_prefix)
     }
 
     /// A new thread of `user` with one queued run, stored as the API stores it but not pushed.

@@ -392,7 +392,8 @@ async fn concurrent_triggers_and_every_replicas_tick_do_the_work_once(pool: PgPo
     assert_eq!(job["status"], "completed", "{job}");
 
     // Two replicas tick at the same second: one job.
-    let storage = jobs::cleanup_storage(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.queue_prefix));
+    let storage =
+        jobs::cleanup_storage(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.redis.queue_prefix));
     for _ in 0..2 {
         jobs::push_cleanup(&storage, Cleanup::default(), "cleanup-1700000000".into()).await.unwrap();
     }

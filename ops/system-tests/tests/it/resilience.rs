@@ -118,7 +118,7 @@ async fn runs_queued_when_redis_lost_its_data_all_complete(pool: PgPool) {
     // Redis forgets everything of this stack (a restart without persistence).
     let mut redis = s.redis().await;
     let keys: Vec<String> =
-        redis::cmd("KEYS").arg(format!("{}*", s.config.queue_prefix)).query_async(&mut redis).await.unwrap();
+        redis::cmd("KEYS").arg(format!("{}*", s.config.redis.queue_prefix)).query_async(&mut redis).await.unwrap();
     assert!(!keys.is_empty(), "the runs were queued in Redis");
     let _: () = redis::cmd("DEL").arg(&keys).query_async(&mut redis).await.unwrap();
 

@@ -90,7 +90,7 @@ async fn a_finished_run_replays_from_postgres_after_its_redis_stream_expired(poo
     let run_id = run["id"].as_str().unwrap();
     let done = s.wait_run(run_id).await;
     let mut redis = s.redis().await;
-    let key = format!("{}:run:{run_id}", s.config.queue_prefix);
+    let key = format!("{}:run:{run_id}", s.config.redis.queue_prefix);
     let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut redis).await.unwrap();
     let evs = read_to_end(events(&s, run_id, None).await, 0).await;
     let mut text = String::new();

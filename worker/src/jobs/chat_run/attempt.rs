@@ -65,12 +65,13 @@ impl<'a> Attempt<'a> {
         if let Some(usage) = &usage {
             db::usage::insert(&ctx.pool, usage).await?;
         }
-        let delay = crate::retry::delay(self.attempt, ctx.config.retry_base, ctx.config.retry_max, e.retry_after);
+        let delay =
+            crate::retry::delay(self.attempt, ctx.config.runs.retry_base, ctx.config.runs.retry_max, e.retry_after);
         let reason = format!(
             "Retrying after a provider error ({}): attempt {} of {} in {:.1} s.",
             e.code,
             self.attempt + 1,
-            ctx.config.run_max_attempts,
+            ctx.config.runs.max_attempts,
             delay.as_secs_f64()
         );
         if !db::runs::requeue(&ctx.pool, self.run_id, self.attempt, delay.as_secs_f64(), &reason).await? {

@@ -16,14 +16,14 @@ pub(super) async fn renew(
     lost: CancellationToken,
     cancel: CancellationToken,
 ) {
-    let every = ctx.config.run_lease / 3;
+    let every = ctx.config.runs.lease / 3;
     loop {
         tokio::time::sleep(every).await;
         // The fallback for a cancel signal this process missed.
         if let Ok(true) = db::runs::cancel_requested(&ctx.pool, run_id).await {
             cancel.cancel();
         }
-        match db::runs::renew_lease(&ctx.pool, run_id, attempt, ctx.config.run_lease.as_secs_f64()).await {
+        match db::runs::renew_lease(&ctx.pool, run_id, attempt, ctx.config.runs.lease.as_secs_f64()).await {
             Ok(true) => {}
             Ok(false) => {
                 lost.cancel();

@@ -37,11 +37,11 @@ use crate::{
 
 impl Job for ChatRun {
     fn concurrency(config: &Config) -> usize {
-        config.chat_concurrency
+        config.worker.chat_concurrency
     }
 
     fn poll_interval(config: &Config) -> Duration {
-        config.chat_poll_interval
+        config.worker.chat_poll_interval
     }
 
     async fn recover(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
@@ -99,7 +99,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         return attempt.finish(Outcome::Cancelled { partial_text: String::new() }, None, claimed_at).await;
     }
     // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
-    if run.attempt > ctx.config.run_max_attempts {
+    if run.attempt > ctx.config.runs.max_attempts {
         let outcome = Outcome::Failed {
             code: db::runs::EXHAUSTED_CODE.into(),
             message: db::runs::EXHAUSTED_MESSAGE.into(),
@@ -122,7 +122,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     defer! { renewer.abort(); }
 
     if let Some(error) = moderation::check_input(ctx, &run).await? {
-        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts {
+        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts {
             return attempt.retry(error, None).await;
         }
         return attempt.fail(error, String::new(), claimed_at, None).await;
@@ -172,7 +172,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         }
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
-            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
+            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts;
             let record = chat_usage(&run, error.code.to_string(), TokenUsage::default(), None, latency_ms);
             if retry {
                 return attempt.retry(error, Some(record)).await;
@@ -199,7 +199,7 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
         return Ok(());
     }
     let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
-    let max_wait = ctx.config.provider_max_wait;
+    let max_wait = ctx.config.provider.max_wait;
     if waited >= max_wait {
         let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
         let attempt = Attempt::new(ctx, &run);
@@ -228,7 +228,7 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
 /// schedules by the whole second) waits for it, or is pushed again when it is further away,
 /// so an early delivery never loses the retry.
 async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
-    let lease = ctx.config.run_lease.as_secs_f64();
+    let lease = ctx.config.runs.lease.as_secs_f64();
     for _ in 0..2 {
         if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
             return Ok(Some(run));

@@ -65,7 +65,7 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
             ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
             Ok(None)
         }
-        Err(e) if ctx.config.moderation_fail_closed => {
+        Err(e) if ctx.config.provider.moderation_fail_closed => {
             ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
             tracing::warn!(detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
             Ok(Some(ProviderError {

@@ -35,7 +35,7 @@ pub(super) async fn prepare(
     let recent = db::messages::recent_until(&ctx.pool, run.thread_id, run.user_message_id, 500).await?;
     let question = recent.first().map(|m| m.content.clone()).unwrap_or_default();
     let sources = retrieve(ctx, run, &assistant.knowledge_base_ids, &question).await?;
-    let request = build_request(&assistant, &run.model, recent, &sources, ctx.config.history_max_tokens);
+    let request = build_request(&assistant, &run.model, recent, &sources, ctx.config.runs.history_max_tokens);
     Ok((request, sources))
 }
 
@@ -114,7 +114,7 @@ pub(super) async fn retrieve(
         }
     }
     let groups = group_by_embedding(kbs);
-    let (k, budget) = (ctx.config.retrieval_top_k, ctx.config.retrieval_max_tokens);
+    let (k, budget) = (ctx.config.knowledge.retrieval_top_k, ctx.config.knowledge.retrieval_max_tokens);
     let mut all = Vec::new();
     for ((model, dims), ids) in groups {
         let started = Instant::now();

@@ -41,7 +41,7 @@ pub(super) async fn stream_answer(
     claimed_at: Instant,
 ) -> StreamOutcome {
     let ctx = attempt.ctx;
-    let coalesce = ctx.config.stream_coalesce;
+    let coalesce = ctx.config.streaming.coalesce;
     let mut text = String::new();
     let mut pending = String::new();
     let mut last_emit: Option<Instant> = None;
