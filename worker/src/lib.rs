@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use chatq_common::{config::Config, jobs::Queues, pricing::Pricing, provider::Provider};
+use chatq_common::{config::Config, jobs::Queues, pricing::Pricing, provider::Provider, redis_formats};
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -119,14 +119,10 @@ impl WorkerCtx {
         let state = self.breaker.state();
         self.metrics.breaker_state.set(state.as_gauge());
         tracing::warn!(state = state.as_str(), "provider circuit breaker changed state");
-        let key = self.queues.breaker_key();
-        let mut conn = self.redis.clone();
-        let result: redis::RedisResult<()> = if state == breaker::State::Closed {
-            redis::cmd("DEL").arg(&key).query_async(&mut conn).await
-        } else {
-            let ttl = self.config.breaker_cooldown.as_secs() + 60;
-            redis::cmd("SET").arg(&key).arg(state.as_str()).arg("EX").arg(ttl).query_async(&mut conn).await
-        };
+        // Outlives the cool-down so a worker that dies with the breaker open cannot leave the
+        // API degraded for good.
+        let ttl = self.config.breaker_cooldown + std::time::Duration::from_secs(60);
+        let result = redis_formats::breaker::publish(&self.redis, self.queues.prefix(), state, ttl).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot publish the breaker state");
         }
@@ -197,7 +193,7 @@ async fn run_with(
     let cancel_listener = tokio::spawn(cancel::listen(
         ctx.cancels.clone(),
         ctx.config.redis_url.expose().to_string(),
-        ctx.queues.cancel_channel(),
+        redis_formats::cancel::channel(ctx.queues.prefix()),
         stop.clone(),
     ));
     let monitor_stop = stop.clone();

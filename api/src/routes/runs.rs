@@ -1,11 +1,19 @@
-//! `/v1/threads/{id}/runs` and `/v1/runs/{id}`: send a message, follow its answer.
+//! `/v1/threads/{id}/runs`, `/v1/runs/{id}` and `/v1/runs/{id}/cancel`: send a message, follow
+//! its answer, stop it. Its event stream is in [`super::run_events`].
 
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use chatq_common::{db, db::runs::Run, jobs};
+use std::time::Duration;
+
+use chatq_common::{
+    db,
+    db::runs::Run,
+    jobs,
+    redis_formats::{self, run_stream},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,7 +30,10 @@ use crate::{
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_run, list_runs)).routes(routes!(get_run))
+    OpenApiRouter::new()
+        .routes(routes!(create_run, list_runs))
+        .routes(routes!(get_run))
+        .routes(routes!(cancel_run))
 }
 
 /// A message to answer.
@@ -183,7 +194,6 @@ pub async fn create_run(
     headers: HeaderMap,
     Json(input): Json<RunIn>,
 ) -> Result<Response, ApiError> {
-    // issue 3: stream-on-submit
     let stream = input.stream == Some(true)
         || headers
             .get(axum::http::header::ACCEPT)
@@ -336,4 +346,44 @@ pub async fn visible_run(state: &AppState, principal: &Principal, id: Uuid) -> R
     let run = db::runs::get(&state.pool, id).await?.ok_or(ApiError::NotFound("run"))?;
     db::threads::get(&state.pool, run.thread_id, &principal.owner()).await?.ok_or(ApiError::NotFound("run"))?;
     Ok(run)
+}
+
+/// Stop a run: a queued run is cancelled before it starts; a running one is stopped by its
+/// worker within about a second, keeping the partial answer. Idempotent; a finished run is
+/// returned unchanged.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = RunOut), (status = 404)))]
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<RunOut>, ApiError> {
+    let run = visible_run(&state, &principal, id).await?;
+    if run.is_terminal() {
+        return Ok(Json(run.into()));
+    }
+    if run.status == "queued"
+        && let Some(event) = db::runs::cancel_queued(&state.pool, run.id).await?
+    {
+        state.metrics.runs_cancel_requested.inc();
+        run_stream::publish(&state.redis, state.queues.prefix(), &event, state.config.run_stream_ttl).await;
+        let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
+        return Ok(Json(run.into()));
+    }
+    if db::runs::request_cancel(&state.pool, run.id).await? {
+        state.metrics.runs_cancel_requested.inc();
+    }
+    // Tell every worker; the one running it stops. The Postgres flag covers a lost message.
+    if let Err(e) = redis_formats::cancel::publish(&state.redis, state.queues.prefix(), run.id).await {
+        tracing::warn!(run.id = %run.id, error = %e, "cannot publish the cancel signal; the worker sees the flag later");
+    }
+    // Answer with the final state when the worker is quick, as it usually is.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
+        if run.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(run.into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
