@@ -8,7 +8,7 @@ use chatq_common::{
     redis_formats::rate_limit::{self, RunScope},
 };
 
-use crate::{auth::Principal, error::ApiError, state::AppState};
+use crate::{auth::Principal, error::{ApiError, ApiErrorCode}, state::AppState};
 
 /// Checks every limit a new run is subject to, and counts it. The checks without side effects
 /// (active runs, budget) come first, so a refused run does not use up the per-minute quota.
@@ -20,7 +20,7 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         let active = db::runs::active_for_user(&state.pool, principal.key_id, user).await?;
         if active >= i64::from(config.rate_user_active_runs) {
             return Err(ApiError::RateLimited {
-                code: "rate_limited",
+                code: ApiErrorCode::RateLimited,
                 message: format!("this user already has {active} runs in progress; wait for one to finish"),
                 limit: u64::from(config.rate_user_active_runs),
                 remaining: 0,
@@ -32,7 +32,7 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         let spent = db::keys::spend_this_month(&state.pool, principal.key_id).await?;
         if spent >= budget {
             return Err(ApiError::RateLimited {
-                code: "budget_exhausted",
+                code: ApiErrorCode::BudgetExhausted,
                 message: format!("this key's monthly budget of ${budget:.2} is used up"),
                 limit: 0,
                 remaining: 0,
@@ -82,7 +82,7 @@ pub async fn admit_upload(state: &AppState, principal: &Principal, bytes: u64) -
             // A refused upload stores nothing, so it must not use up the quota either.
             let _: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(&key).arg(bytes).query_async(&mut conn).await;
             Err(ApiError::RateLimited {
-                code: "rate_limited",
+                code: ApiErrorCode::RateLimited,
                 message: format!("this upload would exceed the key's daily upload quota of {limit} bytes"),
                 limit,
                 remaining: limit.saturating_sub(used - bytes),
@@ -109,7 +109,7 @@ async fn count(state: &AppState, scope: RunScope<'_>, limit: u64, what: &str) ->
         redis::pipe().atomic().incr(&key, 1).cmd("EXPIRE").arg(&key).arg(61).ignore().query_async(&mut conn).await;
     match result {
         Ok((used,)) if used > limit => Err(ApiError::RateLimited {
-            code: "rate_limited",
+            code: ApiErrorCode::RateLimited,
             message: format!("too many runs: the limit is {limit} {what}"),
             limit,
             remaining: 0,

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use super::{List, PageQuery};
 use crate::{
     auth::Principal,
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Path, Query},
     state::AppState,
 };
@@ -321,7 +321,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge("the upload is too large".into())
     } else {
-        ApiError::BadRequest { code: "invalid_multipart", message: e.body_text() }
+        ApiError::BadRequest { code: ApiErrorCode::InvalidMultipart, message: e.body_text() }
     }
 }
 

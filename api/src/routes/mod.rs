@@ -16,12 +16,13 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{error::{ApiError, ApiErrorCode}, state::AppState};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "chatq API", version = "1", description = "Self-hostable backend for AI chat assistants."),
     modifiers(&BearerAuth),
+    components(schemas(crate::error::ErrorResponse, crate::error::ErrorBody, crate::error::ApiErrorCode)),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -50,7 +51,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(admin::router())
         .merge(knowledge::router())
-        // issue 3: live streaming
         .merge(run_events::router())
         .merge(user_tokens::router())
 }
@@ -72,7 +72,7 @@ impl PageQuery {
             None => Ok(20),
             Some(n) if (1..=100).contains(&n) => Ok(n),
             Some(_) => {
-                Err(ApiError::BadRequest { code: "invalid_query", message: "limit must be between 1 and 100".into() })
+                Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "limit must be between 1 and 100".into() })
             }
         }
     }

@@ -24,7 +24,7 @@ use uuid::Uuid;
 use super::{List, PageQuery};
 use crate::{
     auth::Principal,
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Path, Query},
     state::AppState,
 };
@@ -163,12 +163,12 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
         None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| ApiError::BadRequest {
-                code: "invalid_header",
+                code: ApiErrorCode::InvalidHeader,
                 message: format!("{name} must be ASCII"),
             })?;
             if s.is_empty() || s.len() > MAX_CLIENT_ID {
                 return Err(ApiError::BadRequest {
-                    code: "invalid_header",
+                    code: ApiErrorCode::InvalidHeader,
                     message: format!("{name} must be 1 to {MAX_CLIENT_ID} characters"),
                 });
             }
@@ -258,7 +258,7 @@ pub async fn create_run(
                 state.metrics.runs_submitted.with_label_values(&["busy"]).inc();
                 let active = db::runs::active_for_thread(&state.pool, thread.id).await?;
                 return Err(ApiError::Conflict {
-                    code: "thread_busy",
+                    code: ApiErrorCode::ThreadBusy,
                     message: "another run of this thread is still active; wait for it or cancel it".into(),
                     details: json!({ "active_run_id": active.map(|r| r.id) }),
                 });
@@ -299,7 +299,7 @@ async fn find_duplicate(
     {
         if run.thread_id != thread_id {
             return Err(ApiError::Conflict {
-                code: "idempotency_key_reused",
+                code: ApiErrorCode::IdempotencyKeyReused,
                 message: "this Idempotency-Key was used for another thread".into(),
                 details: Value::Null,
             });
