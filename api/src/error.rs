@@ -134,7 +134,9 @@ impl ApiError {
                 *code,
                 serde_json::json!({ "limit": limit, "retry_after_seconds": reset_secs }),
             ),
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::ServiceUnavailable, Value::Null),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::ServiceUnavailable, Value::Null)
+            }
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal, Value::Null),
         }
     }
@@ -184,7 +186,9 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest { code: ApiErrorCode::InvalidJson, message: e.body_text() },
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest { code: ApiErrorCode::InvalidJson, message: e.body_text() }
+            }
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::UnsupportedMediaType("expected a request with `Content-Type: application/json`".into())
             }

@@ -179,10 +179,7 @@ async fn connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnect
 
 /// Connects the reader, retrying every half second while the hub lives; marks the hub unhealthy
 /// while it cannot (subscribers then poll Postgres). `None` once the hub is dropped.
-async fn connect_retrying(
-    hub: &std::sync::Weak<Inner>,
-    url: &str,
-) -> Option<redis::aio::MultiplexedConnection> {
+async fn connect_retrying(hub: &std::sync::Weak<Inner>, url: &str) -> Option<redis::aio::MultiplexedConnection> {
     let set_healthy = |healthy: bool| {
         if let Some(inner) = hub.upgrade() {
             inner.healthy.store(healthy, Ordering::Relaxed);

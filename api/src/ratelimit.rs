@@ -8,7 +8,11 @@ use chatq_common::{
     redis_formats::rate_limit::{self, RunScope},
 };
 
-use crate::{auth::Principal, error::{ApiError, ApiErrorCode}, state::AppState};
+use crate::{
+    auth::Principal,
+    error::{ApiError, ApiErrorCode},
+    state::AppState,
+};
 
 /// Checks every limit a new run is subject to, and counts it. The checks without side effects
 /// (active runs, budget) come first, so a refused run does not use up the per-minute quota.

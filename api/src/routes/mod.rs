@@ -16,7 +16,10 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-use crate::{error::{ApiError, ApiErrorCode}, state::AppState};
+use crate::{
+    error::{ApiError, ApiErrorCode},
+    state::AppState,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -71,9 +74,10 @@ impl PageQuery {
         match self.limit {
             None => Ok(20),
             Some(n) if (1..=100).contains(&n) => Ok(n),
-            Some(_) => {
-                Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "limit must be between 1 and 100".into() })
-            }
+            Some(_) => Err(ApiError::BadRequest {
+                code: ApiErrorCode::InvalidQuery,
+                message: "limit must be between 1 and 100".into(),
+            }),
         }
     }
 }

@@ -107,7 +107,10 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     match headers.get("last-event-id") {
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).filter(|n| *n >= 0).map(Some).ok_or(
-            ApiError::BadRequest { code: ApiErrorCode::InvalidHeader, message: "Last-Event-ID must be an event seq".into() },
+            ApiError::BadRequest {
+                code: ApiErrorCode::InvalidHeader,
+                message: "Last-Event-ID must be an event seq".into(),
+            },
         ),
     }
 }
@@ -135,7 +138,9 @@ pub async fn run_events(
             let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
             Ok(Json(page(&state, run.id, run.is_terminal(), after, wait).await?).into_response())
         }
-        Some(_) => Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "format must be sse or json".into() }),
+        Some(_) => {
+            Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "format must be sse or json".into() })
+        }
     }
 }
 

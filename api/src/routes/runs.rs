@@ -30,10 +30,7 @@ use crate::{
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new()
-        .routes(routes!(create_run, list_runs))
-        .routes(routes!(get_run))
-        .routes(routes!(cancel_run))
+    OpenApiRouter::new().routes(routes!(create_run, list_runs)).routes(routes!(get_run)).routes(routes!(cancel_run))
 }
 
 /// A message to answer.

@@ -138,7 +138,10 @@ pub async fn usage(
         None => to - Duration::days(30),
     };
     if from >= to {
-        return Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "from must be before to".into() });
+        return Err(ApiError::BadRequest {
+            code: ApiErrorCode::InvalidQuery,
+            message: "from must be before to".into(),
+        });
     }
     let mut group_by = Vec::new();
     for name in q.group_by.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {

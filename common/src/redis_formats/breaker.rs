@@ -56,7 +56,13 @@ pub async fn publish(
     match state {
         BreakerState::Closed => redis::cmd("DEL").arg(key(prefix)).query_async(&mut conn).await,
         _ => {
-            redis::cmd("SET").arg(key(prefix)).arg(state.as_str()).arg("EX").arg(ttl.as_secs()).query_async(&mut conn).await
+            redis::cmd("SET")
+                .arg(key(prefix))
+                .arg(state.as_str())
+                .arg("EX")
+                .arg(ttl.as_secs())
+                .query_async(&mut conn)
+                .await
         }
     }
 }

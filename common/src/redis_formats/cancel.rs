@@ -23,7 +23,8 @@ pub fn parse(payload: &str) -> Option<Uuid> {
 /// Asks every worker to cancel `run_id`.
 pub async fn publish(redis: &ConnectionManager, prefix: &str, run_id: Uuid) -> redis::RedisResult<()> {
     let mut conn = redis.clone();
-    let _receivers: i64 = redis::cmd("PUBLISH").arg(channel(prefix)).arg(payload(run_id)).query_async(&mut conn).await?;
+    let _receivers: i64 =
+        redis::cmd("PUBLISH").arg(channel(prefix)).arg(payload(run_id)).query_async(&mut conn).await?;
     Ok(())
 }
 
