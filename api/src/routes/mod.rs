@@ -98,3 +98,17 @@ impl<T> List<T> {
         Self { data: page.rows.into_iter().map(map).collect(), next_after }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_lists_every_error_code() {
+        let (_, openapi) = super::router().split_for_parts();
+        let doc = serde_json::to_value(&openapi).unwrap();
+        let codes = &doc["components"]["schemas"]["ApiErrorCode"]["enum"];
+        for code in ["invalid_request", "thread_busy", "budget_exhausted", "internal"] {
+            assert!(codes.as_array().unwrap().iter().any(|c| c == code), "{code} missing from {codes}");
+        }
+        assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
+    }
+}
