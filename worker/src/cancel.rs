@@ -1,6 +1,6 @@
 //! Cancel signals: the API flags the run in Postgres and publishes its id
-//! ([`chatq_common::redis_formats::cancel`]); one pub/sub connection per worker process wakes the attempt running it,
-//! which stops the upstream stream at once. The lease renewer re-checks the flag, so a lost
+//! ([`chatq_common::redis_formats::cancel`]); one pub/sub connection per worker process wakes
+//! the attempt running it, which stops the upstream stream at once. The lease renewer re-checks the flag, so a lost
 //! message delays a cancel by at most a renewal period.
 
 use std::{

@@ -1,13 +1,13 @@
 //! `/v1/threads/{id}/runs`, `/v1/runs/{id}` and `/v1/runs/{id}/cancel`: send a message, follow
 //! its answer, stop it. Its event stream is in [`super::run_events`].
 
+use std::time::Duration;
+
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use std::time::Duration;
-
 use chatq_common::{
     db,
     db::runs::Run,
