@@ -5,7 +5,71 @@ use axum::{
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+/// The stable `code` of an error response; clients branch on it, so a name never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiErrorCode {
+    /// 401: missing, malformed or unknown credentials.
+    Unauthorized,
+    /// 403: the credentials may not do this.
+    Forbidden,
+    /// 404: no such resource (or route).
+    NotFound,
+    /// 422: a well-formed request with invalid values; `details` may say which.
+    InvalidRequest,
+    /// 400: the body is not valid JSON.
+    InvalidJson,
+    /// 400: the body cannot be read.
+    InvalidBody,
+    /// 400: a path parameter is malformed.
+    InvalidPath,
+    /// 400: a query parameter is malformed or out of range.
+    InvalidQuery,
+    /// 400: a header is malformed.
+    InvalidHeader,
+    /// 400: a multipart upload is malformed.
+    InvalidMultipart,
+    /// 409: the thread already has a run in progress.
+    ThreadBusy,
+    /// 409: an `Idempotency-Key` was reused with a different request.
+    IdempotencyKeyReused,
+    /// 409: a cleanup is already queued or running.
+    CleanupRunning,
+    /// 413: the body or a message is too large.
+    PayloadTooLarge,
+    /// 415: wrong content type.
+    UnsupportedMediaType,
+    /// 429: a rate limit or quota was reached.
+    RateLimited,
+    /// 429: the key's monthly budget is used up.
+    BudgetExhausted,
+    /// 503: a dependency is unavailable; retry shortly.
+    ServiceUnavailable,
+    /// 500: an unexpected failure (logged, never described).
+    Internal,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorResponse {
+    /// What went wrong.
+    pub error: ErrorBody,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable code to branch on.
+    pub code: ApiErrorCode,
+    /// Human-readable explanation; may change.
+    pub message: String,
+    /// Structured details (for example the limit of a 429), or `null`.
+    pub details: Value,
+}
 
 /// Every way a request can fail, each with a status and a stable code.
 #[derive(Debug, thiserror::Error)]
@@ -21,13 +85,13 @@ pub enum ApiError {
     NotFound(&'static str),
     /// The request is malformed (400) with a specific code.
     #[error("{message}")]
-    BadRequest { code: &'static str, message: String },
+    BadRequest { code: ApiErrorCode, message: String },
     /// The request is well-formed but invalid (422).
     #[error("{message}")]
     Invalid { message: String, details: Value },
     /// The request conflicts with the current state (409).
     #[error("{message}")]
-    Conflict { code: &'static str, message: String, details: Value },
+    Conflict { code: ApiErrorCode, message: String, details: Value },
     /// Body or message too large (413).
     #[error("{0}")]
     PayloadTooLarge(String),
@@ -36,7 +100,7 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     /// A rate limit or quota was reached (429), with the limit's state for the headers.
     #[error("{message}")]
-    RateLimited { code: &'static str, message: String, limit: u64, remaining: u64, reset_secs: u64 },
+    RateLimited { code: ApiErrorCode, message: String, limit: u64, remaining: u64, reset_secs: u64 },
     /// A dependency (Postgres, Redis) is unavailable (503).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -51,23 +115,29 @@ impl ApiError {
         ApiError::Invalid { message: message.into(), details: Value::Null }
     }
 
-    fn parts(&self) -> (StatusCode, &'static str, Value) {
+    fn parts(&self) -> (StatusCode, ApiErrorCode, Value) {
         match self {
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized", Value::Null),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", Value::Null),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", Value::Null),
-            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code, Value::Null),
-            ApiError::Invalid { details, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", details.clone()),
-            ApiError::Conflict { code, details, .. } => (StatusCode::CONFLICT, code, details.clone()),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", Value::Null),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ApiErrorCode::Unauthorized, Value::Null),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ApiErrorCode::Forbidden, Value::Null),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ApiErrorCode::NotFound, Value::Null),
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code, Value::Null),
+            ApiError::Invalid { details, .. } => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidRequest, details.clone())
+            }
+            ApiError::Conflict { code, details, .. } => (StatusCode::CONFLICT, *code, details.clone()),
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::PayloadTooLarge, Value::Null),
             ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", Value::Null)
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, ApiErrorCode::UnsupportedMediaType, Value::Null)
             }
-            ApiError::RateLimited { code, limit, reset_secs, .. } => {
-                (StatusCode::TOO_MANY_REQUESTS, code, json!({ "limit": limit, "retry_after_seconds": reset_secs }))
+            ApiError::RateLimited { code, limit, reset_secs, .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                *code,
+                serde_json::json!({ "limit": limit, "retry_after_seconds": reset_secs }),
+            ),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::ServiceUnavailable, Value::Null)
             }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable", Value::Null),
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", Value::Null),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal, Value::Null),
         }
     }
 }
@@ -78,7 +148,7 @@ impl IntoResponse for ApiError {
         if let ApiError::Internal(cause) = &self {
             tracing::error!(error = format!("{cause:#}"), "request failed");
         }
-        let body = json!({ "error": { "code": code, "message": self.to_string(), "details": details } });
+        let body = ErrorResponse { error: ErrorBody { code, message: self.to_string(), details } };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -116,31 +186,54 @@ impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
             JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
-            JsonRejection::JsonSyntaxError(e) => ApiError::BadRequest { code: "invalid_json", message: e.body_text() },
+            JsonRejection::JsonSyntaxError(e) => {
+                ApiError::BadRequest { code: ApiErrorCode::InvalidJson, message: e.body_text() }
+            }
             JsonRejection::MissingJsonContentType(_) => {
                 ApiError::UnsupportedMediaType("expected a request with `Content-Type: application/json`".into())
             }
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::PayloadTooLarge("the request body is too large".into())
             }
-            other => ApiError::BadRequest { code: "invalid_body", message: other.body_text() },
+            other => ApiError::BadRequest { code: ApiErrorCode::InvalidBody, message: other.body_text() },
         }
     }
 }
 
 impl From<PathRejection> for ApiError {
     fn from(rejection: PathRejection) -> Self {
-        ApiError::BadRequest { code: "invalid_path", message: rejection.body_text() }
+        ApiError::BadRequest { code: ApiErrorCode::InvalidPath, message: rejection.body_text() }
     }
 }
 
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
-        ApiError::BadRequest { code: "invalid_query", message: rejection.body_text() }
+        ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: rejection.body_text() }
     }
 }
 
 /// 404 for routes that do not exist, in the same envelope.
 pub async fn no_route() -> ApiError {
     ApiError::NotFound("route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_keep_their_wire_names() {
+        let names = [
+            (ApiErrorCode::Unauthorized, "unauthorized"),
+            (ApiErrorCode::NotFound, "not_found"),
+            (ApiErrorCode::InvalidRequest, "invalid_request"),
+            (ApiErrorCode::IdempotencyKeyReused, "idempotency_key_reused"),
+            (ApiErrorCode::UnsupportedMediaType, "unsupported_media_type"),
+            (ApiErrorCode::ServiceUnavailable, "service_unavailable"),
+            (ApiErrorCode::BudgetExhausted, "budget_exhausted"),
+        ];
+        for (code, name) in names {
+            assert_eq!(serde_json::to_value(code).unwrap(), name);
+        }
+    }
 }

@@ -15,13 +15,9 @@ use std::{
     time::Duration,
 };
 
-use chatq_common::{
-    db,
-    events::{EventKind, RunEvent},
-    jobs::Queues,
-};
+use backon::{ConstantBuilder, Retryable as _};
+use chatq_common::{db, events::RunEvent, jobs::Queues, redis_formats::run_stream};
 use redis::{AsyncConnectionConfig, aio::ConnectionManager, streams::StreamReadReply};
-use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::{Notify, mpsc};
 use uuid::Uuid;
@@ -119,8 +115,8 @@ impl Hub {
             let watch = state.watches.entry(run_id).or_insert_with(|| {
                 new_key = true;
                 Watch {
-                    key: self.inner.queues.run_stream(run_id),
-                    cursor: format!("{after_seq}-0"),
+                    key: run_stream::key(self.inner.queues.prefix(), run_id),
+                    cursor: run_stream::entry_id(after_seq),
                     subscribers: Vec::new(),
                 }
             });
@@ -130,8 +126,7 @@ impl Hub {
             }
             new_key
         };
-        self.inner.metrics.sse_subscribers.inc();
-        self.inner.metrics.sse_connections.inc();
+        self.inner.metrics.sse_opened();
         if new_key {
             // Interrupt the reader's blocking read so it includes this key now.
             let mut conn = self.inner.redis.clone();
@@ -159,8 +154,7 @@ impl Hub {
             let before = watch.subscribers.len();
             watch.subscribers.retain(|(i, _)| *i != id);
             if watch.subscribers.len() < before {
-                self.inner.metrics.sse_subscribers.dec();
-                self.inner.metrics.sse_connections.dec();
+                self.inner.metrics.sse_closed();
             }
             if watch.subscribers.is_empty() {
                 state.watches.remove(&run_id);
@@ -183,6 +177,27 @@ async fn connect(url: &str) -> redis::RedisResult<redis::aio::MultiplexedConnect
     client.get_multiplexed_async_connection_with_config(&config).await
 }
 
+/// Connects the reader, retrying every half second while the hub lives; marks the hub unhealthy
+/// while it cannot (subscribers then poll Postgres). `None` once the hub is dropped.
+async fn connect_retrying(hub: &std::sync::Weak<Inner>, url: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let set_healthy = |healthy: bool| {
+        if let Some(inner) = hub.upgrade() {
+            inner.healthy.store(healthy, Ordering::Relaxed);
+        }
+    };
+    let conn = (|| connect(url))
+        .retry(ConstantBuilder::new().with_delay(Duration::from_millis(500)).without_max_times())
+        .when(|_| hub.strong_count() > 0)
+        .notify(|e, _| {
+            set_healthy(false);
+            tracing::warn!(error = %e, "event hub cannot connect to Redis; retrying");
+        })
+        .await
+        .ok()?;
+    set_healthy(true);
+    Some(conn)
+}
+
 /// The reader loop; ends when the hub is dropped.
 async fn reader(hub: std::sync::Weak<Inner>, url: String) {
     let mut conn = None;
@@ -200,19 +215,9 @@ async fn reader(hub: std::sync::Weak<Inner>, url: String) {
             continue;
         }
         if conn.is_none() {
-            match connect(&url).await {
-                Ok(c) => {
-                    conn = Some(c);
-                    inner.healthy.store(true, Ordering::Relaxed);
-                }
-                Err(e) => {
-                    inner.healthy.store(false, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "event hub cannot connect to Redis; retrying");
-                    drop(inner);
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            }
+            drop(inner);
+            conn = connect_retrying(&hub, &url).await;
+            continue;
         }
         let c = conn.as_mut().expect("connected above");
         let mut cmd = redis::cmd("XREAD");
@@ -242,23 +247,21 @@ async fn reader(hub: std::sync::Weak<Inner>, url: String) {
                 }
                 continue;
             }
-            let Some(run_id) = run_id_of(&stream.key) else { continue };
+            let Some(run_id) = run_stream::run_id_of(&stream.key) else { continue };
             let Some(watch) = state.watches.get_mut(&run_id) else { continue };
             for entry in &stream.ids {
                 watch.cursor = entry.id.clone();
-                let Some(event) = parse_entry(run_id, entry) else { continue };
+                let Some(event) = run_stream::parse_entry(run_id, entry) else { continue };
                 let event = Arc::new(event);
                 watch.subscribers.retain(|(_, tx)| match tx.try_send(event.clone()) {
                     Ok(()) => true,
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         inner.metrics.sse_dropped.inc();
-                        inner.metrics.sse_subscribers.dec();
-                        inner.metrics.sse_connections.dec();
+                        inner.metrics.sse_closed();
                         false
                     }
                     Err(mpsc::error::TrySendError::Closed(_)) => {
-                        inner.metrics.sse_subscribers.dec();
-                        inner.metrics.sse_connections.dec();
+                        inner.metrics.sse_closed();
                         false
                     }
                 });
@@ -268,24 +271,6 @@ async fn reader(hub: std::sync::Weak<Inner>, url: String) {
             }
         }
     }
-}
-
-fn run_id_of(key: &str) -> Option<Uuid> {
-    key.rsplit_once(":run:").and_then(|(_, id)| id.parse().ok())
-}
-
-fn parse_entry(run_id: Uuid, entry: &redis::streams::StreamId) -> Option<RunEvent> {
-    let seq: i64 = entry.id.split_once('-')?.0.parse().ok()?;
-    let kind: String = entry.get("kind")?;
-    let attempt: i32 = entry.get("attempt").unwrap_or(0);
-    let data: String = entry.get("data").unwrap_or_default();
-    Some(RunEvent {
-        run_id,
-        seq,
-        attempt,
-        kind: EventKind::parse(&kind)?,
-        data: serde_json::from_str(&data).unwrap_or(Value::Null),
-    })
 }
 
 /// Events of a run after `after`, contiguous from `after + 1`, at most `limit`: the Postgres
@@ -305,8 +290,8 @@ pub async fn catch_up(
     }
     let mut conn = redis.clone();
     let reply: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
-        .arg(queues.run_stream(run_id))
-        .arg(format!("{}-0", last + 1))
+        .arg(run_stream::key(queues.prefix(), run_id))
+        .arg(run_stream::entry_id(last + 1))
         .arg("+")
         .arg("COUNT")
         .arg(limit - events.len())
@@ -315,7 +300,7 @@ pub async fn catch_up(
     match reply {
         Ok(reply) => {
             for entry in &reply.ids {
-                let Some(e) = parse_entry(run_id, entry) else { continue };
+                let Some(e) = run_stream::parse_entry(run_id, entry) else { continue };
                 if e.seq != last + 1 {
                     break;
                 }

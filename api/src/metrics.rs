@@ -21,8 +21,9 @@ pub struct Metrics {
     pub http_duration: HistogramVec,
     /// `chatq_runs_submitted_total{outcome}`: accepted, duplicate, busy, enqueue_failed.
     pub runs_submitted: IntCounterVec,
-    // --- Operations (issue 5).
-    /// `chatq_sse_connections`: open event streams (the hub's subscriptions).
+    /// `chatq_sse_connections`: open event streams (the hub's subscriptions). Moves with
+    /// `sse_subscribers` (both are exported; the dashboard reads this one): change them through
+    /// [`Metrics::sse_opened`] and [`Metrics::sse_closed`].
     pub sse_connections: IntGauge,
     /// `chatq_cleanup_requests_total{outcome}`: `POST /v1/admin/cleanup` calls, `new` or
     /// `existing` (a cleanup was already queued or running).
@@ -85,6 +86,20 @@ impl Metrics {
             runs_cancel_requested,
             names,
         }
+    }
+}
+
+impl Metrics {
+    /// A hub subscription started.
+    pub fn sse_opened(&self) {
+        self.sse_subscribers.inc();
+        self.sse_connections.inc();
+    }
+
+    /// A hub subscription ended.
+    pub fn sse_closed(&self) {
+        self.sse_subscribers.dec();
+        self.sse_connections.dec();
     }
 }
 

@@ -1,10 +1,18 @@
 //! Rate limits and quotas, kept in Redis so every API replica shares them: runs per minute per
 //! key and per end user (fixed one-minute windows), active runs per end user, and an optional
-//! monthly cost budget per key.
+//! monthly cost budget per key. The counters' keys are in
+//! [`chatq_common::redis_formats::rate_limit`].
 
-use chatq_common::db;
+use chatq_common::{
+    db,
+    redis_formats::rate_limit::{self, RunScope},
+};
 
-use crate::{auth::Principal, error::ApiError, state::AppState};
+use crate::{
+    auth::Principal,
+    error::{ApiError, ApiErrorCode},
+    state::AppState,
+};
 
 /// Checks every limit a new run is subject to, and counts it. The checks without side effects
 /// (active runs, budget) come first, so a refused run does not use up the per-minute quota.
@@ -16,7 +24,7 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         let active = db::runs::active_for_user(&state.pool, principal.key_id, user).await?;
         if active >= i64::from(config.limits.user_active_runs) {
             return Err(ApiError::RateLimited {
-                code: "rate_limited",
+                code: ApiErrorCode::RateLimited,
                 message: format!("this user already has {active} runs in progress; wait for one to finish"),
                 limit: u64::from(config.limits.user_active_runs),
                 remaining: 0,
@@ -28,7 +36,7 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         let spent = db::keys::spend_this_month(&state.pool, principal.key_id).await?;
         if spent >= budget {
             return Err(ApiError::RateLimited {
-                code: "budget_exhausted",
+                code: ApiErrorCode::BudgetExhausted,
                 message: format!("this key's monthly budget of ${budget:.2} is used up"),
                 limit: 0,
                 remaining: 0,
@@ -41,13 +49,13 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         None => u64::from(config.limits.key_runs_per_min),
     };
     if key_limit > 0 {
-        count(state, &format!("key:{}", principal.key_id), key_limit, "runs per minute for this key").await?;
+        count(state, RunScope::Key(principal.key_id), key_limit, "runs per minute for this key").await?;
     }
     if let Some(user) = end_user
         && config.limits.user_runs_per_min > 0
     {
-        let scope = format!("user:{}:{}", principal.key_id, hex_of(user));
-        count(state, &scope, u64::from(config.limits.user_runs_per_min), "runs per minute for this user").await?;
+        let scope = RunScope::EndUser(principal.key_id, user);
+        count(state, scope, u64::from(config.limits.user_runs_per_min), "runs per minute for this user").await?;
     }
     Ok(())
 }
@@ -61,7 +69,7 @@ pub async fn admit_upload(state: &AppState, principal: &Principal, bytes: u64) -
         return Ok(());
     }
     let now = chrono::Utc::now();
-    let key = format!("{}:rl:upload:{}:{}", state.queues.prefix(), principal.key_id, now.format("%Y%m%d"));
+    let key = rate_limit::upload_key(state.queues.prefix(), principal.key_id, now);
     let reset_secs = 86_400 - (now.timestamp().max(0) as u64 % 86_400);
     let mut conn = state.redis.clone();
     let used: redis::RedisResult<(u64,)> = redis::pipe()
@@ -78,7 +86,7 @@ pub async fn admit_upload(state: &AppState, principal: &Principal, bytes: u64) -
             // A refused upload stores nothing, so it must not use up the quota either.
             let _: redis::RedisResult<i64> = redis::cmd("DECRBY").arg(&key).arg(bytes).query_async(&mut conn).await;
             Err(ApiError::RateLimited {
-                code: "rate_limited",
+                code: ApiErrorCode::RateLimited,
                 message: format!("this upload would exceed the key's daily upload quota of {limit} bytes"),
                 limit,
                 remaining: limit.saturating_sub(used - bytes),
@@ -95,17 +103,17 @@ pub async fn admit_upload(state: &AppState, principal: &Principal, bytes: u64) -
 
 /// Counts one run in the current minute of `scope`; refuses it over `limit`. If Redis is
 /// unreachable the run is admitted (and logged): rate limiting must not take the API down.
-async fn count(state: &AppState, scope: &str, limit: u64, what: &str) -> Result<(), ApiError> {
+async fn count(state: &AppState, scope: RunScope<'_>, limit: u64, what: &str) -> Result<(), ApiError> {
     let now = chrono::Utc::now().timestamp().max(0) as u64;
     let window = now / 60;
     let reset_secs = 60 - now % 60;
-    let key = format!("{}:rl:runs:{scope}:{window}", state.queues.prefix());
+    let key = rate_limit::runs_key(state.queues.prefix(), scope, window);
     let mut conn = state.redis.clone();
     let result: redis::RedisResult<(u64,)> =
         redis::pipe().atomic().incr(&key, 1).cmd("EXPIRE").arg(&key).arg(61).ignore().query_async(&mut conn).await;
     match result {
         Ok((used,)) if used > limit => Err(ApiError::RateLimited {
-            code: "rate_limited",
+            code: ApiErrorCode::RateLimited,
             message: format!("too many runs: the limit is {limit} {what}"),
             limit,
             remaining: 0,
@@ -117,11 +125,6 @@ async fn count(state: &AppState, scope: &str, limit: u64, what: &str) -> Result<
             Ok(())
         }
     }
-}
-
-/// End-user ids are the client's strings: hex keeps the Redis key well-formed.
-fn hex_of(s: &str) -> String {
-    s.bytes().map(|b| format!("{b:02x}")).collect()
 }
 
 fn seconds_to_next_month() -> u64 {

@@ -5,53 +5,54 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// The type of a run event (the SSE `event:` name).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The type of a run event: its SSE `event:` name, also its name in Postgres, the Redis stream
+/// and JSON. The `strum` names are the only name mapping; serde goes through them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, strum::IntoStaticStr, strum::EnumString)]
+#[serde(into = "&'static str", try_from = "String")]
 pub enum EventKind {
     /// The run was accepted and waits for a worker.
-    #[serde(rename = "run.queued")]
+    #[strum(serialize = "run.queued")]
     Queued,
     /// A worker started an attempt: `{attempt}`.
-    #[serde(rename = "run.started")]
+    #[strum(serialize = "run.started")]
     Started,
     /// More answer text: `{text}`.
-    #[serde(rename = "message.delta")]
+    #[strum(serialize = "message.delta")]
     Delta,
     /// A retry discards the partial text shown so far: `{attempt, reason}`.
-    #[serde(rename = "run.reset")]
+    #[strum(serialize = "run.reset")]
     Reset,
     /// A cited source: `{index, document_id, chunk_id, filename, location, quote}`.
-    #[serde(rename = "citation")]
+    #[strum(serialize = "citation")]
     Citation,
     /// Terminal: `{usage, cost_usd, finish_reason}`.
-    #[serde(rename = "run.completed")]
+    #[strum(serialize = "run.completed")]
     Completed,
     /// Terminal: `{error: {code, message}}`.
-    #[serde(rename = "run.failed")]
+    #[strum(serialize = "run.failed")]
     Failed,
     /// Terminal: the run was stopped on request.
-    #[serde(rename = "run.cancelled")]
+    #[strum(serialize = "run.cancelled")]
     Cancelled,
+}
+
+impl TryFrom<String> for EventKind {
+    type Error = strum::ParseError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
+    }
 }
 
 impl EventKind {
     /// The wire name, e.g. `message.delta`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            EventKind::Queued => "run.queued",
-            EventKind::Started => "run.started",
-            EventKind::Delta => "message.delta",
-            EventKind::Reset => "run.reset",
-            EventKind::Citation => "citation",
-            EventKind::Completed => "run.completed",
-            EventKind::Failed => "run.failed",
-            EventKind::Cancelled => "run.cancelled",
-        }
+        self.into()
     }
 
     /// Parses a wire name.
     pub fn parse(s: &str) -> Option<Self> {
-        serde_json::from_value(Value::String(s.to_string())).ok()
+        s.parse().ok()
     }
 
     /// Whether the stream ends after this event.
@@ -82,40 +83,40 @@ impl RunEvent {
     }
 }
 
-/// Events kept per run stream in Redis (approximate trim); older ones replay from Postgres.
-pub const STREAM_MAXLEN: usize = 10_000;
+pub use crate::redis_formats::run_stream::STREAM_MAXLEN;
 
-/// Appends `event` to its run's Redis stream `{prefix}:run:{id}` with entry id `{seq}-0` (so
-/// readers resume by seq) and fields `kind`, `attempt`, `data`, and refreshes the stream's TTL.
-/// The one writer of that format: the worker's pipeline and the API (cancels) both call it.
-/// Failures are logged, not returned: Postgres stays the source of truth.
+/// Appends `event` to its run's Redis stream; see [`crate::redis_formats::run_stream`].
 pub async fn publish(
     redis: &redis::aio::ConnectionManager,
     queues: &crate::jobs::Queues,
     event: &RunEvent,
     ttl: std::time::Duration,
 ) {
-    let key = queues.run_stream(event.run_id);
-    let mut conn = redis.clone();
-    let result: redis::RedisResult<()> = redis::pipe()
-        .cmd("XADD")
-        .arg(&key)
-        .arg("MAXLEN")
-        .arg("~")
-        .arg(STREAM_MAXLEN)
-        .arg(format!("{}-0", event.seq))
-        .arg("kind")
-        .arg(event.kind.as_str())
-        .arg("attempt")
-        .arg(event.attempt)
-        .arg("data")
-        .arg(event.data.to_string())
-        .ignore()
-        .expire(&key, ttl.as_secs() as i64)
-        .ignore()
-        .query_async(&mut conn)
-        .await;
-    if let Err(e) = result {
-        tracing::warn!(run.id = %event.run_id, seq = event.seq, error = %e, "cannot publish run event to Redis");
+    crate::redis_formats::run_stream::publish(redis, queues.prefix(), event, ttl).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_one_name_in_serde_and_on_the_wire() {
+        for kind in [
+            EventKind::Queued,
+            EventKind::Started,
+            EventKind::Delta,
+            EventKind::Reset,
+            EventKind::Citation,
+            EventKind::Completed,
+            EventKind::Failed,
+            EventKind::Cancelled,
+        ] {
+            let json = serde_json::to_value(kind).unwrap();
+            assert_eq!(json, Value::String(kind.as_str().to_string()));
+            assert_eq!(serde_json::from_value::<EventKind>(json).unwrap(), kind);
+            assert_eq!(EventKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(EventKind::Delta.as_str(), "message.delta");
+        assert!(serde_json::from_str::<EventKind>("\"run.exploded\"").is_err());
     }
 }

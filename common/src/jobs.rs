@@ -141,21 +141,6 @@ impl Queues {
     pub fn maintenance(&self) -> String {
         self.name::<Cleanup>()
     }
-
-    /// The provider circuit breaker's published state: `{prefix}:breaker`.
-    pub fn breaker_key(&self) -> String {
-        format!("{}:breaker", self.prefix)
-    }
-
-    /// The Redis stream carrying a run's live events: `{prefix}:run:{id}`.
-    pub fn run_stream(&self, run_id: Uuid) -> String {
-        format!("{}:run:{run_id}", self.prefix)
-    }
-
-    /// The pub/sub channel carrying cancel requests (payload: the run id): `{prefix}:cancel`.
-    pub fn cancel_channel(&self) -> String {
-        format!("{}:cancel", self.prefix)
-    }
 }
 
 /// A storage for pushing jobs of type `J` (the fetching worker builds its own, with its

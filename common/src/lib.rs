@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod pricing;
 pub mod provider;
 pub mod redis_conn;
+pub mod redis_formats;
 pub mod retrieval;
 pub mod signal;
 pub mod telemetry;

@@ -1,13 +1,16 @@
 //! The circuit breaker in front of the provider. After `threshold` retryable failures in a
 //! row it opens: runs wait in `queued` instead of hammering a provider that is down. After the
 //! cool-down it half-opens and lets one run through as a probe; a success closes it, a failure
-//! opens it again. The state is published to Redis (`{prefix}:breaker`) so every API replica's
-//! `/readyz` can report `degraded`.
+//! opens it again. The state is published to Redis
+//! ([`chatq_common::redis_formats::breaker`]) so every API replica's `/readyz` can report
+//! `degraded`.
 
 use std::{
     sync::Mutex,
     time::{Duration, Instant},
 };
+
+pub use chatq_common::redis_formats::breaker::BreakerState;
 
 /// What a run may do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,37 +21,6 @@ pub enum Admission {
     Probe,
     /// Do not call; the breaker should be looked at again after this long.
     Wait(Duration),
-}
-
-/// The breaker state, as exported by the `chatq_provider_breaker_state` gauge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Calls go through.
-    Closed,
-    /// One probe is in flight.
-    HalfOpen,
-    /// Calls wait.
-    Open,
-}
-
-impl State {
-    /// Gauge value: 0 closed, 1 half-open, 2 open.
-    pub fn as_gauge(self) -> i64 {
-        match self {
-            State::Closed => 0,
-            State::HalfOpen => 1,
-            State::Open => 2,
-        }
-    }
-
-    /// Name published to Redis and shown by `/readyz`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Closed => "closed",
-            State::HalfOpen => "half_open",
-            State::Open => "open",
-        }
-    }
 }
 
 struct Inner {
@@ -79,13 +51,13 @@ impl Breaker {
     }
 
     /// The current state.
-    pub fn state(&self) -> State {
+    pub fn state(&self) -> BreakerState {
         let inner = self.lock();
         match inner.opened_at {
-            None => State::Closed,
-            Some(_) if inner.probing => State::HalfOpen,
-            Some(at) if at.elapsed() >= self.cooldown => State::HalfOpen,
-            Some(_) => State::Open,
+            None => BreakerState::Closed,
+            Some(_) if inner.probing => BreakerState::HalfOpen,
+            Some(at) if at.elapsed() >= self.cooldown => BreakerState::HalfOpen,
+            Some(_) => BreakerState::Open,
         }
     }
 
@@ -142,13 +114,13 @@ mod tests {
         assert!(!b.failure());
         assert_eq!(b.admit(), Admission::Allow);
         assert!(b.failure(), "third failure in a row opens it");
-        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.state(), BreakerState::Open);
         assert!(matches!(b.admit(), Admission::Wait(_)));
         std::thread::sleep(Duration::from_millis(40));
         assert_eq!(b.admit(), Admission::Probe);
         assert!(matches!(b.admit(), Admission::Wait(_)), "only one probe at a time");
         assert!(b.success());
-        assert_eq!(b.state(), State::Closed);
+        assert_eq!(b.state(), BreakerState::Closed);
         assert_eq!(b.admit(), Admission::Allow);
     }
 
@@ -162,6 +134,6 @@ mod tests {
         std::thread::sleep(Duration::from_millis(25));
         assert_eq!(b.admit(), Admission::Probe);
         assert!(b.failure(), "a failed probe reopens");
-        assert_eq!(b.state(), State::Open);
+        assert_eq!(b.state(), BreakerState::Open);
     }
 }

@@ -1,6 +1,6 @@
-//! Cancel signals: the API flags the run in Postgres and publishes its id on
-//! `{prefix}:cancel`; one pub/sub connection per worker process wakes the attempt running it,
-//! which stops the upstream stream at once. The lease renewer re-checks the flag, so a lost
+//! Cancel signals: the API flags the run in Postgres and publishes its id
+//! ([`chatq_common::redis_formats::cancel`]); one pub/sub connection per worker process wakes
+//! the attempt running it, which stops the upstream stream at once. The lease renewer re-checks the flag, so a lost
 //! message delays a cancel by at most a renewal period.
 
 use std::{
@@ -9,6 +9,8 @@ use std::{
     time::Duration,
 };
 
+use backon::{ConstantBuilder, Retryable as _};
+use chatq_common::redis_formats;
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -57,36 +59,41 @@ impl Cancels {
     }
 }
 
-/// Listens on the cancel channel until `stop`; reconnects after errors.
+/// Listens on the cancel channel until `stop`, reconnecting half a second after each error.
 pub async fn listen(cancels: Arc<Cancels>, redis_url: String, channel: String, stop: CancellationToken) {
+    let session = || subscribe_until(&cancels, &redis_url, &channel, &stop);
+    let reconnecting = session
+        .retry(ConstantBuilder::new().with_delay(Duration::from_millis(500)).without_max_times())
+        .notify(|e, _| tracing::warn!(error = %e, "cancel listener disconnected; reconnecting"));
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = reconnecting => {}
+    }
+}
+
+/// One pub/sub session: cancels the runs named on `channel` until `stop` (`Ok`) or until the
+/// connection fails.
+async fn subscribe_until(
+    cancels: &Cancels,
+    redis_url: &str,
+    channel: &str,
+    stop: &CancellationToken,
+) -> redis::RedisResult<()> {
+    let client = redis::Client::open(redis_url)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    let mut messages = pubsub.on_message();
     loop {
-        let result = async {
-            let client = redis::Client::open(redis_url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            let mut messages = pubsub.on_message();
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    msg = messages.next() => match msg {
-                        Some(msg) => {
-                            if let Ok(id) = msg.get_payload::<String>().unwrap_or_default().parse::<Uuid>() {
-                                cancels.cancel(id);
-                            }
-                        }
-                        None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            msg = messages.next() => match msg {
+                Some(msg) => {
+                    if let Some(run_id) = redis_formats::cancel::parse(&msg.get_payload::<String>().unwrap_or_default()) {
+                        cancels.cancel(run_id);
                     }
                 }
+                None => return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed"))),
             }
-        }
-        .await;
-        match result {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "cancel listener disconnected; reconnecting"),
-        }
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
     }
 }

@@ -23,6 +23,7 @@ use chatq_common::{
     jobs::Queues,
     pricing::Pricing,
     provider::Provider,
+    redis_formats,
     retrieval::VectorCache,
 };
 use redis::aio::ConnectionManager;
@@ -129,14 +130,10 @@ impl WorkerCtx {
         let state = self.breaker.state();
         self.metrics.breaker_state.set(state.as_gauge());
         tracing::warn!(state = state.as_str(), "provider circuit breaker changed state");
-        let key = self.queues.breaker_key();
-        let mut conn = self.redis.clone();
-        let result: redis::RedisResult<()> = if state == breaker::State::Closed {
-            redis::cmd("DEL").arg(&key).query_async(&mut conn).await
-        } else {
-            let ttl = self.config.provider.breaker_cooldown.as_secs() + 60;
-            redis::cmd("SET").arg(&key).arg(state.as_str()).arg("EX").arg(ttl).query_async(&mut conn).await
-        };
+        // Outlives the cool-down so a worker that dies with the breaker open cannot leave the
+        // API degraded for good.
+        let ttl = self.config.provider.breaker_cooldown + std::time::Duration::from_secs(60);
+        let result = redis_formats::breaker::publish(&self.redis, self.queues.prefix(), state, ttl).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot publish the breaker state");
         }
@@ -207,7 +204,7 @@ async fn run_with(
     let cancel_listener = tokio::spawn(cancel::listen(
         ctx.cancels.clone(),
         ctx.config.redis.url.expose_secret().to_string(),
-        ctx.queues.cancel_channel(),
+        redis_formats::cancel::channel(ctx.queues.prefix()),
         stop.clone(),
     ));
     let monitor_stop = stop.clone();

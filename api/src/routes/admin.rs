@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     auth::Principal,
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Path},
     state::AppState,
 };
@@ -86,7 +86,7 @@ pub async fn cleanup(
     let job = requested.job().clone();
     if job.dry_run != input.dry_run {
         return Err(ApiError::Conflict {
-            code: "cleanup_running",
+            code: ApiErrorCode::CleanupRunning,
             message: "another cleanup is queued or running; try again when it has finished".into(),
             details: json!({"job_id": job.id, "dry_run": job.dry_run}),
         });

@@ -169,8 +169,12 @@ fn validate(f: &AssistantFields) -> Result<(), ApiError> {
     }
 }
 
+/// The foreign key from an assistant's knowledge-base links to the knowledge bases (named by
+/// its migration).
+const KNOWLEDGE_BASE_EXISTS: &str = "assistant_knowledge_bases_kb_fkey";
+
 fn map_write_error(err: sqlx::Error) -> ApiError {
-    if db::violated_constraint(&err) == Some("assistant_knowledge_bases_kb_fkey") {
+    if db::violated_constraint(&err) == Some(KNOWLEDGE_BASE_EXISTS) {
         ApiError::invalid("knowledge_base_ids names a knowledge base that does not exist")
     } else {
         err.into()

@@ -5,6 +5,7 @@ use axum::{
     http::{StatusCode, header},
     response::IntoResponse,
 };
+use chatq_common::redis_formats::breaker::{self, BreakerState};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -24,7 +25,8 @@ pub struct Readiness {
     pub postgres: String,
     /// `ok` or the problem.
     pub redis: String,
-    /// The provider circuit breaker as the workers report it: `closed`, `half_open` or `open`.
+    /// The provider circuit breaker as the workers report it: `closed`, `half_open` or `open`
+    /// (`unknown` for a state this version cannot read).
     pub provider: String,
 }
 
@@ -48,15 +50,15 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };
-    let breaker: Option<String> =
-        redis::cmd("GET").arg(state.queues.breaker_key()).query_async(&mut conn).await.unwrap_or(None);
-    let provider = breaker.unwrap_or_else(|| "closed".into());
+    // Redis being down already makes the process unavailable; the breaker then reads as closed.
+    let breaker = breaker::read(&state.redis, state.queues.prefix()).await.unwrap_or(Some(BreakerState::Closed));
     let ready = postgres == "ok" && redis == "ok";
-    let (code, status) = match (ready, provider.as_str()) {
+    let (code, status) = match (ready, breaker) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        (true, "closed") => (StatusCode::OK, "ready"),
+        (true, Some(BreakerState::Closed)) => (StatusCode::OK, "ready"),
         (true, _) => (StatusCode::OK, "degraded"),
     };
+    let provider = breaker.map_or("unknown", BreakerState::as_str).to_string();
     (code, axum::Json(Readiness { status, postgres, redis, provider }))
 }
 

@@ -16,12 +16,16 @@ use utoipa::{IntoParams, OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-use crate::{error::ApiError, state::AppState};
+use crate::{
+    error::{ApiError, ApiErrorCode},
+    state::AppState,
+};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "chatq API", version = "1", description = "Self-hostable backend for AI chat assistants."),
     modifiers(&BearerAuth),
+    components(schemas(crate::error::ErrorResponse, crate::error::ErrorBody, crate::error::ApiErrorCode)),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -50,7 +54,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(usage::router())
         .merge(admin::router())
         .merge(knowledge::router())
-        // issue 3: live streaming
         .merge(run_events::router())
         .merge(user_tokens::router())
 }
@@ -71,9 +74,10 @@ impl PageQuery {
         match self.limit {
             None => Ok(20),
             Some(n) if (1..=100).contains(&n) => Ok(n),
-            Some(_) => {
-                Err(ApiError::BadRequest { code: "invalid_query", message: "limit must be between 1 and 100".into() })
-            }
+            Some(_) => Err(ApiError::BadRequest {
+                code: ApiErrorCode::InvalidQuery,
+                message: "limit must be between 1 and 100".into(),
+            }),
         }
     }
 }
@@ -92,5 +96,19 @@ impl<T> List<T> {
     pub fn new<R>(page: chatq_common::db::Page<R>, id: impl Fn(&R) -> Uuid, map: impl Fn(R) -> T) -> Self {
         let next_after = if page.has_more { page.rows.last().map(|r| id(r).to_string()) } else { None };
         Self { data: page.rows.into_iter().map(map).collect(), next_after }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_openapi_document_lists_every_error_code() {
+        let (_, openapi) = super::router().split_for_parts();
+        let doc = serde_json::to_value(&openapi).unwrap();
+        let codes = &doc["components"]["schemas"]["ApiErrorCode"]["enum"];
+        for code in ["invalid_request", "thread_busy", "budget_exhausted", "internal"] {
+            assert!(codes.as_array().unwrap().iter().any(|c| c == code), "{code} missing from {codes}");
+        }
+        assert!(doc["components"]["schemas"]["ErrorResponse"].is_object());
     }
 }

@@ -1,5 +1,4 @@
-//! `/v1/runs/{id}/events` (SSE with exact resume, or a JSON long-poll page) and
-//! `/v1/runs/{id}/cancel`.
+//! `/v1/runs/{id}/events`: a run's events as SSE with exact resume, or as a JSON long-poll page.
 
 use std::{collections::BTreeMap, convert::Infallible, sync::Arc, time::Duration};
 
@@ -20,17 +19,17 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::runs::{RunOut, visible_run};
+use super::runs::visible_run;
 use crate::{
     auth::{self, Principal},
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Path, Query},
     hub,
     state::AppState,
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(run_events)).routes(routes!(cancel_run))
+    OpenApiRouter::new().routes(routes!(run_events))
 }
 
 /// Events read from Postgres/Redis per round trip.
@@ -108,7 +107,10 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     match headers.get("last-event-id") {
         None => Ok(None),
         Some(v) => v.to_str().ok().and_then(|s| s.trim().parse::<i64>().ok()).filter(|n| *n >= 0).map(Some).ok_or(
-            ApiError::BadRequest { code: "invalid_header", message: "Last-Event-ID must be an event seq".into() },
+            ApiError::BadRequest {
+                code: ApiErrorCode::InvalidHeader,
+                message: "Last-Event-ID must be an event seq".into(),
+            },
         ),
     }
 }
@@ -136,7 +138,9 @@ pub async fn run_events(
             let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
             Ok(Json(page(&state, run.id, run.is_terminal(), after, wait).await?).into_response())
         }
-        Some(_) => Err(ApiError::BadRequest { code: "invalid_query", message: "format must be sse or json".into() }),
+        Some(_) => {
+            Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "format must be sse or json".into() })
+        }
     }
 }
 
@@ -300,48 +304,5 @@ async fn follow(
                 }
             }
         }
-    }
-}
-
-/// Stop a run: a queued run is cancelled before it starts; a running one is stopped by its
-/// worker within about a second, keeping the partial answer. Idempotent; a finished run is
-/// returned unchanged.
-#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = Uuid, Path)),
-    responses((status = 200, body = RunOut), (status = 404)))]
-pub async fn cancel_run(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<Json<RunOut>, ApiError> {
-    let run = visible_run(&state, &principal, id).await?;
-    if run.is_terminal() {
-        return Ok(Json(run.into()));
-    }
-    if run.status == "queued"
-        && let Some(event) = db::runs::cancel_queued(&state.pool, run.id).await?
-    {
-        state.metrics.runs_cancel_requested.inc();
-        chatq_common::events::publish(&state.redis, &state.queues, &event, state.config.streaming.run_stream_ttl).await;
-        let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
-        return Ok(Json(run.into()));
-    }
-    if db::runs::request_cancel(&state.pool, run.id).await? {
-        state.metrics.runs_cancel_requested.inc();
-    }
-    // Tell every worker; the one running it stops. The Postgres flag covers a lost message.
-    let mut conn = state.redis.clone();
-    let published: redis::RedisResult<i64> =
-        redis::cmd("PUBLISH").arg(state.queues.cancel_channel()).arg(run.id.to_string()).query_async(&mut conn).await;
-    if let Err(e) = published {
-        tracing::warn!(run.id = %run.id, error = %e, "cannot publish the cancel signal; the worker sees the flag later");
-    }
-    // Answer with the final state when the worker is quick, as it usually is.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
-        let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
-        if run.is_terminal() || tokio::time::Instant::now() >= deadline {
-            return Ok(Json(run.into()));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

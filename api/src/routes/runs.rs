@@ -1,11 +1,19 @@
-//! `/v1/threads/{id}/runs` and `/v1/runs/{id}`: send a message, follow its answer.
+//! `/v1/threads/{id}/runs`, `/v1/runs/{id}` and `/v1/runs/{id}/cancel`: send a message, follow
+//! its answer, stop it. Its event stream is in [`super::run_events`].
+
+use std::time::Duration;
 
 use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use chatq_common::{db, db::runs::Run, jobs};
+use chatq_common::{
+    db,
+    db::runs::Run,
+    jobs,
+    redis_formats::{self, run_stream},
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -16,13 +24,13 @@ use uuid::Uuid;
 use super::{List, PageQuery};
 use crate::{
     auth::Principal,
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Path, Query},
     state::AppState,
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_run, list_runs)).routes(routes!(get_run))
+    OpenApiRouter::new().routes(routes!(create_run, list_runs)).routes(routes!(get_run)).routes(routes!(cancel_run))
 }
 
 /// A message to answer.
@@ -152,12 +160,12 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
         None => Ok(None),
         Some(v) => {
             let s = v.to_str().map_err(|_| ApiError::BadRequest {
-                code: "invalid_header",
+                code: ApiErrorCode::InvalidHeader,
                 message: format!("{name} must be ASCII"),
             })?;
             if s.is_empty() || s.len() > MAX_CLIENT_ID {
                 return Err(ApiError::BadRequest {
-                    code: "invalid_header",
+                    code: ApiErrorCode::InvalidHeader,
                     message: format!("{name} must be 1 to {MAX_CLIENT_ID} characters"),
                 });
             }
@@ -183,7 +191,6 @@ pub async fn create_run(
     headers: HeaderMap,
     Json(input): Json<RunIn>,
 ) -> Result<Response, ApiError> {
-    // issue 3: stream-on-submit
     let stream = input.stream == Some(true)
         || headers
             .get(axum::http::header::ACCEPT)
@@ -248,7 +255,7 @@ pub async fn create_run(
                 state.metrics.runs_submitted.with_label_values(&["busy"]).inc();
                 let active = db::runs::active_for_thread(&state.pool, thread.id).await?;
                 return Err(ApiError::Conflict {
-                    code: "thread_busy",
+                    code: ApiErrorCode::ThreadBusy,
                     message: "another run of this thread is still active; wait for it or cancel it".into(),
                     details: json!({ "active_run_id": active.map(|r| r.id) }),
                 });
@@ -289,7 +296,7 @@ async fn find_duplicate(
     {
         if run.thread_id != thread_id {
             return Err(ApiError::Conflict {
-                code: "idempotency_key_reused",
+                code: ApiErrorCode::IdempotencyKeyReused,
                 message: "this Idempotency-Key was used for another thread".into(),
                 details: Value::Null,
             });
@@ -336,4 +343,44 @@ pub async fn visible_run(state: &AppState, principal: &Principal, id: Uuid) -> R
     let run = db::runs::get(&state.pool, id).await?.ok_or(ApiError::NotFound("run"))?;
     db::threads::get(&state.pool, run.thread_id, &principal.owner()).await?.ok_or(ApiError::NotFound("run"))?;
     Ok(run)
+}
+
+/// Stop a run: a queued run is cancelled before it starts; a running one is stopped by its
+/// worker within about a second, keeping the partial answer. Idempotent; a finished run is
+/// returned unchanged.
+#[utoipa::path(post, path = "/v1/runs/{id}/cancel", tag = "runs", params(("id" = Uuid, Path)),
+    responses((status = 200, body = RunOut), (status = 404)))]
+pub async fn cancel_run(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<Json<RunOut>, ApiError> {
+    let run = visible_run(&state, &principal, id).await?;
+    if run.is_terminal() {
+        return Ok(Json(run.into()));
+    }
+    if run.status == "queued"
+        && let Some(event) = db::runs::cancel_queued(&state.pool, run.id).await?
+    {
+        state.metrics.runs_cancel_requested.inc();
+        run_stream::publish(&state.redis, state.queues.prefix(), &event, state.config.streaming.run_stream_ttl).await;
+        let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
+        return Ok(Json(run.into()));
+    }
+    if db::runs::request_cancel(&state.pool, run.id).await? {
+        state.metrics.runs_cancel_requested.inc();
+    }
+    // Tell every worker; the one running it stops. The Postgres flag covers a lost message.
+    if let Err(e) = redis_formats::cancel::publish(&state.redis, state.queues.prefix(), run.id).await {
+        tracing::warn!(run.id = %run.id, error = %e, "cannot publish the cancel signal; the worker sees the flag later");
+    }
+    // Answer with the final state when the worker is quick, as it usually is.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let run = db::runs::get(&state.pool, run.id).await?.ok_or(ApiError::NotFound("run"))?;
+        if run.is_terminal() || tokio::time::Instant::now() >= deadline {
+            return Ok(Json(run.into()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

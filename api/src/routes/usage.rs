@@ -12,7 +12,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 
 use crate::{
     auth::Principal,
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Query},
     state::AppState,
 };
@@ -114,7 +114,7 @@ fn parse_bound(name: &str, raw: &str, end: bool) -> Result<DateTime<Utc>, ApiErr
         Ok(d) => Ok(d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc()
             + if end { Duration::days(1) } else { Duration::zero() }),
         Err(_) => Err(ApiError::BadRequest {
-            code: "invalid_query",
+            code: ApiErrorCode::InvalidQuery,
             message: format!("{name} must be an RFC 3339 time or a day YYYY-MM-DD"),
         }),
     }
@@ -138,12 +138,15 @@ pub async fn usage(
         None => to - Duration::days(30),
     };
     if from >= to {
-        return Err(ApiError::BadRequest { code: "invalid_query", message: "from must be before to".into() });
+        return Err(ApiError::BadRequest {
+            code: ApiErrorCode::InvalidQuery,
+            message: "from must be before to".into(),
+        });
     }
     let mut group_by = Vec::new();
     for name in q.group_by.as_deref().unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let g = GroupBy::parse(name).ok_or_else(|| ApiError::BadRequest {
-            code: "invalid_query",
+            code: ApiErrorCode::InvalidQuery,
             message: format!("group_by: unknown dimension {name:?} (use day, model, assistant, kind, api_key)"),
         })?;
         if !group_by.contains(&g) {

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use chatq_worker::breaker::State;
+use chatq_worker::breaker::BreakerState as State;
 use reqwest::Method;
 use serde_json::{Value, json};
 use sqlx::PgPool;

@@ -1,6 +1,5 @@
-//! Knowledge bases, their documents and upload batches, and `/search` (admin only).
-
-use std::time::Instant;
+//! A knowledge base's documents: the streaming multipart upload
+//! (`POST /v1/knowledge-bases/{id}/documents`), listing, and `/v1/documents/{id}`.
 
 use axum::{
     extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State},
@@ -9,86 +8,33 @@ use axum::{
 use chatq_common::{
     db::{
         self,
-        knowledge::{Document, KnowledgeBase, NewDocument, Stored},
-        usage::NewUsage,
+        knowledge::{Document, NewDocument, Stored},
     },
     media,
-    pricing::TokenUsage,
-    retrieval,
 };
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use super::{List, PageQuery};
+use super::live_kb;
 use crate::{
     auth::Principal,
-    error::ApiError,
+    error::{ApiError, ApiErrorCode},
     extract::{Json, Path, Query},
+    routes::{List, PageQuery},
     state::AppState,
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(create_kb, list_kbs))
-        .routes(routes!(get_kb, delete_kb))
         // The upload enforces its own per-file and per-request limits while streaming.
         .merge(
             OpenApiRouter::new().routes(routes!(upload_documents, list_documents)).layer(DefaultBodyLimit::disable()),
         )
         .routes(routes!(get_document, delete_document))
-        .routes(routes!(get_batch))
-        .routes(routes!(search))
-}
-
-/// A new knowledge base.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct KnowledgeBaseIn {
-    /// Display name (1-200 characters).
-    pub name: String,
-    /// Free text.
-    #[serde(default)]
-    pub description: String,
-}
-
-/// A knowledge base.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct KnowledgeBaseOut {
-    /// Id.
-    pub id: Uuid,
-    /// Always `knowledge_base`.
-    pub object: &'static str,
-    /// Display name.
-    pub name: String,
-    /// Free text.
-    pub description: String,
-    /// Live documents (any status).
-    pub document_count: i64,
-    /// Embedding model of its chunks.
-    pub embedding_model: String,
-    /// Embedding dimensions.
-    pub embedding_dims: i32,
-    /// Creation time.
-    pub created_at: DateTime<Utc>,
-}
-
-impl From<KnowledgeBase> for KnowledgeBaseOut {
-    fn from(k: KnowledgeBase) -> Self {
-        Self {
-            id: k.id,
-            object: "knowledge_base",
-            name: k.name,
-            description: k.description,
-            document_count: k.document_count,
-            embedding_model: k.embedding_model,
-            embedding_dims: k.embedding_dims,
-            created_at: k.created_at,
-        }
-    }
 }
 
 /// Why a document failed.
@@ -175,147 +121,11 @@ pub struct UploadOut {
     pub documents: Vec<UploadedDocument>,
 }
 
-/// Documents of a batch by status.
-#[derive(Debug, Default, Serialize, ToSchema)]
-pub struct BatchCounts {
-    /// Waiting for a worker.
-    pub queued: i64,
-    /// Being ingested.
-    pub processing: i64,
-    /// Searchable.
-    pub ready: i64,
-    /// Failed (see each document's error).
-    pub failed: i64,
-    /// Files reported as duplicates at upload.
-    pub duplicate: i64,
-    /// All files of the upload.
-    pub total: i64,
-}
-
-/// An upload batch.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BatchOut {
-    /// Id.
-    pub id: Uuid,
-    /// Its knowledge base.
-    pub knowledge_base_id: Uuid,
-    /// Counts by status.
-    pub counts: BatchCounts,
-    /// Its documents (duplicates are not listed: they were not stored).
-    pub documents: Vec<DocumentOut>,
-}
-
-/// A search.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SearchIn {
-    /// The question or keywords.
-    pub query: String,
-    /// Results wanted, 1 to 50 (default 5).
-    pub k: Option<usize>,
-}
-
-/// A ranked chunk.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SearchResult {
-    /// Chunk id.
-    pub chunk_id: Uuid,
-    /// Document id.
-    pub document_id: Uuid,
-    /// File name.
-    pub filename: String,
-    /// Page or heading path.
-    pub location: Option<String>,
-    /// Text.
-    pub content: String,
-    /// Reciprocal-rank-fusion score (higher is better).
-    pub score: f32,
-}
-
-/// Search results, best first.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct SearchOut {
-    /// The results.
-    pub results: Vec<SearchResult>,
-}
-
-async fn live_kb(state: &AppState, id: Uuid) -> Result<KnowledgeBase, ApiError> {
-    db::knowledge::get_kb(&state.pool, id).await?.ok_or(ApiError::NotFound("knowledge base"))
-}
-
-/// Create a knowledge base.
-#[utoipa::path(post, path = "/v1/knowledge-bases", tag = "knowledge", request_body = KnowledgeBaseIn,
-    responses((status = 201, body = KnowledgeBaseOut), (status = 403), (status = 422)))]
-pub async fn create_kb(
-    State(state): State<AppState>,
-    principal: Principal,
-    Json(input): Json<KnowledgeBaseIn>,
-) -> Result<(StatusCode, Json<KnowledgeBaseOut>), ApiError> {
-    principal.require_admin()?;
-    if input.name.trim().is_empty() || input.name.chars().count() > 200 {
-        return Err(ApiError::invalid("name must be 1 to 200 characters"));
-    }
-    if input.description.len() > 16_384 {
-        return Err(ApiError::invalid("description must be at most 16 KiB"));
-    }
-    let c = &state.config.knowledge;
-    let kb = db::knowledge::create_kb(
-        &state.pool,
-        input.name.trim(),
-        &input.description,
-        &c.embedding_model,
-        c.embedding_dims as i32,
-    )
-    .await?;
-    Ok((StatusCode::CREATED, Json(kb.into())))
-}
-
-/// List knowledge bases.
-#[utoipa::path(get, path = "/v1/knowledge-bases", tag = "knowledge", params(PageQuery),
-    responses((status = 200, body = List<KnowledgeBaseOut>), (status = 403)))]
-pub async fn list_kbs(
-    State(state): State<AppState>,
-    principal: Principal,
-    Query(q): Query<PageQuery>,
-) -> Result<Json<List<KnowledgeBaseOut>>, ApiError> {
-    principal.require_admin()?;
-    let page = db::knowledge::list_kbs(&state.pool, q.after, q.limit()?).await?;
-    Ok(Json(List::new(page, |k| k.id, KnowledgeBaseOut::from)))
-}
-
-/// Get a knowledge base.
-#[utoipa::path(get, path = "/v1/knowledge-bases/{id}", tag = "knowledge", params(("id" = Uuid, Path)),
-    responses((status = 200, body = KnowledgeBaseOut), (status = 404)))]
-pub async fn get_kb(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<Json<KnowledgeBaseOut>, ApiError> {
-    principal.require_admin()?;
-    Ok(Json(live_kb(&state, id).await?.into()))
-}
-
-/// Delete a knowledge base: its chunks leave retrieval at once and assistants stop using it.
-#[utoipa::path(delete, path = "/v1/knowledge-bases/{id}", tag = "knowledge", params(("id" = Uuid, Path)),
-    responses((status = 204), (status = 404)))]
-pub async fn delete_kb(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<StatusCode, ApiError> {
-    principal.require_admin()?;
-    if db::knowledge::delete_kb(&state.pool, id).await? {
-        Ok(StatusCode::NO_CONTENT)
-    } else {
-        Err(ApiError::NotFound("knowledge base"))
-    }
-}
-
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge("the upload is too large".into())
     } else {
-        ApiError::BadRequest { code: "invalid_multipart", message: e.body_text() }
+        ApiError::BadRequest { code: ApiErrorCode::InvalidMultipart, message: e.body_text() }
     }
 }
 
@@ -460,88 +270,4 @@ pub async fn delete_document(
     } else {
         Err(ApiError::NotFound("document"))
     }
-}
-
-/// An upload batch: counts by status and its documents.
-#[utoipa::path(get, path = "/v1/ingestion-batches/{id}", tag = "knowledge", params(("id" = Uuid, Path)),
-    responses((status = 200, body = BatchOut), (status = 404)))]
-pub async fn get_batch(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-) -> Result<Json<BatchOut>, ApiError> {
-    principal.require_admin()?;
-    let (batch, docs) = db::knowledge::get_batch(&state.pool, id).await?.ok_or(ApiError::NotFound("batch"))?;
-    let mut counts = BatchCounts { duplicate: batch.duplicate_count as i64, ..Default::default() };
-    for d in &docs {
-        match d.status.as_str() {
-            "queued" => counts.queued += 1,
-            "processing" => counts.processing += 1,
-            "ready" => counts.ready += 1,
-            _ => counts.failed += 1,
-        }
-    }
-    counts.total = docs.len() as i64 + counts.duplicate;
-    Ok(Json(BatchOut {
-        id: batch.id,
-        knowledge_base_id: batch.knowledge_base_id,
-        counts,
-        documents: docs.into_iter().map(DocumentOut::from).collect(),
-    }))
-}
-
-/// Hybrid search (full-text + vectors, fused by reciprocal rank) in one knowledge base, to
-/// debug retrieval.
-#[utoipa::path(post, path = "/v1/knowledge-bases/{id}/search", tag = "knowledge", params(("id" = Uuid, Path)),
-    request_body = SearchIn, responses((status = 200, body = SearchOut), (status = 404), (status = 422)))]
-pub async fn search(
-    State(state): State<AppState>,
-    principal: Principal,
-    Path(id): Path<Uuid>,
-    Json(input): Json<SearchIn>,
-) -> Result<Json<SearchOut>, ApiError> {
-    principal.require_admin()?;
-    let k = input.k.unwrap_or(5);
-    if !(1..=50).contains(&k) {
-        return Err(ApiError::invalid("k must be between 1 and 50"));
-    }
-    if input.query.trim().is_empty() || input.query.len() > 8192 {
-        return Err(ApiError::invalid("query must be 1 to 8192 bytes"));
-    }
-    let kb = live_kb(&state, id).await?;
-    let started = Instant::now();
-    let model = (kb.embedding_model.as_str(), kb.embedding_dims as usize);
-    let (sources, stats) =
-        retrieval::search(&state.pool, &state.provider, &state.vectors, &[kb.id], model, &input.query, k, None)
-            .await
-            .map_err(|retrieval::RetrievalError::Db(e)| ApiError::from(e))?;
-    let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
-    let pricing_cost = state.pricing.cost(&kb.embedding_model, Utc::now().date_naive(), usage);
-    let record = NewUsage {
-        kind: "embedding",
-        model: kb.embedding_model.clone(),
-        api_key_id: Some(principal.key_id),
-        assistant_id: None,
-        run_id: None,
-        document_id: None,
-        input_tokens: stats.embedding_tokens as i64,
-        cached_input_tokens: 0,
-        output_tokens: 0,
-        cost_usd: pricing_cost,
-        outcome: stats.embedding_error.as_ref().map_or("ok", |e| e.code).to_string(),
-        latency_ms: started.elapsed().as_millis() as i64,
-    };
-    db::usage::insert(&state.pool, &record).await?;
-    let results = sources
-        .into_iter()
-        .map(|s| SearchResult {
-            chunk_id: s.chunk.chunk_id,
-            document_id: s.chunk.document_id,
-            filename: s.chunk.filename,
-            location: s.chunk.location,
-            content: s.chunk.content,
-            score: s.score,
-        })
-        .collect();
-    Ok(Json(SearchOut { results }))
 }

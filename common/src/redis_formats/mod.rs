@@ -1,0 +1,17 @@
+//! Every message chatq passes between processes through Redis, each format's key name, writer
+//! and reader side by side, so the two ends cannot drift apart:
+//!
+//! - [`run_stream`]: a run's live events (`{prefix}:run:{id}`), written by the worker (and the
+//!   API for cancels of queued runs), read by the API's subscriber hub;
+//! - [`cancel`]: the cancel signal (`{prefix}:cancel`), published by the API, heard by workers;
+//! - [`breaker`]: the provider circuit breaker's state (`{prefix}:breaker`), set by workers, read
+//!   by every API replica's `/readyz`;
+//! - [`rate_limit`]: the counters of rate limits and quotas (`{prefix}:rl:…`), shared by API
+//!   replicas.
+//!
+//! Queue names and apalis payloads live in [`crate::jobs`].
+
+pub mod breaker;
+pub mod cancel;
+pub mod rate_limit;
+pub mod run_stream;
