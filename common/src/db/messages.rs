@@ -7,6 +7,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Page;
+use crate::domain::MessageRole;
 
 /// One message of a thread.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -15,8 +16,8 @@ pub struct Message {
     pub id: Uuid,
     /// Thread.
     pub thread_id: Uuid,
-    /// `user` or `assistant`.
-    pub role: String,
+    /// Author.
+    pub role: MessageRole,
     /// Text.
     pub content: String,
     /// The run this message started (user) or that wrote it (assistant).
@@ -77,8 +78,9 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Message>, sqlx::Error
 
 /// Citations of a run's answer (empty when there is no answer yet).
 pub async fn answer_citations(pool: &PgPool, run_id: Uuid) -> Result<Value, sqlx::Error> {
-    let c: Option<(Value,)> = sqlx::query_as("SELECT citations FROM messages WHERE run_id = $1 AND role = 'assistant'")
+    let c: Option<(Value,)> = sqlx::query_as("SELECT citations FROM messages WHERE run_id = $1 AND role = $2")
         .bind(run_id)
+        .bind(MessageRole::Assistant)
         .fetch_optional(pool)
         .await?;
     Ok(c.map(|c| c.0).unwrap_or_else(|| Value::Array(Vec::new())))
