@@ -141,9 +141,8 @@ impl VectorCache {
             };
             let query = query.to_vec();
             let b = base.clone();
-            let hits = tokio::task::spawn_blocking(move || b.index.search(&query, k))
-                .await
-                .map_err(RetrievalError::Index)?;
+            let hits =
+                tokio::task::spawn_blocking(move || b.index.search(&query, k)).await.map_err(RetrievalError::Index)?;
             out.extend(hits.into_iter().map(|(i, s)| (base.ids[i], s)));
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1));

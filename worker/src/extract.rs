@@ -12,6 +12,7 @@ use std::{
     time::Duration,
 };
 
+use chatq_common::domain::DocumentErrorCode;
 use serde::{Deserialize, Serialize};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,17 +24,15 @@ pub const MAX_HTML_DEPTH: usize = 512;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ExtractError {
-    /// `empty_document`, `invalid_utf8`, `pdf_unreadable`, `pdf_encrypted`, `pdf_no_pages`,
-    /// `pdf_no_text`, `pdf_extraction_crashed`, `extraction_timeout`, `html_too_deeply_nested`,
-    /// `html_unreadable`, `unsupported_media_type`.
-    pub code: String,
+    /// Why.
+    pub code: DocumentErrorCode,
     /// What went wrong.
     pub message: String,
 }
 
 impl ExtractError {
-    fn new(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.to_string(), message: message.into() }
+    fn new(code: DocumentErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
     }
 }
 
@@ -80,7 +79,7 @@ pub struct ChildLimits {
 /// Extracts the text of a document of `media_type`.
 pub async fn extract(media_type: &str, bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ExtractError::new("empty_document", "the file is empty"));
+        return Err(ExtractError::new(DocumentErrorCode::EmptyDocument, "the file is empty"));
     }
     let extracted = match media_type {
         "application/pdf" => pdf_in_child(bytes, limits).await?,
@@ -96,10 +95,12 @@ pub async fn extract(media_type: &str, bytes: Vec<u8>, limits: &ChildLimits) -> 
             let text = html(bytes).await?;
             Extracted { sections: vec![Section { location: None, text, format: Format::Markdown }], pages: 1 }
         }
-        other => return Err(ExtractError::new("unsupported_media_type", format!("cannot ingest {other}"))),
+        other => {
+            return Err(ExtractError::new(DocumentErrorCode::UnsupportedMediaType, format!("cannot ingest {other}")));
+        }
     };
     if extracted.sections.iter().all(|s| s.text.trim().is_empty()) {
-        return Err(ExtractError::new("empty_document", "the document contains no text"));
+        return Err(ExtractError::new(DocumentErrorCode::EmptyDocument, "the document contains no text"));
     }
     Ok(extracted)
 }
@@ -107,7 +108,7 @@ pub async fn extract(media_type: &str, bytes: Vec<u8>, limits: &ChildLimits) -> 
 fn utf8(bytes: Vec<u8>) -> Result<String, ExtractError> {
     let text = String::from_utf8(bytes).map_err(|e| {
         ExtractError::new(
-            "invalid_utf8",
+            DocumentErrorCode::InvalidUtf8,
             format!("the file is not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
         )
     })?;
@@ -149,7 +150,7 @@ async fn html(bytes: Vec<u8>) -> Result<String, ExtractError> {
     let depth = html_depth(&text);
     if depth > MAX_HTML_DEPTH {
         return Err(ExtractError::new(
-            "html_too_deeply_nested",
+            DocumentErrorCode::HtmlTooDeeplyNested,
             format!("the HTML nests elements {depth} levels deep (limit {MAX_HTML_DEPTH})"),
         ));
     }
@@ -166,12 +167,14 @@ async fn html(bytes: Vec<u8>) -> Result<String, ExtractError> {
         let _ = tx.send(result);
     });
     if spawned.is_err() {
-        return Err(ExtractError::new("html_unreadable", "cannot start the HTML converter"));
+        return Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "cannot start the HTML converter"));
     }
     match rx.await {
         Ok(Ok(Ok(body))) => Ok(body),
-        Ok(Ok(Err(e))) => Err(ExtractError::new("html_unreadable", format!("the HTML cannot be read: {e}"))),
-        _ => Err(ExtractError::new("html_unreadable", "the HTML converter crashed on this file")),
+        Ok(Ok(Err(e))) => {
+            Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, format!("the HTML cannot be read: {e}")))
+        }
+        _ => Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "the HTML converter crashed on this file")),
     }
 }
 
@@ -255,7 +258,7 @@ pub enum ChildOutput {
     /// The whole document failed.
     Error {
         /// Stable code.
-        code: String,
+        code: DocumentErrorCode,
         /// Message.
         message: String,
     },
@@ -281,26 +284,26 @@ pub fn child_main() -> std::process::ExitCode {
 /// Extracts every page's text; used inside the child process only.
 pub fn extract_pdf_pages(bytes: &[u8]) -> ChildOutput {
     use std::panic::{AssertUnwindSafe, catch_unwind};
-    let err = |code: &str, message: String| ChildOutput::Error { code: code.into(), message };
+    let err = |code: DocumentErrorCode, message: String| ChildOutput::Error { code, message };
     let loaded = catch_unwind(|| pdf_extract::Document::load_mem(bytes));
     let mut doc = match loaded {
         Ok(Ok(d)) => d,
-        Ok(Err(e)) => return err("pdf_unreadable", format!("the PDF cannot be parsed: {e}")),
-        Err(_) => return err("pdf_unreadable", "the PDF cannot be parsed (parser crashed)".into()),
+        Ok(Err(e)) => return err(DocumentErrorCode::PdfUnreadable, format!("the PDF cannot be parsed: {e}")),
+        Err(_) => return err(DocumentErrorCode::PdfUnreadable, "the PDF cannot be parsed (parser crashed)".into()),
     };
     if doc.is_encrypted() {
         // Many PDFs are "encrypted" with an empty user password; those can be read.
         let opened = catch_unwind(AssertUnwindSafe(|| doc.decrypt(""))).map(|r| r.is_ok()).unwrap_or(false);
         if !opened || doc.is_encrypted() {
-            return err("pdf_encrypted", "the PDF is encrypted with a password".into());
+            return err(DocumentErrorCode::PdfEncrypted, "the PDF is encrypted with a password".into());
         }
     }
     let numbers: Vec<u32> = match catch_unwind(AssertUnwindSafe(|| doc.get_pages().into_keys().collect())) {
         Ok(n) => n,
-        Err(_) => return err("pdf_unreadable", "the PDF page tree cannot be read".into()),
+        Err(_) => return err(DocumentErrorCode::PdfUnreadable, "the PDF page tree cannot be read".into()),
     };
     if numbers.is_empty() {
-        return err("pdf_no_pages", "the PDF has no pages".into());
+        return err(DocumentErrorCode::PdfNoPages, "the PDF has no pages".into());
     }
     let mut pages = Vec::new();
     let mut failed_pages = Vec::new();
@@ -319,7 +322,7 @@ pub fn extract_pdf_pages(bytes: &[u8]) -> ChildOutput {
 }
 
 async fn pdf_in_child(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
-    let crashed = |why: String| ExtractError::new("pdf_extraction_crashed", why);
+    let crashed = |why: String| ExtractError::new(DocumentErrorCode::PdfExtractionCrashed, why);
     let mut cmd = tokio::process::Command::new(&limits.bin);
     cmd.arg("extract-pdf").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
     let memory = limits.memory_mb.saturating_mul(1 << 20);
@@ -352,7 +355,7 @@ async fn pdf_in_child(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted,
     };
     let (out, status) = tokio::time::timeout(limits.timeout, work).await.map_err(|_| {
         ExtractError::new(
-            "extraction_timeout",
+            DocumentErrorCode::ExtractionTimeout,
             format!("the PDF took longer than {}s to extract", limits.timeout.as_secs()),
         )
     })?;
@@ -379,11 +382,11 @@ async fn pdf_in_child(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted,
                 .collect();
             let chars: usize = sections.iter().map(|s| s.text.trim().chars().count()).sum();
             if sections.is_empty() {
-                return Err(ExtractError::new("pdf_unreadable", "no page of the PDF could be read"));
+                return Err(ExtractError::new(DocumentErrorCode::PdfUnreadable, "no page of the PDF could be read"));
             }
             if chars < 20 * total.max(1) / 2 {
                 return Err(ExtractError::new(
-                    "pdf_no_text",
+                    DocumentErrorCode::PdfNoText,
                     "the PDF has (almost) no text layer; scanned documents need OCR, which chatq does not do",
                 ));
             }

@@ -5,7 +5,7 @@
 //! input) stops after a bounded number of attempts. Duplicate deliveries are harmless: the
 //! claim decides. Recoveries are counted in `chatq_reconciler_recoveries_total{action}`.
 
-use chatq_common::{db, jobs};
+use chatq_common::{db, domain::RunStatus, jobs};
 use tokio_util::sync::CancellationToken;
 
 use crate::WorkerCtx;
@@ -52,7 +52,10 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;
-        ctx.metrics.runs_finished.with_label_values(&["failed", db::runs::EXHAUSTED_CODE]).inc();
+        ctx.metrics
+            .runs_finished
+            .with_label_values(&[RunStatus::Failed.as_str(), db::runs::EXHAUSTED_CODE.as_str()])
+            .inc();
     }
     ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);
     let storage = ctx.chat_queue();

@@ -12,6 +12,7 @@ use chatq_common::{
         knowledge::{Document, KnowledgeBase, NewDocument, Stored},
         usage::NewUsage,
     },
+    domain::{DocumentErrorCode, DocumentStatus, UsageKind, UsageOutcome},
     media,
     pricing::TokenUsage,
     retrieval,
@@ -94,8 +95,8 @@ impl From<KnowledgeBase> for KnowledgeBaseOut {
 /// Why a document failed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocumentError {
-    /// Stable code, e.g. `pdf_unreadable`, `invalid_utf8`.
-    pub code: String,
+    /// Stable code.
+    pub code: DocumentErrorCode,
     /// What went wrong.
     pub message: String,
 }
@@ -119,8 +120,8 @@ pub struct DocumentOut {
     pub size_bytes: i64,
     /// SHA-256 of the content, hex.
     pub sha256: String,
-    /// `queued`, `processing`, `ready` or `failed`.
-    pub status: String,
+    /// Where ingestion is.
+    pub status: DocumentStatus,
     /// Why it failed, when it did.
     pub error: Option<DocumentError>,
     /// Chunks indexed.
@@ -479,11 +480,11 @@ pub async fn get_batch(
     let (batch, docs) = db::knowledge::get_batch(&state.pool, id).await?.ok_or(ApiError::NotFound("batch"))?;
     let mut counts = BatchCounts { duplicate: batch.duplicate_count as i64, ..Default::default() };
     for d in &docs {
-        match d.status.as_str() {
-            "queued" => counts.queued += 1,
-            "processing" => counts.processing += 1,
-            "ready" => counts.ready += 1,
-            _ => counts.failed += 1,
+        match d.status {
+            DocumentStatus::Queued => counts.queued += 1,
+            DocumentStatus::Processing => counts.processing += 1,
+            DocumentStatus::Ready => counts.ready += 1,
+            DocumentStatus::Failed => counts.failed += 1,
         }
     }
     counts.total = docs.len() as i64 + counts.duplicate;
@@ -519,11 +520,14 @@ pub async fn search(
     let (sources, stats) =
         retrieval::search(&state.pool, &state.provider, &state.vectors, &[kb.id], model, &input.query, k, None)
             .await
-            .map_err(|retrieval::RetrievalError::Db(e)| ApiError::from(e))?;
+            .map_err(|e| match e {
+            retrieval::RetrievalError::Db(e) => ApiError::from(e),
+            e => ApiError::Internal(e.into()),
+        })?;
     let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
     let pricing_cost = pricing(&state).and_then(|p| p.cost(&kb.embedding_model, Utc::now().date_naive(), usage));
     let record = NewUsage {
-        kind: "embedding",
+        kind: UsageKind::Embedding,
         model: kb.embedding_model.clone(),
         api_key_id: Some(principal.key_id),
         assistant_id: None,
@@ -533,7 +537,7 @@ pub async fn search(
         cached_input_tokens: 0,
         output_tokens: 0,
         cost_usd: pricing_cost,
-        outcome: stats.embedding_error.as_ref().map_or("ok", |e| e.code).to_string(),
+        outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
         latency_ms: started.elapsed().as_millis() as i64,
     };
     db::usage::insert(&state.pool, &record).await?;

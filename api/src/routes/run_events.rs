@@ -11,7 +11,7 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use chatq_common::{db, events::RunEvent};
+use chatq_common::{db, domain::RunStatus, events::RunEvent};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -317,7 +317,7 @@ pub async fn cancel_run(
     if run.is_terminal() {
         return Ok(Json(run.into()));
     }
-    if run.status == "queued"
+    if run.status == RunStatus::Queued
         && let Some(event) = db::runs::cancel_queued(&state.pool, run.id).await?
     {
         state.metrics.runs_cancel_requested.inc();

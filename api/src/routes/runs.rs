@@ -5,7 +5,12 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use chatq_common::{db, db::runs::Run, jobs};
+use chatq_common::{
+    db,
+    db::runs::Run,
+    domain::{RunErrorCode, RunStatus},
+    jobs,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -53,8 +58,8 @@ pub struct UsageOut {
 /// Why a run failed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorOut {
-    /// Stable code, e.g. `provider_rejected`.
-    pub code: String,
+    /// Stable code.
+    pub code: RunErrorCode,
     /// A message fit for an end user.
     pub message: String,
 }
@@ -72,8 +77,8 @@ pub struct RunOut {
     pub assistant_id: Uuid,
     /// The user message answered.
     pub user_message_id: Uuid,
-    /// `queued`, `in_progress`, `completed`, `failed` or `cancelled`.
-    pub status: String,
+    /// Where the run is.
+    pub status: RunStatus,
     /// Attempts so far.
     pub attempt: i32,
     /// Model used.
@@ -326,8 +331,11 @@ pub async fn get_run(
     Path(id): Path<Uuid>,
 ) -> Result<Json<RunOut>, ApiError> {
     let run = visible_run(&state, &principal, id).await?;
-    let citations =
-        if run.status == "completed" { db::messages::answer_citations(&state.pool, run.id).await? } else { json!([]) };
+    let citations = if run.status == RunStatus::Completed {
+        db::messages::answer_citations(&state.pool, run.id).await?
+    } else {
+        json!([])
+    };
     Ok(Json(RunOut::new(run, citations)))
 }
 

@@ -466,7 +466,7 @@ async fn the_reaper_fails_a_run_whose_workers_died_too_often_and_requeues_the_ot
     assert_eq!(chatq_worker::reconciler::tick(&ctx).await.unwrap(), 2);
     let (_, run) = s.client(Method::GET, &format!("/v1/runs/{doomed}"), None).await;
     assert_eq!(run["status"], "failed", "{run}");
-    assert_eq!(run["error"]["code"], db::runs::EXHAUSTED_CODE);
+    assert_eq!(run["error"]["code"], db::runs::EXHAUSTED_CODE.as_str());
     let last: String =
         sqlx::query_scalar("SELECT kind FROM run_events WHERE run_id = $1::uuid ORDER BY seq DESC LIMIT 1")
             .bind(&doomed)

@@ -49,7 +49,7 @@ async fn two_deliveries_at_once_produce_one_answer(pool: PgPool) {
     ra.unwrap();
     rb.unwrap();
     let stored = db::runs::get(&pool, id).await.unwrap().unwrap();
-    assert_eq!(stored.status, "completed");
+    assert_eq!(stored.status, chatq_common::domain::RunStatus::Completed);
     assert_eq!(stored.attempt, 1, "only one delivery claimed the run");
     assert_eq!(count(&pool, "SELECT count(*) FROM messages WHERE run_id = $1 AND role = 'assistant'", id).await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM usage_records WHERE run_id = $1", id).await, 1);

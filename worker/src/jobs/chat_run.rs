@@ -8,6 +8,7 @@ use apalis::prelude::{BoxDynError, Data};
 use async_openai::types::chat::FinishReason;
 use chatq_common::{
     db::{self, runs::Outcome, usage::NewUsage},
+    domain::{MessageRole, ModerationMode, RunStatus, UsageKind, UsageOutcome},
     events::{EventKind, RunEvent},
     jobs::{self, ChatRun},
     pricing::TokenUsage,
@@ -74,7 +75,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
     if run.attempt > ctx.config.run_max_attempts {
         let outcome = Outcome::Failed {
-            code: db::runs::EXHAUSTED_CODE.into(),
+            code: db::runs::EXHAUSTED_CODE,
             message: db::runs::EXHAUSTED_MESSAGE.into(),
             partial_text: String::new(),
         };
@@ -82,7 +83,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     }
     if run.attempt > 1 {
         // The partial answer of the previous attempt is void: clients clear it on this event.
-        let reason = if run.previous_status.as_deref() == Some("in_progress") { "worker_lost" } else { "retry" };
+        let reason = if run.previous_status == Some(RunStatus::InProgress) { "worker_lost" } else { "retry" };
         attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": reason}), String::new(), None).await;
     }
     attempt.emit(EventKind::Started, json!({"attempt": run.attempt}), String::new(), None).await;
@@ -124,7 +125,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
             }
 
-            let record = chat_usage(&run, "ok".into(), usage, cost, latency_ms);
+            let record = chat_usage(&run, UsageOutcome::Ok, usage, cost, latency_ms);
             let cited = retrieval::citations(&text, &sources);
             for c in &cited {
                 attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
@@ -143,7 +144,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
             let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.run_max_attempts;
-            let record = chat_usage(&run, error.code.to_string(), TokenUsage::default(), None, latency_ms);
+            let record = chat_usage(&run, error.code.into(), TokenUsage::default(), None, latency_ms);
             if retry {
                 return attempt.retry(error, Some(record)).await;
             }
@@ -165,7 +166,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
 /// the breaker may half-open; past `CHATQ_PROVIDER_MAX_WAIT_SECS` from its submission it fails.
 async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) -> Result<(), sqlx::Error> {
     let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(()) };
-    if run.status != "queued" {
+    if run.status != RunStatus::Queued {
         return Ok(());
     }
     let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
@@ -173,14 +174,7 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
     if waited >= max_wait {
         let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
         let attempt = Attempt { ctx, run_id: run.id, attempt: run.attempt, seq: run.last_seq };
-        let error = ProviderError {
-            class: ErrorClass::Permanent,
-            code: "provider_unavailable",
-            message: "The assistant is unavailable right now. Please try again later.".into(),
-            detail: format!("circuit breaker open for the whole wait of {}s", max_wait.as_secs()),
-            status: None,
-            retry_after: None,
-        };
+        let error = ProviderError::breaker_open(max_wait);
         return attempt.fail(error, String::new(), Instant::now(), None).await;
     }
     let delay = retry_in.min(max_wait - waited) + Duration::from_millis(50);
@@ -204,10 +198,10 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
             return Ok(Some(run));
         }
         let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
-        let wait = match (run.status.as_str(), run.next_attempt_at) {
-            ("queued", Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
+        let wait = match (run.status, run.next_attempt_at) {
+            (RunStatus::Queued, Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
             _ => {
-                tracing::debug!(run.id = %run_id, status = run.status, "run not claimable (finished or leased); skipping");
+                tracing::debug!(run.id = %run_id, status = %run.status, "run not claimable (finished or leased); skipping");
                 return Ok(None);
             }
         };
@@ -226,13 +220,13 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
 /// The usage record of one chat call of `run`.
 fn chat_usage(
     run: &db::runs::Run,
-    outcome: String,
+    outcome: UsageOutcome,
     usage: TokenUsage,
     cost_usd: Option<f64>,
     latency_ms: i64,
 ) -> NewUsage {
     NewUsage {
-        kind: "chat",
+        kind: UsageKind::Chat,
         model: run.model.clone(),
         api_key_id: Some(run.api_key_id),
         assistant_id: Some(run.assistant_id),
@@ -275,8 +269,8 @@ impl Attempt<'_> {
         claimed_at: Instant,
         usage: Option<NewUsage>,
     ) -> Result<(), sqlx::Error> {
-        tracing::warn!(run.id = %self.run_id, attempt = self.attempt, code = e.code, detail = %e.detail, "run failed");
-        let outcome = Outcome::Failed { code: e.code.to_string(), message: e.message.clone(), partial_text: partial };
+        tracing::warn!(run.id = %self.run_id, attempt = self.attempt, code = %e.code, detail = %e.detail, "run failed");
+        let outcome = Outcome::Failed { code: e.code, message: e.message.clone(), partial_text: partial };
         self.finish(outcome, usage, claimed_at).await
     }
 
@@ -302,7 +296,7 @@ impl Attempt<'_> {
             return Ok(());
         }
         ctx.metrics.run_retries.with_label_values(&[e.code]).inc();
-        tracing::info!(run.id = %self.run_id, attempt = self.attempt, code = e.code, detail = %e.detail,
+        tracing::info!(run.id = %self.run_id, attempt = self.attempt, code = %e.code, detail = %e.detail,
             delay_ms = delay.as_millis() as u64, "run will be retried");
         // Short delays are waited out by the claim (apalis schedules by the whole second).
         let push_delay = if delay <= Duration::from_secs(2) { Duration::ZERO } else { delay };
@@ -335,11 +329,10 @@ impl Attempt<'_> {
         let ctx = self.ctx;
         ctx.sink.flush().await;
         let (status, code) = match &outcome {
-            Outcome::Completed { .. } => ("completed", ""),
-            Outcome::Failed { code, .. } => ("failed", code.as_str()),
-            Outcome::Cancelled { .. } => ("cancelled", ""),
+            Outcome::Completed { .. } => (RunStatus::Completed, ""),
+            Outcome::Failed { code, .. } => (RunStatus::Failed, code.as_str()),
+            Outcome::Cancelled { .. } => (RunStatus::Cancelled, ""),
         };
-        let code = code.to_string();
         let finish = db::runs::Finish { run_id: self.run_id, attempt: self.attempt, seq: self.seq + 1, outcome, usage };
         let mut delay = Duration::from_millis(100);
         let event = loop {
@@ -356,17 +349,17 @@ impl Attempt<'_> {
         match event {
             Some(event) => {
                 ctx.sink.publish(&event).await;
-                ctx.metrics.runs_finished.with_label_values(&[status, &code]).inc();
+                ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code]).inc();
                 // Counted once the usage record is committed, with its value, so the counters
                 // add up to `usage_records` (an unknown model is counted apart, never as free).
-                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome == "ok") {
+                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome.is_ok()) {
                     match u.cost_usd {
                         Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
                         None => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
                     }
                 }
                 ctx.metrics.run_duration.with_label_values(&[status]).observe(claimed_at.elapsed().as_secs_f64());
-                tracing::info!(run.id = %self.run_id, attempt = self.attempt, status, "run finished");
+                tracing::info!(run.id = %self.run_id, attempt = self.attempt, status = %status, "run finished");
             }
             None => {
                 tracing::warn!(run.id = %self.run_id, attempt = self.attempt, "run changed owner before finishing; nothing written")
@@ -413,7 +406,7 @@ async fn stream_answer(
 
     let mut stream = tokio::select! {
         opened = ctx.provider.stream_chat(request) => match opened {
-            Ok(s) => s.stream,
+            Ok(s) => s,
             Err(error) => return StreamOutcome::Failed { error, partial: text },
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,
@@ -537,20 +530,20 @@ async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<Prov
     let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
         return Ok(None);
     };
-    if assistant.moderation != "input" {
+    if assistant.moderation != ModerationMode::Input {
         return Ok(None);
     }
     let Some(message) = db::messages::get(&ctx.pool, run.user_message_id).await? else { return Ok(None) };
     let started = Instant::now();
     let verdict = ctx.provider.moderate(&message.content).await;
     let outcome = match &verdict {
-        Ok(v) if v.flagged => "flagged".to_string(),
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.code.to_string(),
+        Ok(v) if v.flagged => UsageOutcome::Flagged,
+        Ok(_) => UsageOutcome::Ok,
+        Err(e) => e.code.into(),
     };
     let model = chatq_common::provider::MODERATION_MODEL;
     let record = NewUsage {
-        kind: "moderation",
+        kind: UsageKind::Moderation,
         model: model.to_string(),
         api_key_id: Some(run.api_key_id),
         assistant_id: Some(run.assistant_id),
@@ -567,17 +560,7 @@ async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<Prov
     match verdict {
         Ok(v) if v.flagged => {
             ctx.metrics.moderation_checks.with_label_values(&["flagged"]).inc();
-            Ok(Some(ProviderError {
-                class: ErrorClass::Permanent,
-                code: "moderation_flagged",
-                message: format!(
-                    "This message can't be answered: content moderation flagged it ({}).",
-                    v.categories.join(", ")
-                ),
-                detail: format!("flagged categories: {}", v.categories.join(",")),
-                status: None,
-                retry_after: None,
-            }))
+            Ok(Some(ProviderError::moderation_flagged(&v.categories)))
         }
         Ok(_) => {
             ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
@@ -586,12 +569,7 @@ async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<Option<Prov
         Err(e) if ctx.config.moderation_fail_closed => {
             ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
             tracing::warn!(run.id = %run.id, detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
-            Ok(Some(ProviderError {
-                class: ErrorClass::Retryable,
-                code: "provider_unavailable",
-                message: "The assistant can't check this message right now. Please try again.".into(),
-                ..e
-            }))
+            Ok(Some(e.moderation_unavailable()))
         }
         Err(e) => {
             ctx.metrics.moderation_checks.with_label_values(&["unavailable_open"]).inc();
@@ -609,14 +587,7 @@ async fn build_request(
     run: &db::runs::Run,
 ) -> Result<Result<(ChatRequest, Vec<Source>), ProviderError>, sqlx::Error> {
     let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
-        return Ok(Err(ProviderError {
-            class: chatq_common::provider::ErrorClass::Permanent,
-            code: "internal",
-            message: "The assistant of this run no longer exists.".into(),
-            detail: "assistant missing".into(),
-            status: None,
-            retry_after: None,
-        }));
+        return Ok(Err(ProviderError::assistant_missing()));
     };
     let recent = db::messages::recent_until(&ctx.pool, run.thread_id, run.user_message_id, 500).await?;
     let question = recent.first().map(|m| m.content.clone()).unwrap_or_default();
@@ -634,7 +605,10 @@ async fn build_request(
             break;
         }
         budget = budget.saturating_sub(cost);
-        let role = if m.role == "assistant" { PromptRole::Assistant } else { PromptRole::User };
+        let role = match m.role {
+            MessageRole::Assistant => PromptRole::Assistant,
+            MessageRole::User => PromptRole::User,
+        };
         history.push(PromptMessage { role, content: m.content });
     }
     history.reverse();
@@ -694,10 +668,13 @@ async fn retrieve(
         {
             Ok(r) => r,
             Err(retrieval::RetrievalError::Db(e)) => return Err(e),
+            // This job's error type is `sqlx::Error`: an index failure fails the job (retried)
+            // as it always has.
+            Err(e @ retrieval::RetrievalError::Index(_)) => return Err(sqlx::Error::Protocol(e.to_string())),
         };
         let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
         let record = NewUsage {
-            kind: "embedding",
+            kind: UsageKind::Embedding,
             model: model.clone(),
             api_key_id: Some(run.api_key_id),
             assistant_id: Some(run.assistant_id),
@@ -707,7 +684,7 @@ async fn retrieve(
             cached_input_tokens: 0,
             output_tokens: 0,
             cost_usd: ctx.pricing.cost(&model, Utc::now().date_naive(), usage),
-            outcome: stats.embedding_error.as_ref().map_or("ok", |e| e.code).to_string(),
+            outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
             latency_ms: started.elapsed().as_millis() as i64,
         };
         if let Err(e) = db::usage::insert(&ctx.pool, &record).await {

@@ -68,7 +68,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
         model: "gpt-4o-mini".into(),
         temperature: None,
         max_output_tokens: None,
-        moderation: "off".into(),
+        moderation: chatq_common::domain::ModerationMode::Off,
         retention_days: None,
         metadata: serde_json::json!({}),
         knowledge_base_ids: vec![],
@@ -99,7 +99,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
     // Kill it in the middle of the answer.
     wait_until(Duration::from_secs(20), || async {
         let r = db::runs::get(&pool, run.id).await.unwrap().unwrap();
-        r.status == "in_progress" && r.output_text.split_whitespace().count() >= 10
+        r.status == chatq_common::domain::RunStatus::InProgress && r.output_text.split_whitespace().count() >= 10
     })
     .await;
     first.kill().expect("kill -9");
@@ -108,7 +108,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
     let mut second = spawn_worker(&env);
     // Recovery bound: lease (3 s) + reconciler interval (1 s), then the answer (~5 s).
     wait_until(Duration::from_secs(30), || async {
-        db::runs::get(&pool, run.id).await.unwrap().unwrap().status == "completed"
+        db::runs::get(&pool, run.id).await.unwrap().unwrap().status == chatq_common::domain::RunStatus::Completed
     })
     .await;
     second.kill().ok();
