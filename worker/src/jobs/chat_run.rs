@@ -120,7 +120,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     match outcome {
         StreamOutcome::Done { text, finish_reason, usage } => {
             let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
-            ctx.metrics.provider_requests.with_label_values(&["ok"]).inc();
+            ctx.metrics.provider_requests.with_label_values(&[UsageOutcome::Ok]).inc();
             for (kind, n) in [("input", usage.input), ("cached_input", usage.cached_input), ("output", usage.output)] {
                 ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
             }
