@@ -1,4 +1,6 @@
-//! Knowledge bases, ingestion batches, documents, their bytes and chunks.
+//! Knowledge bases, ingestion batches, documents, their bytes and chunks. Statuses written are
+//! bound [`DocumentStatus`] values; those in `WHERE` clauses stay literal so Postgres can match
+//! them to the predicate of the partial index `documents_pending_idx`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};

@@ -1,4 +1,5 @@
-//! `messages`: the conversation history.
+//! `messages`: the conversation history. A role in a `WHERE` clause stays literal so Postgres
+//! can match it to the predicate of the partial index `messages_one_answer_per_run`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -78,9 +79,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Message>, sqlx::Error
 
 /// Citations of a run's answer (empty when there is no answer yet).
 pub async fn answer_citations(pool: &PgPool, run_id: Uuid) -> Result<Value, sqlx::Error> {
-    let c: Option<(Value,)> = sqlx::query_as("SELECT citations FROM messages WHERE run_id = $1 AND role = $2")
+    let c: Option<(Value,)> = sqlx::query_as("SELECT citations FROM messages WHERE run_id = $1 AND role = 'assistant'")
         .bind(run_id)
-        .bind(MessageRole::Assistant)
         .fetch_optional(pool)
         .await?;
     Ok(c.map(|c| c.0).unwrap_or_else(|| Value::Array(Vec::new())))
