@@ -106,7 +106,7 @@ pub async fn resolve(state: &AppState, token: &str) -> Result<Principal, ApiErro
         return Ok(p);
     }
     let key = db::keys::find_active_by_hash(&state.pool, &hash).await?.ok_or(ApiError::Unauthorized)?;
-    let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+    let role = key.role;
     let principal = Principal {
         key_id: key.id,
         role,
@@ -129,7 +129,7 @@ pub async fn resolve_user_token(state: &AppState, token: &str) -> Result<Princip
         Some(p) => p,
         None => {
             let key = db::keys::find_active_by_id(&state.pool, grant.key_id).await?.ok_or(ApiError::Unauthorized)?;
-            let role = Role::parse(&key.role).ok_or(ApiError::Unauthorized)?;
+            let role = key.role;
             let p = Principal {
                 key_id: key.id,
                 role,

@@ -3,34 +3,7 @@
 use rand::Rng as _;
 use sha2::{Digest, Sha256};
 
-/// What a key may do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Everything, including assistants, knowledge bases, usage and maintenance.
-    Admin,
-    /// Chat on behalf of end users.
-    Client,
-}
-
-impl Role {
-    /// The stored name of the role.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Admin => "admin",
-            Role::Client => "client",
-        }
-    }
-
-    /// Parses a stored role name.
-    pub fn parse(s: &str) -> Option<Role> {
-        match s {
-            "admin" => Some(Role::Admin),
-            "client" => Some(Role::Client),
-            _ => None,
-        }
-    }
-}
+pub use crate::domain::Role;
 
 const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
 

@@ -3,6 +3,7 @@
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod domain;
 pub mod events;
 pub mod jobs;
 pub mod keys;

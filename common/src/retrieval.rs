@@ -120,7 +120,7 @@ impl VectorCache {
         kb_ids: &[Uuid],
         query: &[f32],
         k: usize,
-    ) -> Result<Vec<(Uuid, f32)>, sqlx::Error> {
+    ) -> Result<Vec<(Uuid, f32)>, RetrievalError> {
         let mut out = Vec::new();
         for (kb, version) in db::knowledge::kb_versions(pool, kb_ids).await? {
             let cached = self.bases.lock().unwrap_or_else(|p| p.into_inner()).get(&kb).cloned();
@@ -132,7 +132,7 @@ impl VectorCache {
                     let (ids, vectors): (Vec<Uuid>, Vec<Vec<f32>>) = rows.into_iter().unzip();
                     let index = tokio::task::spawn_blocking(move || ExactIndex::new(&vectors))
                         .await
-                        .map_err(|e| sqlx::Error::Protocol(format!("index build panicked: {e}")))?;
+                        .map_err(RetrievalError::Index)?;
                     tracing::info!(kb.id = %kb, vectors = ids.len(), ms = started.elapsed().as_millis() as u64, "vectors loaded");
                     let base = Arc::new(CachedBase { version, ids, index: Box::new(index) });
                     self.bases.lock().unwrap_or_else(|p| p.into_inner()).insert(kb, base.clone());
@@ -141,9 +141,8 @@ impl VectorCache {
             };
             let query = query.to_vec();
             let b = base.clone();
-            let hits = tokio::task::spawn_blocking(move || b.index.search(&query, k))
-                .await
-                .map_err(|e| sqlx::Error::Protocol(format!("vector search panicked: {e}")))?;
+            let hits =
+                tokio::task::spawn_blocking(move || b.index.search(&query, k)).await.map_err(RetrievalError::Index)?;
             out.extend(hits.into_iter().map(|(i, s)| (base.ids[i], s)));
         }
         out.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -211,6 +210,10 @@ pub enum RetrievalError {
     /// Postgres.
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+    /// Building or searching a vector index did not complete (it panicked, or the runtime is
+    /// shutting down).
+    #[error("vector index task failed: {0}")]
+    Index(#[source] tokio::task::JoinError),
 }
 
 /// What a search did besides its results.
@@ -249,7 +252,7 @@ pub async fn search(
             cache.search(pool, kb_ids, &v, CANDIDATES).await?.into_iter().map(|(id, _)| id).collect()
         }
         Err(e) => {
-            tracing::warn!(code = e.code, detail = %e.detail, "query embedding failed; keyword search only");
+            tracing::warn!(code = %e.code, detail = %e.detail, "query embedding failed; keyword search only");
             stats.embedding_error = Some(e);
             Vec::new()
         }

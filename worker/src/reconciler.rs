@@ -9,6 +9,7 @@
 
 use chatq_common::{
     db,
+    domain::RunStatus,
     jobs::{self, ChatRun, IngestDocument},
 };
 use tokio_util::sync::CancellationToken;
@@ -54,7 +55,10 @@ pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> 
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;
-        ctx.metrics.runs_finished.with_label_values(&["failed", db::runs::EXHAUSTED_CODE]).inc();
+        ctx.metrics
+            .runs_finished
+            .with_label_values(&[RunStatus::Failed.as_str(), db::runs::EXHAUSTED_CODE.as_str()])
+            .inc();
     }
     ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);
     let storage = jobs::storage::<ChatRun>(ctx.redis.clone(), &ctx.queues);

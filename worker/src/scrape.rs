@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chatq_common::db;
+use chatq_common::{db, domain::DocumentStatus};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
@@ -41,7 +41,7 @@ pub async fn refresh(ctx: &WorkerCtx) {
     if due {
         match db::maintenance::documents_by_status(&ctx.pool).await {
             Ok(rows) => {
-                for status in ["queued", "processing", "ready", "failed"] {
+                for status in DocumentStatus::ALL {
                     let n = rows.iter().find(|(s, _)| s == status).map_or(0, |r| r.1);
                     ctx.metrics.documents.with_label_values(&[status]).set(n);
                 }

@@ -3,6 +3,7 @@
 use axum::{extract::State, http::StatusCode};
 use chatq_common::{
     db::{self, maintenance::Requested},
+    domain::{MaintenanceKind, MaintenanceStatus},
     jobs::{self, Cleanup},
 };
 use chrono::{DateTime, Utc};
@@ -39,10 +40,10 @@ pub struct JobOut {
     pub id: Uuid,
     /// Always `maintenance_job`.
     pub object: &'static str,
-    /// `cleanup`.
-    pub kind: String,
-    /// `queued`, `running`, `completed` or `failed`.
-    pub status: String,
+    /// What it does.
+    pub kind: MaintenanceKind,
+    /// Where it is.
+    pub status: MaintenanceStatus,
     /// Counted only.
     pub dry_run: bool,
     /// Counts by kind of data (`threads`, `messages`, `runs`, `run_events`, `old_run_events`,
@@ -80,7 +81,13 @@ pub async fn cleanup(
     Json(input): Json<CleanupIn>,
 ) -> Result<(StatusCode, Json<JobOut>), ApiError> {
     principal.require_admin()?;
-    let requested = db::maintenance::request(&state.pool, "cleanup", input.dry_run, Some(principal.key_id)).await?;
+    let requested =
+        db::maintenance::request(&state.pool, MaintenanceKind::Cleanup, input.dry_run, Some(principal.key_id))
+            .await
+            .map_err(|e| match e {
+                db::maintenance::RequestError::Db(e) => ApiError::from(e),
+                e => ApiError::Internal(e.into()),
+            })?;
     let outcome = if matches!(requested, Requested::New(_)) { "new" } else { "existing" };
     state.metrics.cleanup_requests.with_label_values(&[outcome]).inc();
     let job = requested.job().clone();
@@ -97,7 +104,13 @@ pub async fn cleanup(
     let task = Cleanup { job_id: Some(job.id), dry_run: job.dry_run };
     if let Err(e) = jobs::push_cleanup(&storage, task, format!("cleanup-{}", job.id)).await {
         tracing::warn!(job.id = %job.id, error = %e, "cannot enqueue cleanup");
-        db::maintenance::finish(&state.pool, job.id, "failed", &json!({"error": "could not be queued"})).await?;
+        db::maintenance::finish(
+            &state.pool,
+            job.id,
+            MaintenanceStatus::Failed,
+            &json!({"error": "could not be queued"}),
+        )
+        .await?;
         return Err(ApiError::Unavailable("the job queue is unavailable, try again shortly"));
     }
     Ok((StatusCode::ACCEPTED, Json(job.into())))

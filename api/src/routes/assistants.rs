@@ -1,7 +1,10 @@
 //! `/v1/assistants`: personas with instructions, model and settings (admin; clients may read).
 
 use axum::{extract::State, http::StatusCode};
-use chatq_common::db::{self, assistants::AssistantFields};
+use chatq_common::{
+    db::{self, assistants::AssistantFields},
+    domain::ModerationMode,
+};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
@@ -44,7 +47,7 @@ pub struct AssistantIn {
     #[serde(default)]
     pub knowledge_base_ids: Vec<Uuid>,
     /// `off` (default) or `input`: check user messages with the moderation endpoint.
-    pub moderation: Option<String>,
+    pub moderation: Option<ModerationMode>,
     /// Delete threads after this many days without activity (default: global setting).
     pub retention_days: Option<i32>,
     /// Free-form JSON object.
@@ -72,7 +75,7 @@ pub struct AssistantPatch {
     /// Knowledge bases (replaces the list).
     pub knowledge_base_ids: Option<Vec<Uuid>>,
     /// `off` or `input`.
-    pub moderation: Option<String>,
+    pub moderation: Option<ModerationMode>,
     /// Retention in days (`null` = global setting).
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<i32>)]
@@ -104,8 +107,8 @@ pub struct AssistantOut {
     pub max_output_tokens: Option<i32>,
     /// Knowledge bases.
     pub knowledge_base_ids: Vec<Uuid>,
-    /// `off` or `input`.
-    pub moderation: String,
+    /// Whether user messages are moderated.
+    pub moderation: ModerationMode,
     /// Retention in days.
     pub retention_days: Option<i32>,
     /// Free-form JSON object.
@@ -153,9 +156,6 @@ fn validate(f: &AssistantFields) -> Result<(), ApiError> {
     if f.max_output_tokens.is_some_and(|n| n <= 0) {
         problems.push("max_output_tokens must be positive");
     }
-    if !matches!(f.moderation.as_str(), "off" | "input") {
-        problems.push("moderation must be \"off\" or \"input\"");
-    }
     if f.retention_days.is_some_and(|d| d <= 0) {
         problems.push("retention_days must be positive");
     }
@@ -196,7 +196,7 @@ pub async fn create_assistant(
         model: input.model,
         temperature: input.temperature,
         max_output_tokens: input.max_output_tokens,
-        moderation: input.moderation.unwrap_or_else(|| "off".into()),
+        moderation: input.moderation.unwrap_or(ModerationMode::Off),
         retention_days: input.retention_days,
         metadata: input.metadata.unwrap_or_else(|| serde_json::json!({})),
         knowledge_base_ids: input.knowledge_base_ids,

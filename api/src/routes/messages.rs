@@ -1,7 +1,7 @@
 //! `/v1/threads/{id}/messages`: a thread's history, oldest first.
 
 use axum::extract::State;
-use chatq_common::db;
+use chatq_common::{db, domain::MessageRole};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
@@ -31,7 +31,7 @@ pub struct MessageOut {
     /// Thread.
     pub thread_id: Uuid,
     /// `user` or `assistant`.
-    pub role: String,
+    pub role: MessageRole,
     /// Text.
     pub content: String,
     /// The run it started (user) or that wrote it (assistant).

@@ -11,6 +11,7 @@ use axum::{
 use chatq_common::{
     db,
     db::runs::Run,
+    domain::{RunErrorCode, RunStatus},
     jobs,
     redis_formats::{self, run_stream},
 };
@@ -61,8 +62,8 @@ pub struct UsageOut {
 /// Why a run failed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorOut {
-    /// Stable code, e.g. `provider_rejected`.
-    pub code: String,
+    /// Stable code.
+    pub code: RunErrorCode,
     /// A message fit for an end user.
     pub message: String,
 }
@@ -80,8 +81,8 @@ pub struct RunOut {
     pub assistant_id: Uuid,
     /// The user message answered.
     pub user_message_id: Uuid,
-    /// `queued`, `in_progress`, `completed`, `failed` or `cancelled`.
-    pub status: String,
+    /// Where the run is.
+    pub status: RunStatus,
     /// Attempts so far.
     pub attempt: i32,
     /// Model used.
@@ -333,8 +334,11 @@ pub async fn get_run(
     Path(id): Path<Uuid>,
 ) -> Result<Json<RunOut>, ApiError> {
     let run = visible_run(&state, &principal, id).await?;
-    let citations =
-        if run.status == "completed" { db::messages::answer_citations(&state.pool, run.id).await? } else { json!([]) };
+    let citations = if run.status == RunStatus::Completed {
+        db::messages::answer_citations(&state.pool, run.id).await?
+    } else {
+        json!([])
+    };
     Ok(Json(RunOut::new(run, citations)))
 }
 
@@ -359,7 +363,7 @@ pub async fn cancel_run(
     if run.is_terminal() {
         return Ok(Json(run.into()));
     }
-    if run.status == "queued"
+    if run.status == RunStatus::Queued
         && let Some(event) = db::runs::cancel_queued(&state.pool, run.id).await?
     {
         state.metrics.runs_cancel_requested.inc();

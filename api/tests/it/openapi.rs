@@ -48,5 +48,8 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
     }
     let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, expected.len(), "a route is documented but not listed in this test");
+    let run_statuses = &doc["components"]["schemas"]["RunStatus"]["enum"];
+    assert_eq!(run_statuses, &serde_json::json!(["queued", "in_progress", "completed", "failed", "cancelled"]));
+    assert!(doc["components"]["schemas"]["RunErrorCode"]["enum"].as_array().is_some_and(|codes| !codes.is_empty()));
     s.shutdown().await;
 }

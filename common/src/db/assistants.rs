@@ -7,6 +7,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Page;
+use crate::domain::ModerationMode;
 
 /// A persona: instructions, model and settings.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -23,8 +24,8 @@ pub struct Assistant {
     pub temperature: Option<f32>,
     /// Cap on answer length.
     pub max_output_tokens: Option<i32>,
-    /// `off` or `input`.
-    pub moderation: String,
+    /// Whether user messages are moderated.
+    pub moderation: ModerationMode,
     /// Days of inactivity after which threads are deleted; `None` = global default.
     pub retention_days: Option<i32>,
     /// Free-form client data.
@@ -50,8 +51,8 @@ pub struct AssistantFields {
     pub temperature: Option<f32>,
     /// Cap on answer length.
     pub max_output_tokens: Option<i32>,
-    /// `off` or `input`.
-    pub moderation: String,
+    /// Whether user messages are moderated.
+    pub moderation: ModerationMode,
     /// Retention override.
     pub retention_days: Option<i32>,
     /// Free-form client data.
@@ -80,7 +81,7 @@ pub async fn create(pool: &PgPool, f: &AssistantFields) -> Result<Assistant, sql
     .bind(&f.model)
     .bind(f.temperature)
     .bind(f.max_output_tokens)
-    .bind(&f.moderation)
+    .bind(f.moderation)
     .bind(f.retention_days)
     .bind(&f.metadata)
     .execute(&mut *tx)
@@ -151,7 +152,7 @@ pub async fn update(pool: &PgPool, id: Uuid, f: &AssistantFields) -> Result<Opti
     .bind(&f.model)
     .bind(f.temperature)
     .bind(f.max_output_tokens)
-    .bind(&f.moderation)
+    .bind(f.moderation)
     .bind(f.retention_days)
     .bind(&f.metadata)
     .execute(&mut *tx)

@@ -13,8 +13,8 @@ pub struct ApiKey {
     pub id: Uuid,
     /// Operator-chosen name.
     pub name: String,
-    /// `admin` or `client`.
-    pub role: String,
+    /// What the key may do.
+    pub role: Role,
     /// Displayable start of the key.
     pub key_prefix: String,
     /// Creation time.
@@ -39,7 +39,7 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, Ap
     )))
     .bind(crate::new_id())
     .bind(name)
-    .bind(role.as_str())
+    .bind(role)
     .bind(keys::hash(&key))
     .bind(keys::display_prefix(&key))
     .fetch_one(pool)
@@ -83,8 +83,6 @@ pub async fn spend_this_month(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Erro
     .fetch_one(pool)
     .await
 }
-
-// issue 3: user tokens
 
 /// The live (not revoked) key with this id: a user token stops working with its issuing key.
 pub async fn find_active_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {

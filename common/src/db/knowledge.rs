@@ -1,10 +1,13 @@
-//! Knowledge bases, ingestion batches, documents, their bytes and chunks.
+//! Knowledge bases, ingestion batches, documents, their bytes and chunks. Statuses written are
+//! bound [`DocumentStatus`] values; those in `WHERE` clauses stay literal so Postgres can match
+//! them to the predicate of the partial index `documents_pending_idx`.
 
 use chrono::{DateTime, Utc};
 use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 use super::Page;
+use crate::domain::{DocumentErrorCode, DocumentStatus};
 
 /// A knowledge base with its live document count.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -127,10 +130,10 @@ pub struct Document {
     pub size_bytes: i64,
     /// SHA-256 of the bytes.
     pub sha256: Vec<u8>,
-    /// `queued`, `processing`, `ready` or `failed`.
-    pub status: String,
+    /// Where ingestion is.
+    pub status: DocumentStatus,
     /// Why it failed.
-    pub error_code: Option<String>,
+    pub error_code: Option<DocumentErrorCode>,
     /// Why it failed, for people.
     pub error_message: Option<String>,
     /// Chunks indexed.
@@ -325,10 +328,11 @@ pub async fn get_batch(pool: &PgPool, id: Uuid) -> Result<Option<(Batch, Vec<Doc
 /// becomes `processing` with the next attempt number. `None`: deleted, ready or failed.
 pub async fn claim_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE documents SET status = 'processing', attempt = attempt + 1, error_code = NULL, error_message = NULL
+        "UPDATE documents SET status = $2, attempt = attempt + 1, error_code = NULL, error_message = NULL
          WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') RETURNING {DOC_COLUMNS}"
     )))
     .bind(id)
+    .bind(DocumentStatus::Processing)
     .fetch_optional(pool)
     .await
 }
@@ -343,17 +347,18 @@ pub async fn fail_document(
     pool: &PgPool,
     id: Uuid,
     attempt: i32,
-    code: &str,
+    code: DocumentErrorCode,
     message: &str,
 ) -> Result<bool, sqlx::Error> {
     let r = sqlx::query(
-        "UPDATE documents SET status = 'failed', error_code = $3, error_message = $4
+        "UPDATE documents SET status = $5, error_code = $3, error_message = $4
          WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
     )
     .bind(id)
     .bind(attempt)
     .bind(code)
     .bind(message)
+    .bind(DocumentStatus::Failed)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -383,13 +388,14 @@ pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk
     let mut tx = pool.begin().await?;
     let tokens: i64 = chunks.iter().map(|c| c.token_count as i64).sum();
     let hit = sqlx::query(
-        "UPDATE documents SET status = 'ready', chunk_count = $3, token_count = $4, error_code = NULL, error_message = NULL
+        "UPDATE documents SET status = $5, chunk_count = $3, token_count = $4, error_code = NULL, error_message = NULL
          WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
     )
     .bind(doc.id)
     .bind(doc.attempt)
     .bind(chunks.len() as i32)
     .bind(tokens.min(i32::MAX as i64) as i32)
+    .bind(DocumentStatus::Ready)
     .execute(&mut *tx)
     .await?
     .rows_affected()

@@ -1,21 +1,24 @@
 //! `maintenance_jobs` and the retention queries of the cleanup job. Every delete works on at
 //! most `limit` rows per statement so a large cleanup never holds long locks; counts for a dry
-//! run use the same predicates as the deletes.
+//! run use the same predicates as the deletes. Statuses in `WHERE` clauses stay literal so
+//! Postgres can match them to the partial unique index `maintenance_jobs_one_active`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
+use crate::domain::{DocumentStatus, MaintenanceKind, MaintenanceStatus};
+
 /// A maintenance job and what it did.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct Job {
     /// Id.
     pub id: Uuid,
-    /// `cleanup`.
-    pub kind: String,
-    /// `queued`, `running`, `completed` or `failed`.
-    pub status: String,
+    /// What it does.
+    pub kind: MaintenanceKind,
+    /// Where it is.
+    pub status: MaintenanceStatus,
     /// Counted only, nothing deleted.
     pub dry_run: bool,
     /// Counts by kind of data, plus timings.
@@ -48,17 +51,28 @@ impl Requested {
     }
 }
 
+/// Why a maintenance job could not be requested.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    /// Postgres.
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    /// Each try collided with an active job that had finished by the time it was read.
+    #[error("no {0} job could be created or found: the active one kept finishing")]
+    Contended(MaintenanceKind),
+}
+
 /// Creates a queued job of `kind`, or returns the active one (`maintenance_jobs_one_active`).
 pub async fn request(
     pool: &PgPool,
-    kind: &str,
+    kind: MaintenanceKind,
     dry_run: bool,
     requested_by: Option<Uuid>,
-) -> Result<Requested, sqlx::Error> {
+) -> Result<Requested, RequestError> {
     // The active job may finish between the insert and the select: try again then.
     for _ in 0..5 {
         let created: Option<Job> = sqlx::query_as(AssertSqlSafe(format!(
-            "INSERT INTO maintenance_jobs (id, kind, status, dry_run, requested_by) VALUES ($1, $2, 'queued', $3, $4)
+            "INSERT INTO maintenance_jobs (id, kind, status, dry_run, requested_by) VALUES ($1, $2, $5, $3, $4)
              ON CONFLICT (kind) WHERE status IN ('queued', 'running') DO NOTHING
              RETURNING {JOB_COLUMNS}"
         )))
@@ -66,6 +80,7 @@ pub async fn request(
         .bind(kind)
         .bind(dry_run)
         .bind(requested_by)
+        .bind(MaintenanceStatus::Queued)
         .fetch_optional(pool)
         .await?;
         if let Some(job) = created {
@@ -81,7 +96,7 @@ pub async fn request(
             return Ok(Requested::Existing(job));
         }
     }
-    Err(sqlx::Error::Protocol("maintenance job neither created nor found".into()))
+    Err(RequestError::Contended(kind))
 }
 
 /// A job by id.
@@ -93,7 +108,7 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
 }
 
 /// The active job of `kind`, if any.
-pub async fn active(pool: &PgPool, kind: &str) -> Result<Option<Job>, sqlx::Error> {
+pub async fn active(pool: &PgPool, kind: MaintenanceKind) -> Result<Option<Job>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE kind = $1 AND status IN ('queued', 'running')"
     )))
@@ -111,16 +126,17 @@ pub async fn try_lock(tx: &mut Transaction<'_, Postgres>, key: i64) -> Result<bo
 /// Marks a queued (or abandoned running) job as running; `None` when it already ended.
 pub async fn start(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE maintenance_jobs SET status = 'running' WHERE id = $1 AND status IN ('queued', 'running')
+        "UPDATE maintenance_jobs SET status = $2 WHERE id = $1 AND status IN ('queued', 'running')
          RETURNING {JOB_COLUMNS}"
     )))
     .bind(id)
+    .bind(MaintenanceStatus::Running)
     .fetch_optional(pool)
     .await
 }
 
 /// Records the end of a job with its stats.
-pub async fn finish(pool: &PgPool, id: Uuid, status: &str, stats: &Value) -> Result<(), sqlx::Error> {
+pub async fn finish(pool: &PgPool, id: Uuid, status: MaintenanceStatus, stats: &Value) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE maintenance_jobs SET status = $2, stats = $3, finished_at = now() WHERE id = $1")
         .bind(id)
         .bind(status)
@@ -294,7 +310,7 @@ pub async fn delete_deleted_document_data(pool: &PgPool, limit: i64) -> Result<(
 }
 
 /// Documents by status (deleted ones left out), for the ingestion gauge.
-pub async fn documents_by_status(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+pub async fn documents_by_status(pool: &PgPool) -> Result<Vec<(DocumentStatus, i64)>, sqlx::Error> {
     sqlx::query_as("SELECT status, count(*) FROM documents WHERE deleted_at IS NULL GROUP BY status")
         .fetch_all(pool)
         .await

@@ -1,4 +1,5 @@
-//! `messages`: the conversation history.
+//! `messages`: the conversation history. A role in a `WHERE` clause stays literal so Postgres
+//! can match it to the predicate of the partial index `messages_one_answer_per_run`.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -7,6 +8,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::Page;
+use crate::domain::MessageRole;
 
 /// One message of a thread.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -15,8 +17,8 @@ pub struct Message {
     pub id: Uuid,
     /// Thread.
     pub thread_id: Uuid,
-    /// `user` or `assistant`.
-    pub role: String,
+    /// Author.
+    pub role: MessageRole,
     /// Text.
     pub content: String,
     /// The run this message started (user) or that wrote it (assistant).

@@ -1,5 +1,7 @@
 //! `runs`: submit, claim with a lease, progress, finish. Every worker write is fenced on
-//! `attempt` so a worker that lost its lease cannot change the run.
+//! `attempt` so a worker that lost its lease cannot change the run. Statuses written are bound
+//! [`RunStatus`] values; those in `WHERE` clauses stay literal so Postgres can match them to
+//! the predicates of the partial indexes (`runs_one_active_per_thread`).
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
@@ -8,7 +10,10 @@ use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::{Page, events, usage};
-use crate::events::{EventKind, RunEvent};
+use crate::{
+    domain::{MessageRole, RunErrorCode, RunStatus},
+    events::{EventKind, RunEvent},
+};
 
 /// Name of the partial unique index allowing one active run per thread.
 pub const ONE_ACTIVE_PER_THREAD: &str = "runs_one_active_per_thread";
@@ -30,8 +35,8 @@ pub struct Run {
     pub api_key_id: Uuid,
     /// The user message it answers.
     pub user_message_id: Uuid,
-    /// `queued`, `in_progress`, `completed`, `failed`, `cancelled`.
-    pub status: String,
+    /// Where the run is.
+    pub status: RunStatus,
     /// Claims so far.
     pub attempt: i32,
     /// Worker holding the lease.
@@ -53,7 +58,7 @@ pub struct Run {
     /// Why generation stopped.
     pub finish_reason: Option<String>,
     /// Stable error code of a failed run.
-    pub error_code: Option<String>,
+    pub error_code: Option<RunErrorCode>,
     /// End-user message of a failed run.
     pub error_message: Option<String>,
     /// Input tokens (cached included).
@@ -77,13 +82,13 @@ pub struct Run {
     /// Set by [`claim`] only: the status the run had before this claim (`queued` after a
     /// retry, `in_progress` when the previous worker died), for the `run.reset` reason.
     #[sqlx(default)]
-    pub previous_status: Option<String>,
+    pub previous_status: Option<RunStatus>,
 }
 
 impl Run {
     /// Whether the run reached a final status.
     pub fn is_terminal(&self) -> bool {
-        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+        self.status.is_terminal()
     }
 }
 
@@ -125,13 +130,14 @@ pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error>
     let run_id = crate::new_id();
     let message_id = crate::new_id();
     sqlx::query(
-        "INSERT INTO messages (id, thread_id, role, content, run_id, client_message_id) VALUES ($1, $2, 'user', $3, $4, $5)",
+        "INSERT INTO messages (id, thread_id, role, content, run_id, client_message_id) VALUES ($1, $2, $6, $3, $4, $5)",
     )
     .bind(message_id)
     .bind(new.thread_id)
     .bind(new.input)
     .bind(run_id)
     .bind(new.client_message_id)
+    .bind(MessageRole::User)
     .execute(&mut *tx)
     .await?;
     let run = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
@@ -221,7 +227,7 @@ pub async fn list_for_thread(
 pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Result<Option<Run>, sqlx::Error> {
     // `old` is read before the update: it tells a retry (queued) from a crash (in_progress).
     sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "UPDATE runs r SET status = 'in_progress', attempt = r.attempt + 1, lease_owner = $2,
+        "UPDATE runs r SET status = $4, attempt = r.attempt + 1, lease_owner = $2,
                 lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(r.started_at, now()),
                 next_attempt_at = NULL, waiting_reason = NULL, output_text = ''
          FROM (SELECT id, status AS previous_status FROM runs WHERE id = $1) old
@@ -233,6 +239,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Res
     .bind(id)
     .bind(owner)
     .bind(lease_secs)
+    .bind(RunStatus::InProgress)
     .fetch_optional(pool)
     .await
 }
@@ -247,7 +254,7 @@ pub async fn requeue(
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
     let n = sqlx::query(
-        "UPDATE runs SET status = 'queued', lease_owner = NULL, lease_expires_at = NULL,
+        "UPDATE runs SET status = $5, lease_owner = NULL, lease_expires_at = NULL,
                 next_attempt_at = now() + make_interval(secs => $3), waiting_reason = $4, enqueued_at = now()
          WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
     )
@@ -255,6 +262,7 @@ pub async fn requeue(
     .bind(attempt)
     .bind(delay_secs)
     .bind(reason)
+    .bind(RunStatus::Queued)
     .execute(pool)
     .await?
     .rows_affected();
@@ -343,7 +351,7 @@ pub enum Outcome {
     /// The run failed for good.
     Failed {
         /// Stable error code.
-        code: String,
+        code: RunErrorCode,
         /// End-user message.
         message: String,
         /// Text produced before the failure (kept on the run, not as a message).
@@ -386,7 +394,7 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
             cost_usd,
             citations,
         } => (
-            "completed",
+            RunStatus::Completed,
             output_text.as_str(),
             Some(finish_reason.as_str()),
             None,
@@ -396,10 +404,10 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
             citations.clone(),
         ),
         Outcome::Failed { code, message, partial_text } => {
-            ("failed", partial_text.as_str(), None, Some(code.as_str()), Some(message.as_str()), None, None, json!([]))
+            (RunStatus::Failed, partial_text.as_str(), None, Some(*code), Some(message.as_str()), None, None, json!([]))
         }
         Outcome::Cancelled { partial_text } => {
-            ("cancelled", partial_text.as_str(), None, None, None, None, None, json!([]))
+            (RunStatus::Cancelled, partial_text.as_str(), None, None, None, None, None, json!([]))
         }
     };
     let thread_id: Option<(Uuid,)> = sqlx::query_as(
@@ -426,16 +434,17 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
     let Some((thread_id,)) = thread_id else {
         return Ok(None);
     };
-    let keep_message = status == "completed" || (status == "cancelled" && !text.is_empty());
+    let keep_message = status == RunStatus::Completed || (status == RunStatus::Cancelled && !text.is_empty());
     if keep_message {
         sqlx::query(
-            "INSERT INTO messages (id, thread_id, role, content, run_id, citations) VALUES ($1, $2, 'assistant', $3, $4, $5)",
+            "INSERT INTO messages (id, thread_id, role, content, run_id, citations) VALUES ($1, $2, $6, $3, $4, $5)",
         )
         .bind(crate::new_id())
         .bind(thread_id)
         .bind(text)
         .bind(f.run_id)
         .bind(&citations)
+        .bind(MessageRole::Assistant)
         .execute(&mut *tx)
         .await?;
     }
@@ -448,10 +457,10 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
         Outcome::Failed { code, message, .. } => json!({"error": {"code": code, "message": message}}),
         Outcome::Cancelled { .. } => json!({}),
     };
-    let kind = match status {
-        "completed" => EventKind::Completed,
-        "failed" => EventKind::Failed,
-        _ => EventKind::Cancelled,
+    let kind = match f.outcome {
+        Outcome::Completed { .. } => EventKind::Completed,
+        Outcome::Failed { .. } => EventKind::Failed,
+        Outcome::Cancelled { .. } => EventKind::Cancelled,
     };
     let event = RunEvent { run_id: f.run_id, seq: f.seq, attempt: f.attempt, kind, data };
     events::insert(&mut *tx, &event).await?;
@@ -489,7 +498,7 @@ pub async fn take_stale(
 }
 
 /// The error code and message of a run whose workers kept dying.
-pub const EXHAUSTED_CODE: &str = "internal";
+pub const EXHAUSTED_CODE: RunErrorCode = RunErrorCode::Internal;
 /// End-user message of [`EXHAUSTED_CODE`] runs.
 pub const EXHAUSTED_MESSAGE: &str =
     "The answer could not be produced because processing was interrupted too many times. Please try again.";
@@ -516,7 +525,7 @@ pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Res
             .fetch_one(&mut *tx)
             .await?;
         sqlx::query(
-            "UPDATE runs SET status = 'failed', error_code = $2, error_message = $3, completed_at = now(),
+            "UPDATE runs SET status = $5, error_code = $2, error_message = $3, completed_at = now(),
                     lease_owner = NULL, lease_expires_at = NULL, last_seq = $4
              WHERE id = $1",
         )
@@ -524,6 +533,7 @@ pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Res
         .bind(EXHAUSTED_CODE)
         .bind(EXHAUSTED_MESSAGE)
         .bind(seq)
+        .bind(RunStatus::Failed)
         .execute(&mut *tx)
         .await?;
         let event = RunEvent {
@@ -568,14 +578,12 @@ pub async fn defer(pool: &PgPool, id: Uuid, delay_secs: f64, reason: &str) -> Re
     Ok(n > 0)
 }
 
-// issue 3: live streaming
-
 /// Cancels a run that is still queued, in one transaction: status `cancelled` and the terminal
 /// `run.cancelled` event. `None` when the run is not queued (a worker has it, or it finished).
 pub async fn cancel_queued(pool: &PgPool, id: Uuid) -> Result<Option<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let row: Option<(i64, i32, Uuid)> = sqlx::query_as(
-        "UPDATE runs SET status = 'cancelled', cancel_requested_at = COALESCE(cancel_requested_at, now()),
+        "UPDATE runs SET status = $2, cancel_requested_at = COALESCE(cancel_requested_at, now()),
                 completed_at = now(), next_attempt_at = NULL, waiting_reason = NULL, lease_owner = NULL,
                 lease_expires_at = NULL,
                 last_seq = GREATEST(last_seq, (SELECT COALESCE(max(seq), 0) FROM run_events WHERE run_id = $1)) + 1
@@ -583,6 +591,7 @@ pub async fn cancel_queued(pool: &PgPool, id: Uuid) -> Result<Option<RunEvent>, 
          RETURNING last_seq, attempt, thread_id",
     )
     .bind(id)
+    .bind(RunStatus::Cancelled)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((seq, attempt, thread_id)) = row else {

@@ -3,11 +3,13 @@
 use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
+use crate::domain::{UsageKind, UsageOutcome};
+
 /// A provider call to record.
 #[derive(Debug, Clone)]
 pub struct NewUsage {
-    /// `chat`, `embedding` or `moderation`.
-    pub kind: &'static str,
+    /// Which call.
+    pub kind: UsageKind,
     /// Model billed.
     pub model: String,
     /// Key that caused the call.
@@ -26,8 +28,8 @@ pub struct NewUsage {
     pub output_tokens: i64,
     /// Cost, `None` when unpriced.
     pub cost_usd: Option<f64>,
-    /// `ok`, or an error code.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: UsageOutcome,
     /// Duration of the call.
     pub latency_ms: i64,
 }
@@ -50,7 +52,7 @@ pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), s
     .bind(u.cached_input_tokens as i32)
     .bind(u.output_tokens as i32)
     .bind(u.cost_usd)
-    .bind(&u.outcome)
+    .bind(u.outcome)
     .bind(u.latency_ms as i32)
     .execute(exec)
     .await?;
@@ -153,9 +155,9 @@ pub async fn report(
     } else {
         (format!("{}, ", keys.join(", ")), format!("GROUP BY {0} ORDER BY {0}", positions.join(", ")))
     };
-    let unpriced = "cost_usd IS NULL AND outcome = 'ok'";
+    let unpriced = "cost_usd IS NULL AND outcome = $3";
     let sql = format!(
-        "SELECT {select_keys}count(*) AS requests, count(*) FILTER (WHERE outcome <> 'ok') AS failures,
+        "SELECT {select_keys}count(*) AS requests, count(*) FILTER (WHERE outcome <> $3) AS failures,
                 count(DISTINCT run_id) AS runs,
                 COALESCE(sum(input_tokens), 0)::int8 AS input_tokens,
                 COALESCE(sum(cached_input_tokens), 0)::int8 AS cached_input_tokens,
@@ -166,7 +168,7 @@ pub async fn report(
                 COALESCE(array_agg(DISTINCT model) FILTER (WHERE {unpriced}), '{{}}') AS unpriced_models
          FROM usage_records WHERE at >= $1 AND at < $2 {group}"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(from).bind(to).fetch_all(pool).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(from).bind(to).bind(UsageOutcome::Ok).fetch_all(pool).await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut keys = Vec::with_capacity(group_by.len());

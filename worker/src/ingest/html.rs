@@ -3,6 +3,7 @@
 //! text with `html2text` in a thread with a large stack.
 
 use super::{ExtractError, Extracted, Format, text::utf8, whole};
+use chatq_common::domain::DocumentErrorCode;
 
 /// HTML nested deeper than this is refused (html2text recurses per level).
 pub const MAX_HTML_DEPTH: usize = 512;
@@ -47,7 +48,7 @@ async fn html(bytes: Vec<u8>) -> Result<String, ExtractError> {
     let depth = html_depth(&text);
     if depth > MAX_HTML_DEPTH {
         return Err(ExtractError::new(
-            "html_too_deeply_nested",
+            DocumentErrorCode::HtmlTooDeeplyNested,
             format!("the HTML nests elements {depth} levels deep (limit {MAX_HTML_DEPTH})"),
         ));
     }
@@ -64,12 +65,14 @@ async fn html(bytes: Vec<u8>) -> Result<String, ExtractError> {
         let _ = tx.send(result);
     });
     if spawned.is_err() {
-        return Err(ExtractError::new("html_unreadable", "cannot start the HTML converter"));
+        return Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "cannot start the HTML converter"));
     }
     match rx.await {
         Ok(Ok(Ok(body))) => Ok(body),
-        Ok(Ok(Err(e))) => Err(ExtractError::new("html_unreadable", format!("the HTML cannot be read: {e}"))),
-        _ => Err(ExtractError::new("html_unreadable", "the HTML converter crashed on this file")),
+        Ok(Ok(Err(e))) => {
+            Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, format!("the HTML cannot be read: {e}")))
+        }
+        _ => Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "the HTML converter crashed on this file")),
     }
 }
 

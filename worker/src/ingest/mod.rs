@@ -2,6 +2,8 @@
 //! in a sandboxed child process), dispatched on the media type here, then [`chunk`]ed into
 //! token-sized pieces that know where they come from. `jobs::ingest` embeds and stores them.
 
+use chatq_common::domain::DocumentErrorCode;
+
 pub mod chunk;
 pub mod html;
 pub mod markdown;
@@ -17,17 +19,15 @@ pub use self::{
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {message}")]
 pub struct ExtractError {
-    /// `empty_document`, `invalid_utf8`, `pdf_unreadable`, `pdf_encrypted`, `pdf_no_pages`,
-    /// `pdf_no_text`, `pdf_extraction_crashed`, `extraction_timeout`, `html_too_deeply_nested`,
-    /// `html_unreadable`, `unsupported_media_type`.
-    pub code: String,
+    /// Why, stable for clients.
+    pub code: DocumentErrorCode,
     /// What went wrong.
     pub message: String,
 }
 
 impl ExtractError {
-    pub(crate) fn new(code: &str, message: impl Into<String>) -> Self {
-        Self { code: code.to_string(), message: message.into() }
+    pub(crate) fn new(code: DocumentErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
     }
 }
 
@@ -68,17 +68,19 @@ fn whole(text: String, format: Format) -> Extracted {
 /// Extracts the text of a document of `media_type`.
 pub async fn extract(media_type: &str, bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ExtractError::new("empty_document", "the file is empty"));
+        return Err(ExtractError::new(DocumentErrorCode::EmptyDocument, "the file is empty"));
     }
     let extracted = match media_type {
         "application/pdf" => pdf::extract(bytes, limits).await?,
         "text/markdown" => markdown::extract(bytes)?,
         "text/plain" => text::extract(bytes)?,
         "text/html" => html::extract(bytes).await?,
-        other => return Err(ExtractError::new("unsupported_media_type", format!("cannot ingest {other}"))),
+        other => {
+            return Err(ExtractError::new(DocumentErrorCode::UnsupportedMediaType, format!("cannot ingest {other}")));
+        }
     };
     if extracted.sections.iter().all(|s| s.text.trim().is_empty()) {
-        return Err(ExtractError::new("empty_document", "the document contains no text"));
+        return Err(ExtractError::new(DocumentErrorCode::EmptyDocument, "the document contains no text"));
     }
     Ok(extracted)
 }

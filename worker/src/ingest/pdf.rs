@@ -3,6 +3,7 @@
 //! stdout) with a wall-clock timeout and address-space and CPU limits, and with a
 //! `catch_unwind` per page inside. Chunks are located by page.
 
+use chatq_common::domain::DocumentErrorCode;
 use std::{
     io::{Read, Write},
     process::Stdio,
@@ -39,7 +40,7 @@ pub enum ChildOutput {
     /// The whole document failed.
     Error {
         /// Stable code.
-        code: String,
+        code: DocumentErrorCode,
         /// Message.
         message: String,
     },
@@ -65,26 +66,26 @@ pub fn child_main() -> std::process::ExitCode {
 /// Extracts every page's text; used inside the child process only.
 pub fn extract_pdf_pages(bytes: &[u8]) -> ChildOutput {
     use std::panic::{AssertUnwindSafe, catch_unwind};
-    let err = |code: &str, message: String| ChildOutput::Error { code: code.into(), message };
+    let err = |code: DocumentErrorCode, message: String| ChildOutput::Error { code, message };
     let loaded = catch_unwind(|| pdf_extract::Document::load_mem(bytes));
     let mut doc = match loaded {
         Ok(Ok(d)) => d,
-        Ok(Err(e)) => return err("pdf_unreadable", format!("the PDF cannot be parsed: {e}")),
-        Err(_) => return err("pdf_unreadable", "the PDF cannot be parsed (parser crashed)".into()),
+        Ok(Err(e)) => return err(DocumentErrorCode::PdfUnreadable, format!("the PDF cannot be parsed: {e}")),
+        Err(_) => return err(DocumentErrorCode::PdfUnreadable, "the PDF cannot be parsed (parser crashed)".into()),
     };
     if doc.is_encrypted() {
         // Many PDFs are "encrypted" with an empty user password; those can be read.
         let opened = catch_unwind(AssertUnwindSafe(|| doc.decrypt(""))).map(|r| r.is_ok()).unwrap_or(false);
         if !opened || doc.is_encrypted() {
-            return err("pdf_encrypted", "the PDF is encrypted with a password".into());
+            return err(DocumentErrorCode::PdfEncrypted, "the PDF is encrypted with a password".into());
         }
     }
     let numbers: Vec<u32> = match catch_unwind(AssertUnwindSafe(|| doc.get_pages().into_keys().collect())) {
         Ok(n) => n,
-        Err(_) => return err("pdf_unreadable", "the PDF page tree cannot be read".into()),
+        Err(_) => return err(DocumentErrorCode::PdfUnreadable, "the PDF page tree cannot be read".into()),
     };
     if numbers.is_empty() {
-        return err("pdf_no_pages", "the PDF has no pages".into());
+        return err(DocumentErrorCode::PdfNoPages, "the PDF has no pages".into());
     }
     let mut pages = Vec::new();
     let mut failed_pages = Vec::new();
@@ -104,7 +105,7 @@ pub fn extract_pdf_pages(bytes: &[u8]) -> ChildOutput {
 
 /// Extracts a PDF in a sandboxed child process.
 pub async fn extract(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
-    let crashed = |why: String| ExtractError::new("pdf_extraction_crashed", why);
+    let crashed = |why: String| ExtractError::new(DocumentErrorCode::PdfExtractionCrashed, why);
     let mut cmd = tokio::process::Command::new(&limits.bin);
     cmd.arg("extract-pdf").stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
     let memory = limits.memory_mb.saturating_mul(1 << 20);
@@ -137,7 +138,7 @@ pub async fn extract(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, 
     };
     let (out, status) = tokio::time::timeout(limits.timeout, work).await.map_err(|_| {
         ExtractError::new(
-            "extraction_timeout",
+            DocumentErrorCode::ExtractionTimeout,
             format!("the PDF took longer than {}s to extract", limits.timeout.as_secs()),
         )
     })?;
@@ -164,11 +165,11 @@ pub async fn extract(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, 
                 .collect();
             let chars: usize = sections.iter().map(|s| s.text.trim().chars().count()).sum();
             if sections.is_empty() {
-                return Err(ExtractError::new("pdf_unreadable", "no page of the PDF could be read"));
+                return Err(ExtractError::new(DocumentErrorCode::PdfUnreadable, "no page of the PDF could be read"));
             }
             if chars < 20 * total.max(1) / 2 {
                 return Err(ExtractError::new(
-                    "pdf_no_text",
+                    DocumentErrorCode::PdfNoText,
                     "the PDF has (almost) no text layer; scanned documents need OCR, which chatq does not do",
                 ));
             }

@@ -1,6 +1,7 @@
 //! Plain text: UTF-8, used as it is (chunks are located by line).
 
 use super::{ExtractError, Extracted, Format, whole};
+use chatq_common::domain::DocumentErrorCode;
 
 /// A plain-text document.
 pub fn extract(bytes: Vec<u8>) -> Result<Extracted, ExtractError> {
@@ -11,7 +12,7 @@ pub fn extract(bytes: Vec<u8>) -> Result<Extracted, ExtractError> {
 pub(crate) fn utf8(bytes: Vec<u8>) -> Result<String, ExtractError> {
     let text = String::from_utf8(bytes).map_err(|e| {
         ExtractError::new(
-            "invalid_utf8",
+            DocumentErrorCode::InvalidUtf8,
             format!("the file is not valid UTF-8 (first bad byte at offset {})", e.utf8_error().valid_up_to()),
         )
     })?;

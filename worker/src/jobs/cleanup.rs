@@ -11,6 +11,7 @@ use apalis::prelude::{BoxDynError, Data};
 use apalis_cron::Tick;
 use chatq_common::{
     db::{self, maintenance::ThreadCounts},
+    domain::{MaintenanceKind, MaintenanceStatus},
     jobs::{self, Cleanup},
 };
 use redis::AsyncCommands;
@@ -24,7 +25,7 @@ use crate::{
 /// Advisory lock key of the cleanup ("chatqcln").
 const LOCK_KEY: i64 = 0x6368_6174_7163_6c6e;
 /// The kind in `maintenance_jobs`.
-pub const KIND: &str = "cleanup";
+pub const KIND: MaintenanceKind = MaintenanceKind::Cleanup;
 
 impl Job for Cleanup {
     fn concurrency(_: &chatq_common::config::Config) -> usize {
@@ -76,7 +77,7 @@ pub async fn run(ctx: &WorkerCtx, job: &Cleanup) -> anyhow::Result<Option<Value>
         },
         None => db::maintenance::request(&ctx.pool, KIND, job.dry_run, None).await?.job().clone(),
     };
-    if !matches!(row.status.as_str(), "queued" | "running") {
+    if !row.status.is_active() {
         return Ok(None);
     }
     // Held until this function returns (rolled back on drop, also on a panic or crash).
@@ -95,14 +96,14 @@ pub async fn run(ctx: &WorkerCtx, job: &Cleanup) -> anyhow::Result<Option<Value>
     match execute(ctx, row.dry_run).await {
         Ok(mut stats) => {
             stats["duration_ms"] = json!(started.elapsed().as_millis() as u64);
-            db::maintenance::finish(&ctx.pool, row.id, "completed", &stats).await?;
+            db::maintenance::finish(&ctx.pool, row.id, MaintenanceStatus::Completed, &stats).await?;
             tracing::info!(job.id = %row.id, stats = %stats, "cleanup completed");
             lock.rollback().await?;
             Ok(Some(stats))
         }
         Err(e) => {
             let stats = json!({"error": format!("{e:#}"), "duration_ms": started.elapsed().as_millis() as u64});
-            db::maintenance::finish(&ctx.pool, row.id, "failed", &stats).await?;
+            db::maintenance::finish(&ctx.pool, row.id, MaintenanceStatus::Failed, &stats).await?;
             Err(e)
         }
     }

@@ -8,6 +8,7 @@ use apalis::prelude::{BoxDynError, Data};
 use chatq_common::{
     config::Config,
     db::{self, knowledge::NewChunk, usage::NewUsage},
+    domain::{DocumentErrorCode, DocumentStatus, UsageKind, UsageOutcome},
     jobs::IngestDocument,
     pricing::TokenUsage,
     retrieval::normalize,
@@ -57,8 +58,14 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         return Ok(());
     };
     let Some(bytes) = db::knowledge::document_bytes(&ctx.pool, doc.id).await? else {
-        db::knowledge::fail_document(&ctx.pool, doc.id, doc.attempt, "missing_content", "the upload is missing")
-            .await?;
+        db::knowledge::fail_document(
+            &ctx.pool,
+            doc.id,
+            doc.attempt,
+            DocumentErrorCode::MissingContent,
+            "the upload is missing",
+        )
+        .await?;
         return Ok(());
     };
     let limits = ChildLimits {
@@ -75,7 +82,8 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
     let sections = extracted.sections;
     let pieces = tokio::task::spawn_blocking(move || ingest::chunk(&sections, max, overlap)).await.unwrap_or_default();
     if pieces.is_empty() {
-        return fail(ctx, &doc, &ExtractError::new("empty_document", "the document contains no text")).await;
+        return fail(ctx, &doc, &ExtractError::new(DocumentErrorCode::EmptyDocument, "the document contains no text"))
+            .await;
     }
     let vectors = match embed(ctx, &kb.embedding_model, kb.embedding_dims as usize, doc.id, &pieces).await {
         Ok(v) => v,
@@ -96,7 +104,7 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         .collect();
     let n = chunks.len();
     if db::knowledge::complete_document(&ctx.pool, &doc, &chunks).await? {
-        ctx.metrics.documents_ingested.with_label_values(&["ready"]).inc();
+        ctx.metrics.documents_ingested.with_label_values(&[DocumentStatus::Ready]).inc();
         ctx.metrics.chunks_indexed.inc_by(n as u64);
         ctx.metrics.pages_extracted.inc_by(extracted.pages as u64);
         tracing::info!(
@@ -113,8 +121,8 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
 
 async fn fail(ctx: &WorkerCtx, doc: &db::knowledge::Document, e: &ExtractError) -> Result<(), sqlx::Error> {
     tracing::info!(code = %e.code, "document failed");
-    ctx.metrics.documents_ingested.with_label_values(&["failed"]).inc();
-    db::knowledge::fail_document(&ctx.pool, doc.id, doc.attempt, &e.code, &e.message).await?;
+    ctx.metrics.documents_ingested.with_label_values(&[DocumentStatus::Failed]).inc();
+    db::knowledge::fail_document(&ctx.pool, doc.id, doc.attempt, e.code, &e.message).await?;
     Ok(())
 }
 
@@ -145,14 +153,14 @@ async fn embed(
         let result = ctx.provider.embed_with_retries(model, dims, &inputs, 5).await;
         let latency_ms = began.elapsed().as_millis() as i64;
         let (billed, outcome) = match &result {
-            Ok(e) => (e.tokens, "ok".to_string()),
-            Err(e) => (0, e.code.to_string()),
+            Ok(e) => (e.tokens, UsageOutcome::Ok),
+            Err(e) => (0, e.code.into()),
         };
         let usage = TokenUsage { input: billed, cached_input: 0, output: 0 };
         db::usage::insert(
             &ctx.pool,
             &NewUsage {
-                kind: "embedding",
+                kind: UsageKind::Embedding,
                 model: model.to_string(),
                 api_key_id: None,
                 assistant_id: None,
@@ -176,9 +184,9 @@ async fn embed(
                 }
             }
             Err(e) => {
-                tracing::warn!(code = e.code, detail = %e.detail, "embedding failed");
+                tracing::warn!(code = %e.code, detail = %e.detail, "embedding failed");
                 let message = format!("the embeddings provider failed: {}", e.message);
-                return Err(JobError::Permanent(ExtractError::new("embedding_failed", message)));
+                return Err(JobError::Permanent(ExtractError::new(DocumentErrorCode::EmbeddingFailed, message)));
             }
         }
         start = end;

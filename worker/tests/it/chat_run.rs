@@ -2,6 +2,7 @@
 //! are fenced by the run's lease and attempt.
 
 use chatq_common::db;
+use chatq_common::domain::RunStatus;
 use chatq_worker::jobs::chat_run;
 use serde_json::json;
 use sqlx::PgPool;
@@ -15,7 +16,7 @@ async fn a_redelivered_job_for_a_completed_run_changes_nothing(pool: PgPool) {
     let ctx = s.ctx().await;
     chat_run::execute(&ctx, id).await.unwrap();
     let run = s.wait_run(id).await;
-    assert_eq!(run.status, "completed");
+    assert_eq!(run.status, RunStatus::Completed);
     let events_before = count(&pool, "SELECT count(*) FROM run_events WHERE run_id = $1", id).await;
     let provider_calls = s.fake.chat_requests().len();
 
@@ -39,7 +40,7 @@ async fn two_deliveries_at_once_produce_one_answer(pool: PgPool) {
     ra.unwrap();
     rb.unwrap();
     let stored = s.wait_run(id).await;
-    assert_eq!(stored.status, "completed");
+    assert_eq!(stored.status, RunStatus::Completed);
     assert_eq!(stored.attempt, 1, "only one delivery claimed the run");
     assert_eq!(count(&pool, "SELECT count(*) FROM messages WHERE run_id = $1 AND role = 'assistant'", id).await, 1);
     assert_eq!(count(&pool, "SELECT count(*) FROM usage_records WHERE run_id = $1", id).await, 1);

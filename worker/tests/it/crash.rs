@@ -1,3 +1,4 @@
+use chatq_common::domain::{ModerationMode, RunStatus};
 use std::{
     process::{Child, Command, Stdio},
     time::Duration,
@@ -58,7 +59,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
         model: "gpt-4o-mini".into(),
         temperature: None,
         max_output_tokens: None,
-        moderation: "off".into(),
+        moderation: ModerationMode::Off,
         retention_days: None,
         metadata: serde_json::json!({}),
         knowledge_base_ids: vec![],
@@ -89,7 +90,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
     // Kill it in the middle of the answer.
     wait_for(Duration::from_secs(20), || async {
         let r = db::runs::get(&pool, run.id).await.unwrap().unwrap();
-        (r.status == "in_progress" && r.output_text.split_whitespace().count() >= 10).then_some(())
+        (r.status == RunStatus::InProgress && r.output_text.split_whitespace().count() >= 10).then_some(())
     })
     .await;
     first.kill().expect("kill -9");
@@ -98,7 +99,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
     let mut second = spawn_worker(&env);
     // Recovery bound: lease (3 s) + reconciler interval (1 s), then the answer (~5 s).
     wait_for(Duration::from_secs(30), || async {
-        (db::runs::get(&pool, run.id).await.unwrap().unwrap().status == "completed").then_some(())
+        (db::runs::get(&pool, run.id).await.unwrap().unwrap().status == RunStatus::Completed).then_some(())
     })
     .await;
     second.kill().ok();

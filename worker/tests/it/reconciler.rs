@@ -2,6 +2,7 @@
 //! requeued, or failed once they used up their attempts.
 
 use chatq_common::db;
+use chatq_common::domain::RunStatus;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 
@@ -22,7 +23,7 @@ async fn the_reconciler_enqueues_a_run_redis_never_received(pool: PgPool) {
     let pushed = chatq_worker::reconciler::tick(&s.ctx().await).await.unwrap();
     assert_eq!(pushed, 1);
     let done = s.wait_run(run).await;
-    assert_eq!(done.status, "completed");
+    assert_eq!(done.status, RunStatus::Completed);
     worker.shutdown().await.unwrap();
     s.shutdown();
 }
@@ -48,8 +49,8 @@ async fn the_reaper_fails_a_run_whose_workers_died_too_often_and_requeues_the_ot
     let ctx = s.ctx().await;
     assert_eq!(chatq_worker::reconciler::tick(&ctx).await.unwrap(), 2);
     let run = db::runs::get(&pool, doomed).await.unwrap().unwrap();
-    assert_eq!(run.status, "failed", "{run:?}");
-    assert_eq!(run.error_code.as_deref(), Some(db::runs::EXHAUSTED_CODE));
+    assert_eq!(run.status, RunStatus::Failed, "{run:?}");
+    assert_eq!(run.error_code, Some(db::runs::EXHAUSTED_CODE));
     let last: String = sqlx::query_scalar("SELECT kind FROM run_events WHERE run_id = $1 ORDER BY seq DESC LIMIT 1")
         .bind(doomed)
         .fetch_one(&pool)
@@ -57,7 +58,7 @@ async fn the_reaper_fails_a_run_whose_workers_died_too_often_and_requeues_the_ot
         .unwrap();
     assert_eq!(last, "run.failed");
     let run = db::runs::get(&pool, retry).await.unwrap().unwrap();
-    assert_eq!(run.status, "in_progress", "pushed again, for the next worker to claim");
+    assert_eq!(run.status, RunStatus::InProgress, "pushed again, for the next worker to claim");
     let recoveries = |action: &str| ctx.metrics.reconciler_recoveries.with_label_values(&[action]).get();
     assert_eq!(recoveries("failed"), 1);
     assert_eq!(recoveries("requeued"), 1);

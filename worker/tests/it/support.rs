@@ -3,6 +3,7 @@
 //! Tests drive the jobs directly ([`Setup::ctx`]) or start an in-process worker.
 
 use chatq_common::config::ExposeSecret;
+use chatq_common::domain::ModerationMode;
 use std::{collections::HashMap, future::Future, time::Duration};
 
 use chatq_common::{config::Config, db, keys::Role};
@@ -46,7 +47,7 @@ impl Setup {
             model: "gpt-4o-mini".into(),
             temperature: None,
             max_output_tokens: None,
-            moderation: "off".into(),
+            moderation: ModerationMode::Off,
             retention_days: None,
             metadata: serde_json::json!({}),
             knowledge_base_ids: vec![],
@@ -102,7 +103,7 @@ impl Setup {
     pub async fn wait_run(&self, run_id: Uuid) -> db::runs::Run {
         wait_for(Duration::from_secs(20), || async {
             let run = db::runs::get(&self.pool, run_id).await.unwrap().unwrap();
-            matches!(run.status.as_str(), "completed" | "failed" | "cancelled").then_some(run)
+            run.status.is_terminal().then_some(run)
         })
         .await
     }

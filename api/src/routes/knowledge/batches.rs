@@ -1,7 +1,7 @@
 //! `/v1/ingestion-batches/{id}`: the documents of one upload and their progress.
 
 use axum::extract::State;
-use chatq_common::db;
+use chatq_common::{db, domain::DocumentStatus};
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -61,11 +61,11 @@ pub async fn get_batch(
     let (batch, docs) = db::knowledge::get_batch(&state.pool, id).await?.ok_or(ApiError::NotFound("batch"))?;
     let mut counts = BatchCounts { duplicate: batch.duplicate_count as i64, ..Default::default() };
     for d in &docs {
-        match d.status.as_str() {
-            "queued" => counts.queued += 1,
-            "processing" => counts.processing += 1,
-            "ready" => counts.ready += 1,
-            _ => counts.failed += 1,
+        match d.status {
+            DocumentStatus::Queued => counts.queued += 1,
+            DocumentStatus::Processing => counts.processing += 1,
+            DocumentStatus::Ready => counts.ready += 1,
+            DocumentStatus::Failed => counts.failed += 1,
         }
     }
     counts.total = docs.len() as i64 + counts.duplicate;

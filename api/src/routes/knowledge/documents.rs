@@ -10,6 +10,7 @@ use chatq_common::{
         self,
         knowledge::{Document, NewDocument, Stored},
     },
+    domain::{DocumentErrorCode, DocumentStatus},
     media,
 };
 use chrono::{DateTime, Utc};
@@ -40,8 +41,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 /// Why a document failed.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DocumentError {
-    /// Stable code, e.g. `pdf_unreadable`, `invalid_utf8`.
-    pub code: String,
+    /// Stable code.
+    pub code: DocumentErrorCode,
     /// What went wrong.
     pub message: String,
 }
@@ -65,8 +66,8 @@ pub struct DocumentOut {
     pub size_bytes: i64,
     /// SHA-256 of the content, hex.
     pub sha256: String,
-    /// `queued`, `processing`, `ready` or `failed`.
-    pub status: String,
+    /// Where ingestion is.
+    pub status: DocumentStatus,
     /// Why it failed, when it did.
     pub error: Option<DocumentError>,
     /// Chunks indexed.
@@ -108,8 +109,18 @@ pub struct UploadedDocument {
     pub id: Uuid,
     /// File name.
     pub filename: String,
-    /// `queued`, or `duplicate` when the base already holds this content (not embedded again).
-    pub status: &'static str,
+    /// What happened to the file.
+    pub status: UploadStatus,
+}
+
+/// What an upload did with one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadStatus {
+    /// Stored and queued for ingestion.
+    Queued,
+    /// The base already holds this content: reported, not stored or embedded again.
+    Duplicate,
 }
 
 /// What an upload stored.
@@ -203,11 +214,11 @@ pub async fn upload_documents(
         match db::knowledge::insert_document(&mut tx, &doc).await? {
             Stored::Queued(id) => {
                 queued.push(id);
-                documents.push(UploadedDocument { id, filename, status: "queued" });
+                documents.push(UploadedDocument { id, filename, status: UploadStatus::Queued });
             }
             Stored::Duplicate(id) => {
                 duplicates += 1;
-                documents.push(UploadedDocument { id, filename, status: "duplicate" });
+                documents.push(UploadedDocument { id, filename, status: UploadStatus::Duplicate });
             }
         }
     }

@@ -9,7 +9,7 @@ pub mod search;
 pub use bases::{KnowledgeBaseIn, KnowledgeBaseOut};
 pub use batches::{BatchCounts, BatchOut};
 use chatq_common::db::{self, knowledge::KnowledgeBase};
-pub use documents::{DocumentError, DocumentOut, UploadOut, UploadedDocument};
+pub use documents::{DocumentError, DocumentOut, UploadOut, UploadStatus, UploadedDocument};
 pub use search::{SearchIn, SearchOut, SearchResult};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;

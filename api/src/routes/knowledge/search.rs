@@ -5,6 +5,7 @@ use std::time::Instant;
 use axum::extract::State;
 use chatq_common::{
     db::{self, usage::NewUsage},
+    domain::{UsageKind, UsageOutcome},
     pricing::TokenUsage,
     retrieval,
 };
@@ -84,11 +85,14 @@ pub async fn search(
     let (sources, stats) =
         retrieval::search(&state.pool, &state.provider, &state.vectors, &[kb.id], model, &input.query, k, None)
             .await
-            .map_err(|retrieval::RetrievalError::Db(e)| ApiError::from(e))?;
+            .map_err(|e| match e {
+            retrieval::RetrievalError::Db(e) => ApiError::from(e),
+            e => ApiError::Internal(e.into()),
+        })?;
     let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
     let pricing_cost = state.pricing.cost(&kb.embedding_model, Utc::now().date_naive(), usage);
     let record = NewUsage {
-        kind: "embedding",
+        kind: UsageKind::Embedding,
         model: kb.embedding_model.clone(),
         api_key_id: Some(principal.key_id),
         assistant_id: None,
@@ -98,7 +102,7 @@ pub async fn search(
         cached_input_tokens: 0,
         output_tokens: 0,
         cost_usd: pricing_cost,
-        outcome: stats.embedding_error.as_ref().map_or("ok", |e| e.code).to_string(),
+        outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
         latency_ms: started.elapsed().as_millis() as i64,
     };
     db::usage::insert(&state.pool, &record).await?;

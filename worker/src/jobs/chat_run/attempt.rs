@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use backon::{ExponentialBuilder, Retryable as _};
 use chatq_common::{
     db::{self, runs::Outcome, usage::NewUsage},
+    domain::RunStatus,
     events::{EventKind, RunEvent},
     jobs::{self, ChatRun},
     provider::ProviderError,
@@ -51,8 +52,8 @@ impl<'a> Attempt<'a> {
         claimed_at: Instant,
         usage: Option<NewUsage>,
     ) -> Result<(), sqlx::Error> {
-        tracing::warn!(code = e.code, detail = %e.detail, "run failed");
-        let outcome = Outcome::Failed { code: e.code.to_string(), message: e.message.clone(), partial_text: partial };
+        tracing::warn!(code = %e.code, detail = %e.detail, "run failed");
+        let outcome = Outcome::Failed { code: e.code, message: e.message.clone(), partial_text: partial };
         self.finish(outcome, usage, claimed_at).await
     }
 
@@ -78,8 +79,8 @@ impl<'a> Attempt<'a> {
             tracing::warn!("run changed owner before it could be retried");
             return Ok(());
         }
-        ctx.metrics.run_retries.with_label_values(&[e.code]).inc();
-        tracing::info!(code = e.code, detail = %e.detail, delay_ms = delay.as_millis() as u64, "run will be retried");
+        ctx.metrics.run_retries.with_label_values(&[e.code.as_str()]).inc();
+        tracing::info!(code = %e.code, detail = %e.detail, delay_ms = delay.as_millis() as u64, "run will be retried");
         // Short delays are waited out by the claim (apalis schedules by the whole second).
         let push_delay = if delay <= Duration::from_secs(2) { Duration::ZERO } else { delay };
         let task_id = format!("{}-a{}", self.run_id, self.attempt + 1);
@@ -118,11 +119,10 @@ impl<'a> Attempt<'a> {
         let ctx = self.ctx;
         ctx.sink.flush().await;
         let (status, code) = match &outcome {
-            Outcome::Completed { .. } => ("completed", ""),
-            Outcome::Failed { code, .. } => ("failed", code.as_str()),
-            Outcome::Cancelled { .. } => ("cancelled", ""),
+            Outcome::Completed { .. } => (RunStatus::Completed, ""),
+            Outcome::Failed { code, .. } => (RunStatus::Failed, code.as_str()),
+            Outcome::Cancelled { .. } => (RunStatus::Cancelled, ""),
         };
-        let code = code.to_string();
         let finish = db::runs::Finish { run_id: self.run_id, attempt: self.attempt, seq: self.seq + 1, outcome, usage };
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
@@ -138,17 +138,20 @@ impl<'a> Attempt<'a> {
         match event {
             Some(event) => {
                 ctx.sink.publish(&event).await;
-                ctx.metrics.runs_finished.with_label_values(&[status, &code]).inc();
+                ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code]).inc();
                 // Counted once the usage record is committed, with its value, so the counters
                 // add up to `usage_records` (an unknown model is counted apart, never as free).
-                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome == "ok") {
+                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome.is_ok()) {
                     match u.cost_usd {
                         Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
                         None => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
                     }
                 }
-                ctx.metrics.run_duration.with_label_values(&[status]).observe(claimed_at.elapsed().as_secs_f64());
-                tracing::info!(status, "run finished");
+                ctx.metrics
+                    .run_duration
+                    .with_label_values(&[status.as_str()])
+                    .observe(claimed_at.elapsed().as_secs_f64());
+                tracing::info!(status = %status, "run finished");
             }
             None => {
                 tracing::warn!("run changed owner before finishing; nothing written")

@@ -15,6 +15,7 @@ use apalis::prelude::{BoxDynError, Data};
 use chatq_common::{
     config::Config,
     db::{self, runs::Outcome, usage::NewUsage},
+    domain::{RunStatus, UsageKind, UsageOutcome},
     events::EventKind,
     jobs::{self, ChatRun},
     pricing::TokenUsage,
@@ -109,7 +110,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     }
     if run.attempt > 1 {
         // The partial answer of the previous attempt is void: clients clear it on this event.
-        let reason = if run.previous_status.as_deref() == Some("in_progress") { "worker_lost" } else { "retry" };
+        let reason = if run.previous_status == Some(RunStatus::InProgress) { "worker_lost" } else { "retry" };
         attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": reason}), String::new(), None).await;
     }
     attempt.emit(EventKind::Started, json!({"attempt": run.attempt}), String::new(), None).await;
@@ -154,7 +155,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
             }
 
-            let record = chat_usage(&run, "ok".into(), usage, cost, latency_ms);
+            let record = chat_usage(&run, UsageOutcome::Ok, usage, cost, latency_ms);
             let cited = retrieval::citations(&text, &sources);
             for c in &cited {
                 attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
@@ -173,7 +174,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         StreamOutcome::Failed { error, partial } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
             let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts;
-            let record = chat_usage(&run, error.code.to_string(), TokenUsage::default(), None, latency_ms);
+            let record = chat_usage(&run, error.code.into(), TokenUsage::default(), None, latency_ms);
             if retry {
                 return attempt.retry(error, Some(record)).await;
             }
@@ -195,7 +196,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
 /// the breaker may half-open; past `CHATQ_PROVIDER_MAX_WAIT_SECS` from its submission it fails.
 async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) -> Result<(), sqlx::Error> {
     let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(()) };
-    if run.status != "queued" {
+    if run.status != RunStatus::Queued {
         return Ok(());
     }
     let waited = (Utc::now() - run.created_at).to_std().unwrap_or_default();
@@ -203,14 +204,7 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
     if waited >= max_wait {
         let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
         let attempt = Attempt::new(ctx, &run);
-        let error = ProviderError {
-            class: ErrorClass::Permanent,
-            code: "provider_unavailable",
-            message: "The assistant is unavailable right now. Please try again later.".into(),
-            detail: format!("circuit breaker open for the whole wait of {}s", max_wait.as_secs()),
-            status: None,
-            retry_after: None,
-        };
+        let error = ProviderError::breaker_open(max_wait);
         return attempt.fail(error, String::new(), Instant::now(), None).await;
     }
     let delay = retry_in.min(max_wait - waited) + Duration::from_millis(50);
@@ -234,10 +228,10 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
             return Ok(Some(run));
         }
         let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
-        let wait = match (run.status.as_str(), run.next_attempt_at) {
-            ("queued", Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
+        let wait = match (run.status, run.next_attempt_at) {
+            (RunStatus::Queued, Some(at)) => (at - Utc::now()).to_std().unwrap_or_default(),
             _ => {
-                tracing::debug!(status = run.status, "run not claimable (finished or leased); skipping");
+                tracing::debug!(status = %run.status, "run not claimable (finished or leased); skipping");
                 return Ok(None);
             }
         };
@@ -256,13 +250,13 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
 /// The usage record of one chat call of `run`.
 fn chat_usage(
     run: &db::runs::Run,
-    outcome: String,
+    outcome: UsageOutcome,
     usage: TokenUsage,
     cost_usd: Option<f64>,
     latency_ms: i64,
 ) -> NewUsage {
     NewUsage {
-        kind: "chat",
+        kind: UsageKind::Chat,
         model: run.model.clone(),
         api_key_id: Some(run.api_key_id),
         assistant_id: Some(run.assistant_id),

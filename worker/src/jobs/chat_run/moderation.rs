@@ -4,8 +4,9 @@ use std::time::Instant;
 
 use chatq_common::{
     db::{self, usage::NewUsage},
+    domain::{ModerationMode, UsageKind, UsageOutcome},
     pricing::TokenUsage,
-    provider::{ErrorClass, ProviderError},
+    provider::ProviderError,
 };
 use chrono::Utc;
 
@@ -19,20 +20,20 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
     let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
         return Ok(None);
     };
-    if assistant.moderation != "input" {
+    if assistant.moderation != ModerationMode::Input {
         return Ok(None);
     }
     let Some(message) = db::messages::get(&ctx.pool, run.user_message_id).await? else { return Ok(None) };
     let started = Instant::now();
     let verdict = ctx.provider.moderate(&message.content).await;
     let outcome = match &verdict {
-        Ok(v) if v.flagged => "flagged".to_string(),
-        Ok(_) => "ok".to_string(),
-        Err(e) => e.code.to_string(),
+        Ok(v) if v.flagged => UsageOutcome::Flagged,
+        Ok(_) => UsageOutcome::Ok,
+        Err(e) => e.code.into(),
     };
     let model = chatq_common::provider::MODERATION_MODEL;
     let record = NewUsage {
-        kind: "moderation",
+        kind: UsageKind::Moderation,
         model: model.to_string(),
         api_key_id: Some(run.api_key_id),
         assistant_id: Some(run.assistant_id),
@@ -49,17 +50,7 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
     match verdict {
         Ok(v) if v.flagged => {
             ctx.metrics.moderation_checks.with_label_values(&["flagged"]).inc();
-            Ok(Some(ProviderError {
-                class: ErrorClass::Permanent,
-                code: "moderation_flagged",
-                message: format!(
-                    "This message can't be answered: content moderation flagged it ({}).",
-                    v.categories.join(", ")
-                ),
-                detail: format!("flagged categories: {}", v.categories.join(",")),
-                status: None,
-                retry_after: None,
-            }))
+            Ok(Some(ProviderError::moderation_flagged(&v.categories)))
         }
         Ok(_) => {
             ctx.metrics.moderation_checks.with_label_values(&["passed"]).inc();
@@ -68,12 +59,7 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
         Err(e) if ctx.config.provider.moderation_fail_closed => {
             ctx.metrics.moderation_checks.with_label_values(&["unavailable_closed"]).inc();
             tracing::warn!(detail = %e.detail, "moderation unavailable; refusing to answer (fail-closed)");
-            Ok(Some(ProviderError {
-                class: ErrorClass::Retryable,
-                code: "provider_unavailable",
-                message: "The assistant can't check this message right now. Please try again.".into(),
-                ..e
-            }))
+            Ok(Some(e.moderation_unavailable()))
         }
         Err(e) => {
             ctx.metrics.moderation_checks.with_label_values(&["unavailable_open"]).inc();

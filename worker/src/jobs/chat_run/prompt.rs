@@ -6,8 +6,9 @@ use std::time::Instant;
 
 use chatq_common::{
     db::{self, assistants::Assistant, messages::Message, usage::NewUsage},
+    domain::{MessageRole, UsageKind, UsageOutcome},
     pricing::TokenUsage,
-    provider::{ChatRequest, ErrorClass, PromptMessage, PromptRole, ProviderError},
+    provider::{ChatRequest, PromptMessage, PromptRole, ProviderError},
     retrieval::{self, Source},
     tokens,
 };
@@ -23,14 +24,7 @@ pub(super) async fn prepare(
     run: &db::runs::Run,
 ) -> Result<(ChatRequest, Vec<Source>), JobError<ProviderError>> {
     let Some(assistant) = db::assistants::get_including_deleted(&ctx.pool, run.assistant_id).await? else {
-        return Err(JobError::Permanent(ProviderError {
-            class: ErrorClass::Permanent,
-            code: "internal",
-            message: "The assistant of this run no longer exists.".into(),
-            detail: "assistant missing".into(),
-            status: None,
-            retry_after: None,
-        }));
+        return Err(JobError::Permanent(ProviderError::assistant_missing()));
     };
     let recent = db::messages::recent_until(&ctx.pool, run.thread_id, run.user_message_id, 500).await?;
     let question = recent.first().map(|m| m.content.clone()).unwrap_or_default();
@@ -61,7 +55,10 @@ pub fn build_request(
             break;
         }
         budget = budget.saturating_sub(cost);
-        let role = if m.role == "assistant" { PromptRole::Assistant } else { PromptRole::User };
+        let role = match m.role {
+            MessageRole::Assistant => PromptRole::Assistant,
+            MessageRole::User => PromptRole::User,
+        };
         history.push(PromptMessage { role, content: m.content });
     }
     history.reverse();
@@ -132,10 +129,12 @@ pub(super) async fn retrieve(
         {
             Ok(r) => r,
             Err(retrieval::RetrievalError::Db(e)) => return Err(e),
+            // A failed index task fails the attempt like a database error: it is retried.
+            Err(e @ retrieval::RetrievalError::Index(_)) => return Err(sqlx::Error::Protocol(e.to_string())),
         };
         let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
         let record = NewUsage {
-            kind: "embedding",
+            kind: UsageKind::Embedding,
             model: model.clone(),
             api_key_id: Some(run.api_key_id),
             assistant_id: Some(run.assistant_id),
@@ -145,7 +144,7 @@ pub(super) async fn retrieve(
             cached_input_tokens: 0,
             output_tokens: 0,
             cost_usd: ctx.pricing.cost(&model, Utc::now().date_naive(), usage),
-            outcome: stats.embedding_error.as_ref().map_or("ok", |e| e.code).to_string(),
+            outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
             latency_ms: started.elapsed().as_millis() as i64,
         };
         if let Err(e) = db::usage::insert(&ctx.pool, &record).await {
@@ -162,6 +161,7 @@ pub(super) async fn retrieve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chatq_common::domain::ModerationMode;
 
     fn assistant(instructions: &str) -> Assistant {
         Assistant {
@@ -171,7 +171,7 @@ mod tests {
             model: "m".into(),
             temperature: Some(0.5),
             max_output_tokens: Some(100),
-            moderation: "off".into(),
+            moderation: ModerationMode::Off,
             retention_days: None,
             metadata: serde_json::json!({}),
             knowledge_base_ids: vec![],
@@ -180,11 +180,11 @@ mod tests {
         }
     }
 
-    fn message(role: &str, content: &str) -> Message {
+    fn message(role: MessageRole, content: &str) -> Message {
         Message {
             id: Uuid::now_v7(),
             thread_id: Uuid::nil(),
-            role: role.into(),
+            role,
             content: content.into(),
             run_id: None,
             client_message_id: None,
@@ -197,7 +197,11 @@ mod tests {
     fn the_prompt_keeps_the_newest_history_that_fits_oldest_first_after_the_instructions() {
         let long = "word ".repeat(200);
         // Newest first, as `recent_until` returns it.
-        let recent = vec![message("user", "question"), message("assistant", "answer"), message("user", &long)];
+        let recent = vec![
+            message(MessageRole::User, "question"),
+            message(MessageRole::Assistant, "answer"),
+            message(MessageRole::User, &long),
+        ];
         let budget = tokens::message_tokens("be brief") + tokens::message_tokens("question") + 20;
         let request = build_request(&assistant("be brief"), "gpt", recent, &[], budget);
         let got: Vec<(PromptRole, &str)> = request.messages.iter().map(|m| (m.role, m.content.as_str())).collect();
@@ -212,8 +216,13 @@ mod tests {
     #[test]
     fn the_message_answered_is_sent_even_alone_over_budget() {
         let long = "word ".repeat(200);
-        let request =
-            build_request(&assistant(""), "gpt", vec![message("user", &long), message("user", "old")], &[], 10);
+        let request = build_request(
+            &assistant(""),
+            "gpt",
+            vec![message(MessageRole::User, &long), message(MessageRole::User, "old")],
+            &[],
+            10,
+        );
         assert_eq!(request.messages.len(), 1);
         assert_eq!(request.messages[0].content, long);
     }

@@ -50,7 +50,7 @@ pub(super) async fn stream_answer(
 
     let mut stream = tokio::select! {
         opened = ctx.provider.stream_chat(request) => match opened {
-            Ok(s) => s.stream,
+            Ok(s) => s,
             Err(error) => return StreamOutcome::Failed { error, partial: text },
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,

@@ -1,0 +1,82 @@
+//! The OpenAI-compatible provider: one HTTP client without built-in retries (chatq owns
+//! retries), with a file per resource (chat, embeddings, moderation) and the classification
+//! of provider errors.
+
+mod chat;
+mod embeddings;
+mod error;
+mod moderation;
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use async_openai::{Client, config::OpenAIConfig, error::OpenAIError, middleware::HttpRequestFactory};
+
+pub use chat::{ChatRequest, PromptMessage, PromptRole};
+pub use embeddings::Embeddings;
+pub use error::{ErrorClass, ProviderError, parse_retry_after};
+pub use moderation::{MODERATION_MODEL, Moderation};
+
+use crate::config::Config;
+
+/// The provider client shared by every job of a process.
+#[derive(Clone, Debug)]
+pub struct Provider {
+    http: reqwest::Client,
+    config: OpenAIConfig,
+    /// Idle timeout between two stream chunks.
+    pub idle_timeout: Duration,
+}
+
+impl Provider {
+    /// A client for `OPENAI_BASE_URL` with connect and read timeouts and no retries.
+    pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(config.provider.connect_timeout)
+            // Per read, reset by every chunk: safe for long streams (a total timeout is not).
+            .read_timeout(config.provider.idle_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .build()?;
+        let openai = OpenAIConfig::new().with_api_base(&config.provider.base_url).with_api_key(config.provider.key());
+        Ok(Self { http, config: openai, idle_timeout: config.provider.idle_timeout })
+    }
+
+    /// Runs one provider call on its own client and classifies its failure with the
+    /// `Retry-After` of the error response (async-openai's errors do not carry headers, so the
+    /// client's transport records it on the side).
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, ProviderError>
+    where
+        F: FnOnce(Client<OpenAIConfig>) -> Fut,
+        Fut: Future<Output = Result<T, OpenAIError>>,
+    {
+        let slot = Arc::new(Mutex::new(None));
+        call(self.client(slot.clone())).await.map_err(|e| {
+            let retry_after = *slot.lock().unwrap_or_else(|p| p.into_inner());
+            ProviderError::classify(&e, retry_after)
+        })
+    }
+
+    /// A client whose transport records the `Retry-After` of an error response into `slot`.
+    /// The service has no retry layer.
+    fn client(&self, slot: Arc<Mutex<Option<Duration>>>) -> Client<OpenAIConfig> {
+        let http = self.http.clone();
+        let service = tower::service_fn(move |factory: HttpRequestFactory| {
+            let http = http.clone();
+            let slot = slot.clone();
+            async move {
+                let request = factory.build().await?;
+                let response = http.execute(request).await.map_err(OpenAIError::Reqwest)?;
+                if !response.status().is_success()
+                    && let Some(after) = parse_retry_after(response.headers())
+                {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(after);
+                }
+                Ok::<_, OpenAIError>(response)
+            }
+        });
+        Client::build(self.http.clone(), self.config.clone()).with_http_service(service)
+    }
+}
