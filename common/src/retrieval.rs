@@ -228,7 +228,7 @@ pub struct SearchStats {
 /// Hybrid search across `kb_ids` (which share `model` and `dims`): the `k` best live chunks,
 /// within `max_tokens` when given. When the query cannot be embedded the search is
 /// keyword-only and the error is reported in the stats.
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments)]
 pub async fn search(
     pool: &sqlx::PgPool,
     provider: &Provider,

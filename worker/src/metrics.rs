@@ -26,7 +26,7 @@ pub struct Metrics {
     pub runs_in_progress: IntGauge,
     /// `chatq_event_flush_rows`: events per batched Postgres write.
     pub flush_rows: Histogram,
-    // --- Operations (issue 5).
+    // --- Recovery, jobs and maintenance.
     /// `chatq_reconciler_recoveries_total{action}`: `requeued` (pushed again) or `failed`
     /// (attempt limit reached).
     pub reconciler_recoveries: IntCounterVec,

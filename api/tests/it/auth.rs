@@ -1,3 +1,6 @@
+//! Who may call what: missing or bad keys, client versus admin keys, and another key's data
+//! answered 404.
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;

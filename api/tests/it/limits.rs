@@ -1,3 +1,5 @@
+//! Rate limits shared through Redis by every API instance, and per-key overrides.
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;

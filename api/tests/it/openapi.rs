@@ -1,3 +1,5 @@
+//! The OpenAPI document: every route and the allowed values of typed fields.
+
 use reqwest::{Method, StatusCode};
 use sqlx::PgPool;
 

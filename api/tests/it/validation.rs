@@ -1,3 +1,5 @@
+//! Malformed or oversized requests get the error envelope with a 4xx, never a 500.
+
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use sqlx::PgPool;

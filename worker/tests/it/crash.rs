@@ -1,3 +1,5 @@
+//! A worker killed with `kill -9` mid-stream: another worker finishes the run with one answer.
+
 use chatq_common::domain::{ModerationMode, RunStatus};
 use std::{
     process::{Child, Command, Stdio},

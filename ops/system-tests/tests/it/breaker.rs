@@ -1,3 +1,6 @@
+//! The provider circuit breaker: runs wait while it is open, fail past the maximum wait, and a
+//! probe that never reached the provider frees its slot.
+
 use std::time::Duration;
 
 use chatq_worker::breaker::BreakerState as State;

@@ -1,3 +1,6 @@
+//! Input moderation before generation: flagged, clean, off, and the provider down with
+//! fail-open or fail-closed.
+
 use serde_json::json;
 use sqlx::PgPool;
 

@@ -116,7 +116,7 @@ async fn the_pricing_file_override_prices_a_model_the_built_in_table_does_not_kn
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[allow(clippy::too_many_arguments)]
+#[expect(clippy::too_many_arguments)]
 async fn usage_record(
     pool: &PgPool,
     at: &str,

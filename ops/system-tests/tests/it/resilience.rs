@@ -1,3 +1,5 @@
+//! Provider errors, retries, Redis losing its data and graceful shutdown, end to end.
+
 use std::time::Duration;
 
 use reqwest::Method;

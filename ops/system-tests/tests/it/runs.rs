@@ -1,3 +1,5 @@
+//! Chat runs end to end: answers, history, polling, idempotent submits, busy threads.
+
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
