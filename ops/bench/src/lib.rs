@@ -47,7 +47,6 @@ pub struct ApiArgs {
 /// order its report struct declares them (`scenario` first).
 #[derive(Debug, serde::Serialize)]
 #[serde(untagged)]
-#[expect(clippy::large_enum_variant)] // built and printed once per process
 pub enum Report {
     /// Result of `runs`.
     Runs(scenarios::runs::Report),

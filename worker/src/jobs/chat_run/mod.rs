@@ -102,7 +102,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
     if run.attempt > ctx.config.runs.max_attempts {
         let outcome = Outcome::Failed {
-            code: db::runs::EXHAUSTED_CODE.into(),
+            code: db::runs::EXHAUSTED_CODE,
             message: db::runs::EXHAUSTED_MESSAGE.into(),
             partial_text: String::new(),
         };
