@@ -161,6 +161,9 @@ pub struct Config {
     /// Origins allowed to call the API from a browser, comma-separated, or `*`
     /// (`CHATQ_CORS_ORIGINS`); empty means no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Serve the widget demo page at `/demo` and its token endpoint, which mints user tokens
+    /// for anonymous visitors: a development aid, never for production (`CHATQ_DEMO`).
+    pub demo: bool,
 }
 
 impl Config {
@@ -237,6 +240,14 @@ impl Config {
                 .map(|o| o.trim().trim_end_matches('/').to_string())
                 .filter(|o| !o.is_empty())
                 .collect(),
+            demo: match r.string("CHATQ_DEMO", "0").trim() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                other => {
+                    r.errors.push(format!("CHATQ_DEMO={other:?} must be 1 (on) or 0 (off)"));
+                    false
+                }
+            },
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }

@@ -10,6 +10,7 @@ pub mod runs;
 pub mod threads;
 pub mod usage;
 pub mod user_tokens;
+pub mod widget;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -53,6 +54,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         // issue 3: live streaming
         .merge(run_events::router())
         .merge(user_tokens::router())
+        .merge(widget::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

@@ -14,4 +14,5 @@ mod resilience;
 mod runs;
 mod streaming;
 mod validation;
+mod widget;
 mod worker_jobs;
