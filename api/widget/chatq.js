@@ -177,7 +177,15 @@ class ChatqChat extends HTMLElement {
     this.launcher.hidden = inline;
     this.closeButton.hidden = inline;
     this.toggle(inline || this.hasAttribute("open"), false);
-    if (this.started) return;
+    if (this.started) {
+      // Moved in the document: pick the answer up again where it was.
+      const a = this.active;
+      if (a) {
+        a.article.remove();
+        this.follow(a);
+      }
+      return;
+    }
     this.started = true;
     const api = this.getAttribute("api") || new URL(import.meta.url).origin;
     this.client = new ChatqClient({ api, token: this.getAttribute("token"), tokenUrl: this.getAttribute("token-url") });
@@ -422,6 +430,7 @@ class ChatqChat extends HTMLElement {
 
   /** @param {string} text */
   setStatus(text) {
+    if (this.status.textContent === text) return; // unchanged text is not announced again
     this.status.textContent = text;
     this.status.classList.toggle("dots", /…$/.test(text));
   }
@@ -644,6 +653,8 @@ class ChatqChat extends HTMLElement {
     this.setStatus("");
     let note = "";
     if (type === "run.cancelled") note = a.text ? "Stopped." : "Stopped before answering.";
+    if (type === "run.failed" && a.text) note = "The answer was interrupted.";
+    if (type === "run.completed" && !a.text) note = "The assistant gave no answer.";
     if (type === "run.failed") this.setError(errorMessage(data?.error?.code ?? ""));
     if (type === "lost") this.setError("The connection to the chat was lost. Reload the page to see the answer.");
     if (a.text || note) {

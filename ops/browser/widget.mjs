@@ -155,14 +155,23 @@ async function focused(page) {
 }
 
 const scenarios = {
-  /** One answer, streamed token by token, then the widget's own size. */
+  /** One answer, streamed token by token, then the widget's own size. The response to the
+   * first send is lost on its way back: the widget sends again, and no second run appears. */
   async answer(context) {
     const page = await open(context);
     const w = widget(page);
+    let lostResponses = 0;
+    await page.route(/\/v1\/threads\/[^/]+\/runs$/, async (route) => {
+      if (route.request().method() !== "POST" || lostResponses > 0) return route.fallback();
+      lostResponses += 1;
+      await route.fetch();
+      await route.abort("connectionreset");
+    });
     await page.getByRole("button", { name: "Chat with us" }).click();
     await ask(page, "Hello there [[fake tokens=40 delay_ms=25]]");
     await waitWords(page, 3);
     const busyWhileStreaming = await w.log.getAttribute("aria-busy");
+    const answersWhileStreaming = await w.answers.count();
     const early = await streamedWords(page);
     await waitAnswers(page, 1);
     const src = await page.evaluate(() => document.querySelector('script[type="module"]')?.getAttribute("src") ?? "");
@@ -171,10 +180,32 @@ const scenarios = {
       texts: await answerTexts(page),
       questions: await w.questions.locator('[part~="body"]').allTextContents(),
       busyWhileStreaming,
+      answersWhileStreaming,
+      lostResponses,
       earlyWords: early,
       stored: await stored(page),
       gzipBytes: gzipSync(script, { level: 9 }).length,
       rawBytes: script.length,
+    };
+  },
+
+  /** Markdown becomes elements; HTML and script links in model or user text stay text. */
+  async markdown(context) {
+    const page = await open(context);
+    const w = widget(page);
+    await page.getByRole("button", { name: "Chat with us" }).click();
+    await ask(page, "**bold** and _soft_ and `x < y` see [docs](https://example.org/docs) or [bad](javascript:alert(1)) <img src=x onerror=alert(1)> snake_case_name [[fake tokens=16]]");
+    await waitAnswers(page, 1);
+    const answer = w.answers.first().locator('[part~="body"]');
+    return {
+      strong: await answer.locator("strong").allTextContents(),
+      em: await answer.locator("em").allTextContents(),
+      code: await answer.locator("code").allTextContents(),
+      links: await answer.getByRole("link").evaluateAll((as) => as.map((a) => [a.textContent, a.getAttribute("href"), a.getAttribute("rel")])),
+      images: await page.locator("chatq-chat img").count(),
+      text: await answer.textContent(),
+      question: await w.questions.first().locator('[part~="body"]').textContent(),
+      stored: await stored(page),
     };
   },
 
@@ -266,14 +297,17 @@ const scenarios = {
     await waitAnswers(axePage, 1);
     await widget(axePage).answers.first().getByRole("button", { name: /^Source 1:/ }).click();
     await axePage.evaluate(await readFile(require.resolve("axe-core/axe.min.js"), "utf8"));
-    const axe = await axePage.evaluate(async () => {
+    const runAxe = () => axePage.evaluate(async () => {
       // @ts-ignore injected above
       const r = await window.axe.run(document, { resultTypes: ["violations"] });
       return r.violations.map((v) => ({ id: v.id, impact: v.impact, help: v.help, nodes: v.nodes.length }));
     });
+    const axe = await runAxe();
+    await axePage.emulateMedia({ colorScheme: "dark" });
+    const axeDark = await runAxe();
     const historyTexts = await answerTexts(axePage);
     await axeContext.close();
-    return { texts: await answerTexts(page), historyTexts, citeLabel, quoteText, sourceLabel, overflow320: overflow, axe, stored: await stored(page) };
+    return { texts: await answerTexts(page), historyTexts, citeLabel, quoteText, sourceLabel, overflow320: overflow, axe, axeDark, stored: await stored(page) };
   },
 
   /** Each failure shows its message and the widget keeps working. */

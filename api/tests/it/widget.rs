@@ -212,14 +212,16 @@ async fn widget_is_served_from_the_binary_with_cache_headers_and_integrity(pool:
     let stale = s.http.get(format!("{}/widget/0000000000000000/chatq.js", s.api_url)).send().await.unwrap();
     assert_eq!(stale.status(), StatusCode::NOT_FOUND);
 
-    // The README shows the hash of this version.
-    let readme = std::fs::read_to_string(repo().join("api/widget/README.md")).unwrap();
-    assert!(
-        readme.contains(&integrity),
-        "api/widget/README.md (and the README's \"Embed the chat\") must show the widget's integrity hash: \
-         replace the old sha384-… with {integrity} (and its version {})",
-        manifest["version"]
-    );
+    // The READMEs show this version and its hash.
+    let version = manifest["version"].as_str().unwrap();
+    for readme in ["api/widget/README.md", "README.md"] {
+        let text = std::fs::read_to_string(repo().join(readme)).unwrap();
+        assert!(
+            text.contains(&integrity) && text.contains(&format!("/widget/{version}/chatq.js")),
+            "{readme} (\"Embed the chat\") must show the widget's version and integrity hash: \
+             replace the old ones with /widget/{version}/chatq.js and {integrity}"
+        );
+    }
 
     // The demo is off unless CHATQ_DEMO=1.
     let (status, _) = s.call(Method::GET, "/demo", None, None).await;
@@ -267,12 +269,43 @@ async fn widget_streams_an_answer_equal_to_the_runs_output_text(pool: PgPool) {
     assert_eq!(runs[0]["status"], "completed");
     assert_eq!(texts(&report), vec![runs[0]["output_text"].as_str().unwrap().to_string()]);
     assert_eq!(report["questions"], json!(["Hello there [[fake tokens=40 delay_ms=25]]"]));
+    assert_eq!(report["lostResponses"], 1, "the first send's response was lost and the send retried: {report}");
     assert_eq!(report["busyWhileStreaming"], "true", "aria-busy while streaming");
+    assert_eq!(report["answersWhileStreaming"], 0, "a streaming answer is not announced token by token");
     let early = report["earlyWords"].as_u64().unwrap();
     assert!((3..40).contains(&early), "the answer appeared token by token: {report}");
     let gzip = report["gzipBytes"].as_u64().unwrap();
     eprintln!("widget size: {} bytes, {gzip} bytes gzipped", report["rawBytes"]);
     assert!(gzip <= BUDGET_GZIP_BYTES, "the widget is {gzip} bytes gzipped, over the {BUDGET_GZIP_BYTES} budget");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn widget_renders_markdown_as_elements_and_html_as_text(pool: PgPool) {
+    let Some(chromium) = browser() else { return };
+    let s = stack(pool, &[]).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let (page, server) = host_page(&s, &assistant, "").await;
+    let report = scenario(&chromium, "markdown", &page, &[]).await;
+    server.abort();
+
+    assert_eq!(report["strong"], json!(["bold"]), "{report}");
+    assert_eq!(report["em"], json!(["soft"]), "{report}");
+    assert_eq!(report["code"], json!(["x < y"]), "{report}");
+    assert_eq!(
+        report["links"],
+        json!([["docs", "https://example.org/docs", "noopener noreferrer"]]),
+        "only http(s) links"
+    );
+    assert_eq!(report["images"], 0, "model text never becomes HTML");
+    let text = report["text"].as_str().unwrap();
+    assert!(text.contains("[bad](javascript:alert(1))"), "a script link stays text: {text}");
+    assert!(text.contains("<img src=x onerror=alert(1)>"), "HTML stays text: {text}");
+    assert!(text.contains("snake_case_name"), "{text}");
+    assert!(
+        report["question"].as_str().unwrap().starts_with("**bold** and _soft_"),
+        "the visitor's text is shown as typed"
+    );
     s.shutdown().await;
 }
 
@@ -347,14 +380,16 @@ async fn widget_on_the_demo_page_cites_the_demo_knowledge_base_and_passes_axe(po
     assert_eq!(report["citeLabel"], format!("Source 1: {}", citation["filename"].as_str().unwrap()));
     assert!(report["sourceLabel"].as_str().unwrap().contains(citation["filename"].as_str().unwrap()));
     assert_eq!(report["overflow320"], false, "no horizontal scrolling at 320 px");
-    let serious: Vec<&Value> = report["axe"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
-        .collect();
-    eprintln!("axe-core violations: {}", report["axe"]);
-    assert!(serious.is_empty(), "axe-core: serious or critical violations: {serious:?}");
+    for scheme in ["axe", "axeDark"] {
+        let serious: Vec<&Value> = report[scheme]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| matches!(v["impact"].as_str(), Some("serious" | "critical")))
+            .collect();
+        eprintln!("axe-core violations ({scheme}): {}", report[scheme]);
+        assert!(serious.is_empty(), "axe-core ({scheme}): serious or critical violations: {serious:?}");
+    }
     for shot in ["widget-desktop.png", "widget-320.png"] {
         assert!(out_dir().join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot} written");
     }
