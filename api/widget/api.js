@@ -120,7 +120,8 @@ export class ChatqClient {
     }
     if (!resp.ok) {
       const err = json?.error ?? {};
-      const retry = Number(resp.headers.get("Retry-After"));
+      // Retry-After is not readable across origins unless exposed by CORS; the body has it too.
+      const retry = Number(resp.headers.get("Retry-After") ?? err.details?.retry_after_seconds);
       throw new ApiError(
         resp.status,
         err.code ?? `http_${resp.status}`,

@@ -670,6 +670,8 @@ class ChatqChat extends HTMLElement {
     const a = this.active;
     if (!a || a.stopping) return;
     a.stopping = true;
+    // A disabled button loses focus to the page: keep it in the message box.
+    if (this.root.activeElement === this.stopButton) this.input.focus();
     this.stopButton.disabled = true;
     this.updateStatus(a, a.follower?.state ?? "streaming");
     try {

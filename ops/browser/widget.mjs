@@ -359,6 +359,39 @@ const scenarios = {
     return { seen, keptInput, busyRun: other.body.id ?? null, busyStatus: other.status, texts: await answerTexts(page), stored: await stored(page) };
   },
 
+  /** A retried attempt replaces the text of the failed one (run.reset); a rate limit shows
+   * its wait, keeps the message and lets it be sent once the wait is over. */
+  async limits(context) {
+    const page = await open(context);
+    const w = widget(page);
+    await page.getByRole("button", { name: "Chat with us" }).click();
+    await ask(page, "Cut short [[fake tokens=20 delay_ms=10 cut_after=5]]");
+    await w.alert.filter({ hasText: /\S/ }).waitFor(DEADLINE);
+    await waitAnswers(page, 1);
+    const failed = { alert: await w.alert.textContent(), texts: await answerTexts(page) };
+
+    // Another thread of the same visitor is being answered: the active-runs limit applies.
+    const assistant = await page.locator("chatq-chat").getAttribute("assistant");
+    const other = await apiCall(page, "POST", "/v1/threads", { assistant_id: assistant });
+    const otherRun = await apiCall(page, "POST", `/v1/threads/${other.body.id}/runs`, { input: "Elsewhere [[fake tokens=60 delay_ms=50]]" });
+    await ask(page, "Over the limit [[fake tokens=6]]");
+    await w.alert.filter({ hasText: /wait/ }).waitFor(DEADLINE);
+    const limited = {
+      alert: await w.alert.textContent(),
+      kept: await w.input.inputValue(),
+      sendDisabled: await w.send.isDisabled(),
+    };
+    await expectUsable(page);
+    // Sent again once the other answer is done.
+    const end = Date.now() + 30_000;
+    while ((await apiCall(page, "GET", `/v1/runs/${otherRun.body.id}`)).body.status !== "completed") {
+      if (Date.now() > end) throw new Error("the other thread's run did not complete");
+    }
+    await w.input.press("Enter");
+    await waitAnswers(page, 2);
+    return { failed, limited, texts: await answerTexts(page), stored: await stored(page) };
+  },
+
   /** Open, type, send, stop, open a citation, close: the keyboard only. */
   async keyboard(context) {
     const page = await open(context);

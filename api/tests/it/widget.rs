@@ -435,6 +435,43 @@ async fn widget_errors_show_their_message_and_leave_the_widget_usable(pool: PgPo
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn widget_drops_the_text_of_a_reset_attempt_and_shows_a_rate_limits_wait(pool: PgPool) {
+    let Some(chromium) = browser() else { return };
+    let s = stack(pool, &[("CHATQ_RATE_USER_ACTIVE_RUNS", "1")]).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let (page, server) = host_page(&s, &assistant, "").await;
+    let report = scenario(&chromium, "limits", &page, &[]).await;
+    server.abort();
+
+    let runs = runs(&s, report["stored"]["thread"].as_str().unwrap()).await;
+    let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["failed", "completed"], "{runs:?}");
+    assert_eq!(runs[0]["attempt"], 3, "every attempt was cut short and retried: {}", runs[0]);
+    let failed = &report["failed"];
+    assert!(failed["alert"].as_str().unwrap().contains("unavailable"), "{failed}");
+    // What the last attempt said: the deltas after the last `run.reset` of the run's log.
+    let events: Vec<(String, Value)> =
+        sqlx::query_as("SELECT kind, data FROM run_events WHERE run_id = $1::uuid ORDER BY seq")
+            .bind(runs[0]["id"].as_str().unwrap())
+            .fetch_all(&s.pool)
+            .await
+            .unwrap();
+    assert_eq!(events.iter().filter(|e| e.0 == "run.reset").count(), 2, "{events:?}");
+    let last_reset = events.iter().rposition(|e| e.0 == "run.reset").unwrap();
+    let last_attempt: String =
+        events[last_reset..].iter().filter(|e| e.0 == "message.delta").map(|e| e.1["text"].as_str().unwrap()).collect();
+    assert!(last_attempt.starts_with("Echo: Cut"), "{events:?}");
+    assert_eq!(failed["texts"], json!([last_attempt]), "only the last attempt's text, once: {failed}");
+
+    let limited = &report["limited"];
+    assert!(limited["alert"].as_str().unwrap().contains("wait 1 second"), "the wait is shown: {limited}");
+    assert_eq!(limited["kept"], "Over the limit [[fake tokens=6]]", "the message is kept: {limited}");
+    assert_eq!(limited["sendDisabled"], true, "Send waits: {limited}");
+    assert_eq!(texts(&report)[1], runs[1]["output_text"].as_str().unwrap(), "sent after the wait");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn widget_works_with_the_keyboard_alone(pool: PgPool) {
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[]).await;
