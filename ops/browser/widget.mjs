@@ -197,7 +197,7 @@ const scenarios = {
     await ask(page, "**bold** and _soft_ and `x < y` see [docs](https://example.org/docs) or [bad](javascript:alert(1)) <img src=x onerror=alert(1)> snake_case_name [[fake tokens=16]]");
     await waitAnswers(page, 1);
     const answer = w.answers.first().locator('[part~="body"]');
-    return {
+    const result = {
       strong: await answer.locator("strong").allTextContents(),
       em: await answer.locator("em").allTextContents(),
       code: await answer.locator("code").allTextContents(),
@@ -205,8 +205,15 @@ const scenarios = {
       images: await page.locator("chatq-chat img").count(),
       text: await answer.textContent(),
       question: await w.questions.first().locator('[part~="body"]').textContent(),
-      stored: await stored(page),
+      threadBefore: (await stored(page)).thread,
     };
+    // "New conversation" empties the log and starts a new thread with the next message.
+    await page.getByRole("button", { name: "New conversation" }).click();
+    await w.log.getByText("Ask a question to start the conversation.").waitFor(DEADLINE);
+    const articlesAfterNew = await w.log.getByRole("article").count();
+    await ask(page, "Fresh start [[fake tokens=3]]");
+    await waitAnswers(page, 1);
+    return { ...result, articlesAfterNew, textsAfterNew: await answerTexts(page), stored: await stored(page) };
   },
 
   /** Reload in the middle of an answer, then lose the network in the middle of another. */

@@ -6,6 +6,10 @@
 
 use std::{
     path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -77,27 +81,38 @@ async fn scenario(chromium: &str, name: &str, page_url: &str, env: &[(&str, Stri
     report
 }
 
-/// A page on another origin that embeds the widget the documented way, with the token
-/// endpoint a site writes: it holds the client key and returns a user token for its visitor.
-async fn host_page(s: &Stack, assistant: &str, attrs: &str) -> (String, tokio::task::JoinHandle<()>) {
+/// A page on another origin that embeds the widget the documented way, and its server.
+struct Host {
+    url: String,
+    /// Calls of the token endpoint so far.
+    token_calls: Arc<AtomicUsize>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// Serves a host page with the token endpoint a site writes: it holds the client key and
+/// returns a user token, valid for `ttl_seconds`, for its visitor.
+async fn host_page(s: &Stack, assistant: &str, ttl_seconds: i64) -> Host {
     let page = format!(
         r#"<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Zoo</title>
 <script type="module" src="{api}/widget/chatq.js"></script></head>
 <body><main><h1>The zoo</h1><p>Opening hours: every day.</p></main>
-<chatq-chat api="{api}" token-url="/token" assistant="{assistant}" heading="Zoo help" {attrs}></chatq-chat>
+<chatq-chat api="{api}" token-url="/token" assistant="{assistant}" heading="Zoo help"></chatq-chat>
 </body></html>"#,
         api = s.api_url
     );
     let (api, key, http) = (s.api_url.clone(), s.client_key.clone(), s.http.clone());
+    let token_calls = Arc::new(AtomicUsize::new(0));
+    let calls = token_calls.clone();
     let token = move || {
         let (api, key, http) = (api.clone(), key.clone(), http.clone());
+        calls.fetch_add(1, Ordering::SeqCst);
         async move {
             let resp = http
                 .post(format!("{api}/v1/user-tokens"))
                 .bearer_auth(&key)
-                .json(&json!({"user": "visitor-1", "ttl_seconds": 600}))
+                .json(&json!({"user": "visitor-1", "ttl_seconds": ttl_seconds}))
                 .send()
                 .await
                 .expect("API reachable");
@@ -122,7 +137,7 @@ async fn host_page(s: &Stack, assistant: &str, attrs: &str) -> (String, tokio::t
     let server = tokio::spawn(async move {
         axum::serve(listener, app).await.unwrap();
     });
-    (url, server)
+    Host { url, token_calls, server }
 }
 
 async fn stack(pool: PgPool, extra: &[(&str, &str)]) -> Stack {
@@ -260,15 +275,16 @@ async fn widget_streams_an_answer_equal_to_the_runs_output_text(pool: PgPool) {
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[]).await;
     let assistant = s.create_assistant(json!({})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "answer", &page, &[]).await;
-    server.abort();
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "answer", &host.url, &[]).await;
+    host.server.abort();
 
     let runs = runs(&s, report["stored"]["thread"].as_str().unwrap()).await;
     assert_eq!(runs.len(), 1, "one send, one run: {runs:?}");
     assert_eq!(runs[0]["status"], "completed");
     assert_eq!(texts(&report), vec![runs[0]["output_text"].as_str().unwrap().to_string()]);
     assert_eq!(report["questions"], json!(["Hello there [[fake tokens=40 delay_ms=25]]"]));
+    assert_eq!(host.token_calls.load(Ordering::SeqCst), 1, "a valid token is reused");
     assert_eq!(report["lostResponses"], 1, "the first send's response was lost and the send retried: {report}");
     assert_eq!(report["busyWhileStreaming"], "true", "aria-busy while streaming");
     assert_eq!(report["answersWhileStreaming"], 0, "a streaming answer is not announced token by token");
@@ -285,9 +301,12 @@ async fn widget_renders_markdown_as_elements_and_html_as_text(pool: PgPool) {
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[]).await;
     let assistant = s.create_assistant(json!({})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "markdown", &page, &[]).await;
-    server.abort();
+    // Tokens that expire within the refresh margin are replaced before each use.
+    let host = host_page(&s, &assistant, 30).await;
+    let report = scenario(&chromium, "markdown", &host.url, &[]).await;
+    host.server.abort();
+    let calls = host.token_calls.load(Ordering::SeqCst);
+    assert!(calls >= 3, "an expiring token is refreshed before it is used ({calls} token calls)");
 
     assert_eq!(report["strong"], json!(["bold"]), "{report}");
     assert_eq!(report["em"], json!(["soft"]), "{report}");
@@ -306,6 +325,10 @@ async fn widget_renders_markdown_as_elements_and_html_as_text(pool: PgPool) {
         report["question"].as_str().unwrap().starts_with("**bold** and _soft_"),
         "the visitor's text is shown as typed"
     );
+    assert_eq!(report["articlesAfterNew"], 0, "New conversation empties the log");
+    assert_eq!(report["textsAfterNew"], json!(["Echo: Fresh start"]));
+    assert_ne!(report["stored"]["thread"], report["threadBefore"], "a new thread");
+    assert_eq!(runs(&s, report["stored"]["thread"].as_str().unwrap()).await.len(), 1);
     s.shutdown().await;
 }
 
@@ -314,9 +337,9 @@ async fn widget_reload_and_network_loss_mid_answer_show_the_text_exactly_once(po
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[]).await;
     let assistant = s.create_assistant(json!({})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "resume", &page, &[]).await;
-    server.abort();
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "resume", &host.url, &[]).await;
+    host.server.abort();
 
     let runs = runs(&s, report["stored"]["thread"].as_str().unwrap()).await;
     assert_eq!(runs.len(), 2, "{runs:?}");
@@ -339,9 +362,9 @@ async fn widget_stop_cancels_the_run_within_a_second_and_keeps_the_partial_text(
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[]).await;
     let assistant = s.create_assistant(json!({})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "stop", &page, &[]).await;
-    server.abort();
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "stop", &host.url, &[]).await;
+    host.server.abort();
 
     let elapsed = report["cancelledAfterMs"].as_u64().unwrap_or_else(|| panic!("the run was not cancelled: {report}"));
     assert!(elapsed < 1000, "cancelled {elapsed} ms after Stop");
@@ -402,9 +425,9 @@ async fn widget_errors_show_their_message_and_leave_the_widget_usable(pool: PgPo
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[]).await;
     let assistant = s.create_assistant(json!({"moderation": "input"})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "errors", &page, &[]).await;
-    server.abort();
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "errors", &host.url, &[]).await;
+    host.server.abort();
 
     let seen = &report["seen"];
     let says = |name: &str, needle: &str| {
@@ -439,9 +462,9 @@ async fn widget_drops_the_text_of_a_reset_attempt_and_shows_a_rate_limits_wait(p
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[("CHATQ_RATE_USER_ACTIVE_RUNS", "1")]).await;
     let assistant = s.create_assistant(json!({})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "limits", &page, &[]).await;
-    server.abort();
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "limits", &host.url, &[]).await;
+    host.server.abort();
 
     let runs = runs(&s, report["stored"]["thread"].as_str().unwrap()).await;
     let statuses: Vec<&str> = runs.iter().map(|r| r["status"].as_str().unwrap()).collect();
@@ -477,9 +500,9 @@ async fn widget_works_with_the_keyboard_alone(pool: PgPool) {
     let s = stack(pool, &[]).await;
     let kb = demo_knowledge_base(&s).await;
     let assistant = s.create_assistant(json!({"knowledge_base_ids": [kb]})).await;
-    let (page, server) = host_page(&s, &assistant, "").await;
-    let report = scenario(&chromium, "keyboard", &page, &[]).await;
-    server.abort();
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "keyboard", &host.url, &[]).await;
+    host.server.abort();
 
     let steps = &report["steps"];
     assert_eq!(steps["launcher"]["label"], "Chat with us", "{steps}");
