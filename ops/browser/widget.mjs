@@ -174,6 +174,10 @@ const scenarios = {
     const answersWhileStreaming = await w.answers.count();
     const early = await streamedWords(page);
     await waitAnswers(page, 1);
+    await mkdir(outDir, { recursive: true });
+    await page.setViewportSize({ width: 320, height: 640 });
+    await page.screenshot({ path: `${outDir}/widget-launcher-320.png` });
+    const overflow320 = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);
     const src = await page.evaluate(() => document.querySelector('script[type="module"]')?.getAttribute("src") ?? "");
     const script = Buffer.from(await (await fetch(new URL(src, page.url()))).arrayBuffer());
     return {
@@ -182,6 +186,7 @@ const scenarios = {
       busyWhileStreaming,
       answersWhileStreaming,
       lostResponses,
+      overflow320,
       earlyWords: early,
       stored: await stored(page),
       gzipBytes: gzipSync(script, { level: 9 }).length,
@@ -292,6 +297,9 @@ const scenarios = {
       await page.setViewportSize({ width: 760, height: 620 });
       await page.locator("chatq-chat").screenshot({ path: process.env.CHATQ_SCREENSHOT_PATH });
     }
+    await page.emulateMedia({ colorScheme: "dark" });
+    await page.screenshot({ path: `${outDir}/widget-desktop-dark.png` });
+    await page.emulateMedia({ colorScheme: "light" });
     await page.setViewportSize({ width: 320, height: 640 });
     await page.screenshot({ path: `${outDir}/widget-320.png` });
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth > window.innerWidth);

@@ -30,8 +30,13 @@ use crate::harness::{Stack, wait_for};
 /// Gzipped size budget of `/widget/chatq.js`.
 const BUDGET_GZIP_BYTES: u64 = 25 * 1024;
 
+/// The workspace root, wherever this test crate lives in it.
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let mut dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    while !dir.join("Cargo.lock").exists() {
+        assert!(dir.pop(), "no Cargo.lock above {}", env!("CARGO_MANIFEST_DIR"));
+    }
+    dir
 }
 
 fn browser_dir() -> PathBuf {
@@ -287,6 +292,7 @@ async fn widget_streams_an_answer_equal_to_the_runs_output_text(pool: PgPool) {
     assert_eq!(host.token_calls.load(Ordering::SeqCst), 1, "a valid token is reused");
     assert_eq!(report["lostResponses"], 1, "the first send's response was lost and the send retried: {report}");
     assert_eq!(report["busyWhileStreaming"], "true", "aria-busy while streaming");
+    assert_eq!(report["overflow320"], false, "the open launcher panel fits 320 px");
     assert_eq!(report["answersWhileStreaming"], 0, "a streaming answer is not announced token by token");
     let early = report["earlyWords"].as_u64().unwrap();
     assert!((3..40).contains(&early), "the answer appeared token by token: {report}");
@@ -413,7 +419,7 @@ async fn widget_on_the_demo_page_cites_the_demo_knowledge_base_and_passes_axe(po
         eprintln!("axe-core violations ({scheme}): {}", report[scheme]);
         assert!(serious.is_empty(), "axe-core ({scheme}): serious or critical violations: {serious:?}");
     }
-    for shot in ["widget-desktop.png", "widget-320.png"] {
+    for shot in ["widget-desktop.png", "widget-desktop-dark.png", "widget-320.png"] {
         assert!(out_dir().join(shot).metadata().is_ok_and(|m| m.len() > 1000), "{shot} written");
     }
     eprintln!("screenshots: {}", out_dir().display());
