@@ -99,6 +99,9 @@ pub struct ApiConfig {
     /// Origins allowed to call the API from a browser, or `*` (`CHATQ_CORS_ORIGINS`,
     /// comma-separated); empty means no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Serve the widget demo page at `/demo` and its token endpoint, which mints user tokens
+    /// for anonymous visitors: a development aid, never for production (`CHATQ_DEMO`).
+    pub demo: bool,
 }
 
 /// End-user tokens.
@@ -267,6 +270,14 @@ impl Config {
                     .map(|o| o.trim().trim_end_matches('/').to_string())
                     .filter(|o| !o.is_empty())
                     .collect(),
+                demo: match r.string("CHATQ_DEMO", "0").trim() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    other => {
+                        r.errors.push(format!("CHATQ_DEMO={other:?} must be 1 (on) or 0 (off)"));
+                        false
+                    }
+                },
             },
             auth: AuthConfig { token_secret: r.optional("CHATQ_TOKEN_SECRET").map(SecretString::from) },
             limits: LimitsConfig {

@@ -10,6 +10,7 @@ pub mod runs;
 pub mod threads;
 pub mod usage;
 pub mod user_tokens;
+pub mod widget;
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
@@ -56,6 +57,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(knowledge::router())
         .merge(run_events::router())
         .merge(user_tokens::router())
+        .merge(widget::router())
 }
 
 /// Cursor pagination: `?after=<id>&limit=<1..100>`.

@@ -11,3 +11,4 @@ mod ops_files;
 mod resilience;
 mod runs;
 mod streaming;
+mod widget;
