@@ -61,6 +61,14 @@ fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
             HeaderName::from_static("last-event-id"),
             HeaderName::from_static("idempotency-key"),
         ])
+        // A page on another origin reads only the headers exposed here: the wait of a 429 and
+        // the rate-limit budget are what a widget shows its visitor.
+        .expose_headers([
+            header::RETRY_AFTER,
+            HeaderName::from_static("ratelimit-limit"),
+            HeaderName::from_static("ratelimit-remaining"),
+            HeaderName::from_static("ratelimit-reset"),
+        ])
         .max_age(std::time::Duration::from_secs(600))
 }
 

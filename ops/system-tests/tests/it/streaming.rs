@@ -468,6 +468,20 @@ async fn cors_allows_the_configured_origin_only(pool: PgPool) {
     assert_eq!(ok.headers().get("access-control-allow-origin").unwrap(), "https://widget.example");
     let other = preflight("https://evil.example").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    // A page on the allowed origin can read the wait of a 429.
+    let get = s
+        .http
+        .get(format!("{}/v1/threads", s.api_url))
+        .header("origin", "https://widget.example")
+        .header("authorization", format!("Bearer {}", s.client_key))
+        .send()
+        .await
+        .unwrap();
+    let exposed = get.headers().get("access-control-expose-headers").map(|v| v.to_str().unwrap().to_lowercase());
+    assert!(
+        exposed.as_deref().is_some_and(|v| v.contains("retry-after") && v.contains("ratelimit-reset")),
+        "{exposed:?}"
+    );
     s.shutdown().await;
 }
 
