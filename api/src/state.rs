@@ -61,8 +61,8 @@ impl AppState {
 
     fn build(config: Config, pool: PgPool, redis: ConnectionManager, pricing: Pricing) -> anyhow::Result<Self> {
         let queues = Queues::new(&config.redis.queue_prefix);
-        let chat_queue = chatq_common::jobs::chat_run_storage(redis.clone(), &queues);
-        let ingest_queue = chatq_common::jobs::ingest_storage(redis.clone(), &queues);
+        let chat_queue = chatq_common::jobs::storage(redis.clone(), &queues);
+        let ingest_queue = chatq_common::jobs::storage(redis.clone(), &queues);
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let metrics = Arc::new(Metrics::new());
         let hub = Hub::start(config.redis.url.expose_secret(), redis.clone(), queues.clone(), metrics.clone());

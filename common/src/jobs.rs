@@ -183,48 +183,10 @@ pub type IngestStorage = RedisStorage<IngestDocument>;
 /// The apalis storage of the maintenance queue.
 pub type CleanupStorage = RedisStorage<Cleanup>;
 
-// Named shorthands over `storage`/`push` for existing callers.
-
-/// [`storage`] of [`ChatRun`].
-pub fn chat_run_storage(conn: ConnectionManager, queues: &Queues) -> ChatRunStorage {
-    storage(conn, queues)
-}
-
-/// [`push`] of a [`ChatRun`]; `task_id` must be fresh for every re-push.
-pub async fn push_chat_run(storage: &ChatRunStorage, run_id: Uuid, task_id: String) -> Result<(), EnqueueError> {
-    push(storage, ChatRun { run_id }, task_id).await
-}
-
-/// [`push_after`] of a [`ChatRun`].
-pub async fn push_chat_run_after(
-    storage: &ChatRunStorage,
-    run_id: Uuid,
-    task_id: String,
-    delay: Duration,
-) -> Result<(), EnqueueError> {
-    push_after(storage, ChatRun { run_id }, task_id, delay).await
-}
-
-/// [`storage`] of [`Cleanup`].
-pub fn cleanup_storage(conn: ConnectionManager, queues: &Queues) -> CleanupStorage {
-    storage(conn, queues)
-}
-
-/// [`push`] of a [`Cleanup`]; a second push with the same id is dropped (that is how every
-/// replica's cron tick turns into one job).
-pub async fn push_cleanup(storage: &CleanupStorage, job: Cleanup, task_id: String) -> Result<(), EnqueueError> {
-    push(storage, job, task_id).await
-}
-
-/// [`storage`] of [`IngestDocument`].
-pub fn ingest_storage(conn: ConnectionManager, queues: &Queues) -> IngestStorage {
-    storage(conn, queues)
-}
-
-/// [`push`] of an [`IngestDocument`] with a fresh task id.
-pub async fn push_ingest(storage: &IngestStorage, document_id: Uuid) -> Result<(), EnqueueError> {
-    let task_id = format!("{document_id}-{}", crate::new_id().simple());
-    push(storage, IngestDocument { document_id }, task_id).await
+/// A task id never used before for `id`: re-pushing work that must run again (a retry, a
+/// recovery, an ingestion) needs one, since apalis-redis drops a push whose id it still holds.
+pub fn fresh_task_id(id: Uuid) -> String {
+    format!("{id}-{}", crate::new_id().simple())
 }
 
 #[cfg(test)]

@@ -141,7 +141,7 @@ impl WorkerCtx {
 
     /// A storage for pushing chat runs (retries, reconciler).
     pub fn chat_queue(&self) -> chatq_common::jobs::ChatRunStorage {
-        chatq_common::jobs::chat_run_storage(self.redis.clone(), &self.queues)
+        chatq_common::jobs::storage(self.redis.clone(), &self.queues)
     }
 }
 

@@ -83,7 +83,7 @@ pub(crate) async fn recover_documents(ctx: &WorkerCtx) -> Result<usize, sqlx::Er
     let storage = jobs::storage::<IngestDocument>(ctx.redis.clone(), &ctx.queues);
     let mut pushed = 0;
     for id in docs {
-        match jobs::push_ingest(&storage, id).await {
+        match jobs::push(&storage, IngestDocument { document_id: id }, jobs::fresh_task_id(id)).await {
             Ok(()) => {
                 pushed += 1;
                 tracing::info!(document.id = %id, "reconciler pushed a stale document again");

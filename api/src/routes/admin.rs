@@ -100,9 +100,9 @@ pub async fn cleanup(
     }
     // Pushed again for an existing job too: apalis drops the duplicate id, and if Redis lost
     // the job this brings it back. The worker's lock makes a second delivery a no-op.
-    let storage = jobs::cleanup_storage(state.redis.clone(), &state.queues);
+    let storage = jobs::storage::<jobs::Cleanup>(state.redis.clone(), &state.queues);
     let task = Cleanup { job_id: Some(job.id), dry_run: job.dry_run };
-    if let Err(e) = jobs::push_cleanup(&storage, task, format!("cleanup-{}", job.id)).await {
+    if let Err(e) = jobs::push(&storage, task, format!("cleanup-{}", job.id)).await {
         tracing::warn!(job.id = %job.id, error = %e, "cannot enqueue cleanup");
         db::maintenance::finish(
             &state.pool,

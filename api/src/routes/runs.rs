@@ -275,7 +275,7 @@ pub async fn create_run(
     };
 
     // The run is committed; if Redis is down the worker's reconciler pushes it later.
-    match jobs::push_chat_run(&state.chat_queue, run.id, run.id.to_string()).await {
+    match jobs::push(&state.chat_queue, jobs::ChatRun { run_id: run.id }, run.id.to_string()).await {
         Ok(()) => state.metrics.runs_submitted.with_label_values(&["accepted"]).inc(),
         Err(e) => {
             state.metrics.runs_submitted.with_label_values(&["enqueue_failed"]).inc();

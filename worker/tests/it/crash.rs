@@ -86,7 +86,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
     let redis =
         chatq_common::redis_conn::connect(&env.iter().find(|(k, _)| k == "REDIS_URL").unwrap().1).await.unwrap();
     let queues = jobs::Queues::new(&prefix);
-    jobs::push_chat_run(&jobs::chat_run_storage(redis, &queues), run.id, run.id.to_string()).await.unwrap();
+    jobs::push(&jobs::storage(redis, &queues), jobs::ChatRun { run_id: run.id }, run.id.to_string()).await.unwrap();
 
     let mut first = spawn_worker(&env);
     // Kill it in the middle of the answer.

@@ -11,7 +11,7 @@ use chatq_common::{
         knowledge::{Document, NewDocument, Stored},
     },
     domain::{DocumentErrorCode, DocumentStatus},
-    media,
+    jobs, media,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -230,7 +230,9 @@ pub async fn upload_documents(
     crate::ratelimit::admit_upload(&state, &principal, total as u64).await?;
     tx.commit().await?;
     for id in queued {
-        if let Err(e) = chatq_common::jobs::push_ingest(&state.ingest_queue, id).await {
+        if let Err(e) =
+            jobs::push(&state.ingest_queue, jobs::IngestDocument { document_id: id }, jobs::fresh_task_id(id)).await
+        {
             // The document stays `queued`; the worker's reconciler pushes it again.
             tracing::warn!(document.id = %id, error = %e, "cannot enqueue ingestion");
         }

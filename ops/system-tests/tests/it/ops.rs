@@ -393,9 +393,9 @@ async fn concurrent_triggers_and_every_replicas_tick_do_the_work_once(pool: PgPo
 
     // Two replicas tick at the same second: one job.
     let storage =
-        jobs::cleanup_storage(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.redis.queue_prefix));
+        jobs::storage::<Cleanup>(s.redis().await, &chatq_common::jobs::Queues::new(&s.config.redis.queue_prefix));
     for _ in 0..2 {
-        jobs::push_cleanup(&storage, Cleanup::default(), "cleanup-1700000000".into()).await.unwrap();
+        jobs::push(&storage, Cleanup::default(), "cleanup-1700000000".into()).await.unwrap();
     }
     let n = wait_for(Duration::from_secs(20), || async {
         let (n, active): (i64, i64) = sqlx::query_as(
