@@ -128,6 +128,8 @@ domain_enum! {
         PdfExtractionCrashed,
         /// Extraction took longer than its limit.
         ExtractionTimeout,
+        /// The extracted text is larger than the extractor's output limit.
+        ExtractionOutputTooLarge,
         /// The HTML nests elements deeper than the converter allows.
         HtmlTooDeeplyNested,
         /// The HTML cannot be converted.

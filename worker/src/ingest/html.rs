@@ -1,18 +1,34 @@
-//! HTML: refused past [`MAX_HTML_DEPTH`] nested elements (html2text recurses per level), page
+//! HTML: converted in the [`sandbox`] child process (`chatq-worker extract-html`), so a document
+//! that makes the converter loop, recurse or allocate without bound costs one killed child:
+//! refused past [`MAX_HTML_DEPTH`] nested elements (html2text recurses per level), page
 //! furniture (navigation, tables of contents, scripts) dropped, then converted to Markdown-like
 //! text with `html2text` in a thread with a large stack.
 
 use std::collections::HashMap;
 
-use super::{ExtractError, Extracted, Format, text::utf8, whole};
+use super::{
+    ExtractError, Extracted, Format,
+    sandbox::{self, ChildLimits, ChildOutput},
+    text::utf8,
+    whole,
+};
 use chatq_common::domain::DocumentErrorCode;
 
 /// HTML nested deeper than this is refused (html2text recurses per level).
 pub const MAX_HTML_DEPTH: usize = 512;
 
-/// An HTML document, as Markdown-like text.
-pub async fn extract(bytes: Vec<u8>) -> Result<Extracted, ExtractError> {
-    Ok(whole(html(bytes).await?, Format::Markdown))
+/// An HTML document, as Markdown-like text, converted in the [`sandbox`] child process.
+pub async fn extract(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
+    let converted = sandbox::run(sandbox::HTML_COMMAND, bytes, limits)
+        .await
+        .map_err(|e| e.into_extract_error("HTML", DocumentErrorCode::HtmlUnreadable, limits))?;
+    match converted {
+        ChildOutput::Text { text } => Ok(whole(text, Format::Markdown)),
+        ChildOutput::Error { code, message } => Err(ExtractError { code, message }),
+        ChildOutput::Pages { .. } => {
+            Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "the HTML extractor sent pages, not text"))
+        }
+    }
 }
 
 /// The deepest element nesting of an HTML document, by a cheap tag scan.
@@ -44,9 +60,17 @@ pub fn html_depth(html: &str) -> usize {
     max
 }
 
-/// HTML → Markdown-like text (headings kept as `#`), the `<title>` as a top heading.
-async fn html(bytes: Vec<u8>) -> Result<String, ExtractError> {
-    let text = utf8(bytes)?;
+/// In the extractor child: HTML bytes → Markdown-like text (headings kept as `#`), the
+/// `<title>` as a top heading.
+pub fn convert(bytes: &[u8]) -> ChildOutput {
+    match html(bytes) {
+        Ok(text) => ChildOutput::Text { text },
+        Err(e) => e.into(),
+    }
+}
+
+fn html(bytes: &[u8]) -> Result<String, ExtractError> {
+    let text = utf8(bytes.to_vec())?;
     let depth = html_depth(&text);
     if depth > MAX_HTML_DEPTH {
         return Err(ExtractError::new(
@@ -54,27 +78,23 @@ async fn html(bytes: Vec<u8>) -> Result<String, ExtractError> {
             format!("the HTML nests elements {depth} levels deep (limit {MAX_HTML_DEPTH})"),
         ));
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let spawned = std::thread::Builder::new().name("html2text".into()).stack_size(256 << 20).spawn(move || {
-        let result = std::panic::catch_unwind(|| {
-            let title = html_title(&text);
-            let text = strip_boilerplate(&text);
-            html2text::config::plain().string_from_read(text.as_bytes(), 10_000).map(|body| match title {
-                Some(t) if !body.contains(&t) => format!("# {t}\n\n{body}"),
-                _ => body,
-            })
-        });
-        let _ = tx.send(result);
+    // html2text recurses per nesting level: a thread with a large stack.
+    let converter = std::thread::Builder::new().name("html2text".into()).stack_size(256 << 20).spawn(move || {
+        let title = html_title(&text);
+        let text = strip_boilerplate(&text);
+        html2text::config::plain().string_from_read(text.as_bytes(), 10_000).map(|body| match title {
+            Some(t) if !body.contains(&t) => format!("# {t}\n\n{body}"),
+            _ => body,
+        })
     });
-    if spawned.is_err() {
-        return Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "cannot start the HTML converter"));
-    }
-    match rx.await {
-        Ok(Ok(Ok(body))) => Ok(body),
-        Ok(Ok(Err(e))) => {
+    let converter = converter
+        .map_err(|_| ExtractError::new(DocumentErrorCode::HtmlUnreadable, "cannot start the HTML converter"))?;
+    match converter.join() {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err(e)) => {
             Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, format!("the HTML cannot be read: {e}")))
         }
-        _ => Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "the HTML converter crashed on this file")),
+        Err(_) => Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "the HTML converter crashed on this file")),
     }
 }
 

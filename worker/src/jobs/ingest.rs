@@ -72,6 +72,7 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         bin: ctx.config.knowledge.extractor_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_default(),
         timeout: ctx.config.knowledge.extract_timeout,
         memory_mb: ctx.config.knowledge.extract_memory_mb,
+        max_output_bytes: ctx.config.knowledge.extract_max_output_bytes,
     };
     let extracted = match ingest::extract(&doc.media_type, bytes, &limits).await {
         Ok(e) => e,
