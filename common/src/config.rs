@@ -217,6 +217,11 @@ pub struct KnowledgeConfig {
     /// Binary run as `<bin> extract-pdf` / `<bin> extract-html`; default: the running worker
     /// binary (`CHATQ_EXTRACTOR_BIN`).
     pub extractor_bin: Option<PathBuf>,
+    /// Ingestion attempts of one document; a document whose attempts were all interrupted
+    /// (the worker died or lost the job, e.g. on a file that crashes it) fails with
+    /// `ingestion_attempts_exhausted` instead of being tried again forever
+    /// (`CHATQ_INGEST_MAX_ATTEMPTS`).
+    pub ingest_max_attempts: i32,
 }
 
 /// What is deleted when, and the cleanup job that deletes it.
@@ -329,6 +334,7 @@ impl Config {
                 extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
                 extract_max_output_bytes: r.parse("CHATQ_EXTRACT_MAX_OUTPUT_BYTES", "33554432"),
                 extractor_bin: r.optional("CHATQ_EXTRACTOR_BIN").map(PathBuf::from),
+                ingest_max_attempts: r.parse("CHATQ_INGEST_MAX_ATTEMPTS", "3"),
             },
             retention: RetentionConfig {
                 thread_days: r.parse("CHATQ_RETENTION_DAYS", "30"),
@@ -397,6 +403,9 @@ impl Config {
         }
         if !(1..=25).contains(&self.runs.max_attempts) {
             errors.push("CHATQ_RUN_MAX_ATTEMPTS must be between 1 and 25".into());
+        }
+        if !(1..=25).contains(&knowledge.ingest_max_attempts) {
+            errors.push("CHATQ_INGEST_MAX_ATTEMPTS must be between 1 and 25".into());
         }
         if knowledge.chunk_overlap_tokens >= knowledge.chunk_tokens {
             errors.push("CHATQ_CHUNK_OVERLAP_TOKENS must be smaller than CHATQ_CHUNK_TOKENS".into());

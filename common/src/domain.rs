@@ -140,6 +140,8 @@ domain_enum! {
         EmbeddingFailed,
         /// The uploaded bytes of the document are gone.
         MissingContent,
+        /// Ingestion was interrupted (worker died, job lost) as many times as it may be tried.
+        IngestionAttemptsExhausted,
     }
 }
 

@@ -325,15 +325,48 @@ pub async fn get_batch(pool: &PgPool, id: Uuid) -> Result<Option<(Batch, Vec<Doc
 // ---- ingestion ----
 
 /// Claims a document for ingestion: `queued` (or `processing` left by a crashed attempt)
-/// becomes `processing` with the next attempt number. `None`: deleted, ready or failed.
-pub async fn claim_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+/// becomes `processing` with the next attempt number. `None`: deleted, ready, failed, or its
+/// `max_attempts` attempts are used up ([`fail_exhausted_documents`] fails it).
+pub async fn claim_document(pool: &PgPool, id: Uuid, max_attempts: i32) -> Result<Option<Document>, sqlx::Error> {
     sqlx::query_as(AssertSqlSafe(format!(
         "UPDATE documents SET status = $2, attempt = attempt + 1, error_code = NULL, error_message = NULL
-         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') RETURNING {DOC_COLUMNS}"
+         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') AND attempt < $3
+         RETURNING {DOC_COLUMNS}"
     )))
     .bind(id)
     .bind(DocumentStatus::Processing)
+    .bind(max_attempts)
     .fetch_optional(pool)
+    .await
+}
+
+/// The error code of a document whose ingestion attempts were all interrupted.
+pub const EXHAUSTED_CODE: DocumentErrorCode = DocumentErrorCode::IngestionAttemptsExhausted;
+
+/// Fails documents left `processing` for `processing_secs` after their last allowed attempt
+/// (every attempt's worker died or lost the job): status `failed` with [`EXHAUSTED_CODE`] and
+/// a message naming the attempts. Returns their ids.
+pub async fn fail_exhausted_documents(
+    pool: &PgPool,
+    max_attempts: i32,
+    processing_secs: f64,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "UPDATE documents SET status = $4, error_code = $5,
+                error_message = format('ingestion was interrupted %s times (the worker stopped or lost the job while processing this file); it is not tried again', attempt)
+         WHERE id IN (
+             SELECT id FROM documents WHERE deleted_at IS NULL AND status = 'processing' AND attempt >= $1
+                 AND updated_at < now() - make_interval(secs => $2)
+             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+    )
+    .bind(max_attempts)
+    .bind(processing_secs)
+    .bind(limit)
+    .bind(DocumentStatus::Failed)
+    .bind(EXHAUSTED_CODE)
+    .fetch_all(pool)
     .await
 }
 
@@ -509,19 +542,21 @@ pub async fn take_stale_documents(
     pool: &PgPool,
     queued_secs: f64,
     processing_secs: f64,
+    max_attempts: i32,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE documents SET updated_at = now() WHERE id IN (
              SELECT id FROM documents WHERE deleted_at IS NULL AND (
                  (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
-                 OR (status = 'processing' AND updated_at < now() - make_interval(secs => $2)))
+                 OR (status = 'processing' AND attempt < $4 AND updated_at < now() - make_interval(secs => $2)))
              ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING id",
     )
     .bind(queued_secs)
     .bind(processing_secs)
     .bind(limit)
+    .bind(max_attempts)
     .fetch_all(pool)
     .await
 }

@@ -48,8 +48,9 @@ pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), Box
 /// Ingests one document if it can be claimed.
 #[tracing::instrument(skip_all, fields(document.id = %document_id, attempt = tracing::field::Empty))]
 pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Error> {
-    let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id).await? else {
-        tracing::debug!("document not claimable (done, failed or deleted); skipping");
+    let max_attempts = ctx.config.knowledge.ingest_max_attempts;
+    let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id, max_attempts).await? else {
+        tracing::debug!("document not claimable (done, failed, deleted or out of attempts); skipping");
         return Ok(());
     };
     tracing::Span::current().record("attempt", doc.attempt);

@@ -84,3 +84,41 @@ async fn html_that_converts_too_slowly_fails_with_extraction_timeout_and_the_nex
     assert_eq!(doc.status, DocumentStatus::Ready, "{doc:?}");
     s.shutdown();
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_document_interrupted_three_times_fails_with_its_reason_instead_of_being_pushed_again(pool: PgPool) {
+    let s = setup(pool.clone(), &[]).await;
+    let kb = knowledge_base(&s).await;
+    let doomed = store(&s, kb, "crashes.txt", "text/plain", b"Every worker that reads this dies.").await;
+    let retried = store(&s, kb, "once.txt", "text/plain", b"One worker died on this one.").await;
+    // Workers claimed them and died long ago: the first one three times (the default limit).
+    sqlx::query("ALTER TABLE documents DISABLE TRIGGER documents_set_updated_at").execute(&pool).await.unwrap();
+    for (id, attempts) in [(doomed, 3), (retried, 1)] {
+        sqlx::query(
+            "UPDATE documents SET status = 'processing', attempt = $2, updated_at = now() - interval '1 hour'
+             WHERE id = $1",
+        )
+        .bind(id)
+        .bind(attempts)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    sqlx::query("ALTER TABLE documents ENABLE TRIGGER documents_set_updated_at").execute(&pool).await.unwrap();
+
+    let ctx = s.ctx().await;
+    assert_eq!(chatq_worker::reconciler::tick(&ctx).await.unwrap(), 2, "one failed, one pushed again");
+    let doc = db::knowledge::get_document(&pool, doomed).await.unwrap().unwrap();
+    assert_eq!(doc.status, DocumentStatus::Failed, "{doc:?}");
+    assert_eq!(doc.error_code.map(|c| c.as_str()), Some("ingestion_attempts_exhausted"), "{doc:?}");
+    assert!(doc.error_message.as_deref().unwrap().contains("interrupted 3 times"), "{doc:?}");
+    // A late delivery of its job does not try it a fourth time.
+    let doc = ingest(&s, doomed).await;
+    assert_eq!((doc.status, doc.attempt), (DocumentStatus::Failed, 3), "{doc:?}");
+    // The other one is tried again and ingested.
+    let doc = ingest(&s, retried).await;
+    assert_eq!((doc.status, doc.attempt), (DocumentStatus::Ready, 2), "{doc:?}");
+    // Nothing is left to recover.
+    assert_eq!(chatq_worker::reconciler::tick(&ctx).await.unwrap(), 0);
+    s.shutdown();
+}
