@@ -331,20 +331,52 @@ pub async fn get_batch(pool: &PgPool, id: Uuid) -> Result<Option<(Batch, Vec<Doc
 // ---- ingestion ----
 
 /// Claims a document for ingestion: `queued` (or `processing` left by a crashed attempt)
-/// becomes `processing` with the next attempt number. `None`: deleted, ready or failed.
-pub async fn claim_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+/// becomes `processing` with the next attempt number. `None`: deleted, ready, failed, or its
+/// `max_attempts` attempts are used up ([`fail_exhausted_documents`] fails it).
+pub async fn claim_document(pool: &PgPool, id: Uuid, max_attempts: i32) -> Result<Option<Document>, sqlx::Error> {
     sqlx::query_as!(
         Document,
         r#"UPDATE documents SET status = $2, attempt = attempt + 1, error_code = NULL, error_message = NULL
-         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing')
+         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') AND attempt < $3
          RETURNING id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256,
            status AS "status: DocumentStatus",
            error_code AS "error_code: DocumentErrorCode", error_message, chunk_count, token_count, attempt, created_at,
            updated_at"#,
         id,
         DocumentStatus::Processing as _,
+        max_attempts,
     )
     .fetch_optional(pool)
+    .await
+}
+
+/// The error code of a document whose ingestion attempts were all interrupted.
+pub const EXHAUSTED_CODE: DocumentErrorCode = DocumentErrorCode::IngestionAttemptsExhausted;
+
+/// Fails documents left `processing` for `processing_secs` after their last allowed attempt
+/// (every attempt's worker died or lost the job): status `failed` with [`EXHAUSTED_CODE`] and
+/// a message naming the attempts. Returns their ids.
+pub async fn fail_exhausted_documents(
+    pool: &PgPool,
+    max_attempts: i32,
+    processing_secs: f64,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "UPDATE documents SET status = $4, error_code = $5,
+                error_message = format('ingestion was interrupted %s times (the worker stopped or lost the job while processing this file); it is not tried again', attempt)
+         WHERE id IN (
+             SELECT id FROM documents WHERE deleted_at IS NULL AND status = 'processing' AND attempt >= $1
+                 AND updated_at < now() - make_interval(secs => $2)
+             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+        max_attempts,
+        processing_secs,
+        limit,
+        DocumentStatus::Failed as _,
+        EXHAUSTED_CODE as _,
+    )
+    .fetch_all(pool)
     .await
 }
 
@@ -524,18 +556,20 @@ pub async fn take_stale_documents(
     pool: &PgPool,
     queued_secs: f64,
     processing_secs: f64,
+    max_attempts: i32,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
         "UPDATE documents SET updated_at = now() WHERE id IN (
              SELECT id FROM documents WHERE deleted_at IS NULL AND (
                  (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
-                 OR (status = 'processing' AND updated_at < now() - make_interval(secs => $2)))
+                 OR (status = 'processing' AND attempt < $4 AND updated_at < now() - make_interval(secs => $2)))
              ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING id",
         queued_secs,
         processing_secs,
         limit,
+        max_attempts,
     )
     .fetch_all(pool)
     .await
