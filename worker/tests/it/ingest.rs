@@ -123,6 +123,20 @@ async fn text_and_markdown_that_chunk_too_slowly_fail_with_extraction_timeout_an
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_text_file_whose_extractor_dies_fails_with_extraction_crashed(pool: PgPool) {
+    // 1 MiB of address space: the child dies before it has read anything.
+    let s = setup(pool, &[("CHATQ_EXTRACT_MEMORY_MB", "1")]).await;
+    let kb = knowledge_base(&s).await;
+    let notes = store(&s, kb, "notes.txt", "text/plain", b"The reptile house thermostat reads 28 degrees.").await;
+
+    let doc = ingest(&s, notes).await;
+    assert_eq!(doc.status, DocumentStatus::Failed, "{doc:?}");
+    assert_eq!(doc.error_code.map(|c| c.as_str()), Some("extraction_crashed"), "{doc:?}");
+    assert!(doc.error_message.as_deref().unwrap().contains("text file extractor"), "{doc:?}");
+    s.shutdown();
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn a_document_interrupted_three_times_fails_with_its_reason_instead_of_being_pushed_again(pool: PgPool) {
     let s = setup(pool.clone(), &[]).await;
     let kb = knowledge_base(&s).await;
