@@ -205,17 +205,19 @@ pub struct KnowledgeConfig {
     pub retrieval_top_k: usize,
     /// Token budget of the sources in a prompt (`CHATQ_RETRIEVAL_MAX_TOKENS`).
     pub retrieval_max_tokens: usize,
-    /// Wall-clock limit of one extraction child process (PDF and HTML), after which it is
-    /// killed and the document fails with `extraction_timeout` (`CHATQ_EXTRACT_TIMEOUT_SECS`).
+    /// Wall-clock limit of one extraction child process, which extracts and chunks every
+    /// document whatever its format; past it the child is killed and the document fails with
+    /// `extraction_timeout` (`CHATQ_EXTRACT_TIMEOUT_SECS`).
     pub extract_timeout: Duration,
     /// Address-space limit of the extraction child in MiB (`CHATQ_EXTRACT_MEMORY_MB`).
     pub extract_memory_mb: u64,
-    /// Most bytes read from the extraction child's output (the extracted text as JSON); a
-    /// document whose text is larger fails with `extraction_output_too_large` instead of
-    /// filling the worker's memory (`CHATQ_EXTRACT_MAX_OUTPUT_BYTES`).
+    /// Most bytes read from the extraction child's output (the extracted text, except for text
+    /// and Markdown files, and the chunk list, as JSON); a document whose output is larger
+    /// fails with `extraction_output_too_large` instead of filling the worker's memory
+    /// (`CHATQ_EXTRACT_MAX_OUTPUT_BYTES`).
     pub extract_max_output_bytes: u64,
-    /// Binary run as `<bin> extract-pdf` / `<bin> extract-html`; default: the running worker
-    /// binary (`CHATQ_EXTRACTOR_BIN`).
+    /// Binary run as `<bin> extract MEDIA_TYPE CHUNK_TOKENS OVERLAP_TOKENS`; default: the
+    /// running worker binary (`CHATQ_EXTRACTOR_BIN`).
     pub extractor_bin: Option<PathBuf>,
     /// Ingestion attempts of one document; a document whose attempts were all interrupted
     /// (the worker died or lost the job, e.g. on a file that crashes it) fails with

@@ -126,7 +126,9 @@ domain_enum! {
         PdfNoText,
         /// The PDF extractor crashed on the file.
         PdfExtractionCrashed,
-        /// Extraction took longer than its limit.
+        /// The extractor died on a text or Markdown file (memory limit, crash).
+        ExtractionCrashed,
+        /// Extraction and chunking took longer than their limit.
         ExtractionTimeout,
         /// The extracted text is larger than the extractor's output limit.
         ExtractionOutputTooLarge,

@@ -3,10 +3,9 @@
 use chatq_common::config::Config;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    // Hidden subcommands: the sandboxed extractors the worker runs as child processes.
-    if let Some(command) = std::env::args().nth(1)
-        && let Some(code) = chatq_worker::ingest::child_main(&command)
-    {
+    // A hidden subcommand: the sandboxed extractor the worker runs as a child process.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = chatq_worker::ingest::child_main(&args) {
         return Ok(code);
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())?;

@@ -1,9 +1,11 @@
-//! Chunking: sections split into token-sized pieces with overlap (Markdown-aware where the
-//! text is Markdown), each located by page, heading path (`A > B`) or line.
+//! Chunking, in the extractor child: sections split into token-sized pieces with overlap
+//! (Markdown-aware where the text is Markdown), each located by page, heading path (`A > B`) or
+//! line, and sent back as [`Span`]s.
 
+use serde::{Deserialize, Serialize};
 use text_splitter::{ChunkConfig, MarkdownSplitter, TextSplitter};
 
-use super::{Format, Section};
+use super::{Chunking, Format, Section};
 
 /// A chunk before embedding.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,37 +22,78 @@ pub struct Piece {
     pub location: Option<String>,
 }
 
+/// Where a chunk lies in its section, without its text: what the extractor child sends back,
+/// so that the text of a chunk is not sent twice (chunks overlap) nor at all when the worker
+/// already holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Span {
+    /// Byte range in its section.
+    pub byte_start: usize,
+    /// End of that range.
+    pub byte_end: usize,
+    /// Character range in its section.
+    pub char_start: usize,
+    /// End of that range.
+    pub char_end: usize,
+    /// Tokens (cl100k, the tokenizer of the embedding models).
+    pub tokens: usize,
+    /// Page, heading path or line.
+    pub location: Option<String>,
+}
+
+impl Span {
+    /// The chunk of `text` this span marks; `None` if the span does not fit `text`.
+    pub fn piece(self, text: &str) -> Option<Piece> {
+        let content = text.get(self.byte_start..self.byte_end)?.to_string();
+        Some(Piece {
+            content,
+            tokens: self.tokens,
+            char_start: self.char_start,
+            char_end: self.char_end,
+            location: self.location,
+        })
+    }
+}
+
 fn bpe() -> &'static tiktoken_rs::CoreBPE {
     tiktoken_rs::cl100k_base_singleton()
 }
 
-/// Splits sections into token-sized chunks with overlap, each with a location: the page, the
-/// Markdown heading path in effect where it starts (`A > B`), or `line N` for plain text.
-pub fn chunk(sections: &[Section], max_tokens: usize, overlap: usize) -> Vec<Piece> {
+/// Splits each section into token-sized chunks with overlap, each with a location: the page,
+/// the Markdown heading path in effect where it starts (`A > B`), or `line N` for plain text.
+/// One list of spans per section.
+pub fn spans(sections: &[Section], chunking: Chunking) -> Vec<Vec<Span>> {
     let bpe = bpe();
-    let config = || ChunkConfig::new(max_tokens).with_sizer(bpe).with_overlap(overlap).expect("overlap < size");
+    let config = || {
+        ChunkConfig::new(chunking.max_tokens)
+            .with_sizer(bpe)
+            .with_overlap(chunking.overlap_tokens)
+            .expect("overlap < size")
+    };
     let md = MarkdownSplitter::new(config());
     let plain = TextSplitter::new(config());
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(sections.len());
     for s in sections {
         let mut locator = Locator::new(s);
         let pieces: Vec<_> = match s.format {
             Format::Markdown => md.chunk_char_indices(&s.text).collect(),
             Format::Plain => plain.chunk_char_indices(&s.text).collect(),
         };
+        let mut spans = Vec::with_capacity(pieces.len());
         for p in pieces {
             if p.chunk.trim().is_empty() {
                 continue;
             }
-            let location = locator.at(p.byte_offset);
-            out.push(Piece {
-                content: p.chunk.to_string(),
-                tokens: bpe.encode_ordinary(p.chunk).len(),
+            spans.push(Span {
+                byte_start: p.byte_offset,
+                byte_end: p.byte_offset + p.chunk.len(),
                 char_start: p.char_offset,
                 char_end: p.char_offset + p.chunk.chars().count(),
-                location,
+                tokens: bpe.encode_ordinary(p.chunk).len(),
+                location: locator.at(p.byte_offset),
             });
         }
+        out.push(spans);
     }
     out
 }
@@ -158,6 +201,16 @@ impl<'a> Locator<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The pieces of `sections`, as the worker rebuilds them from the spans.
+    fn chunk(sections: &[Section], max_tokens: usize, overlap_tokens: usize) -> Vec<Piece> {
+        let spans = spans(sections, Chunking { max_tokens, overlap_tokens });
+        sections
+            .iter()
+            .zip(spans)
+            .flat_map(|(s, spans)| spans.into_iter().map(|span| span.piece(&s.text).expect("span fits")))
+            .collect()
+    }
 
     #[test]
     fn markdown_chunks_carry_their_heading_path() {

@@ -1,4 +1,4 @@
-//! HTML: converted in the [`sandbox`] child process (`chatq-worker extract-html`), so a document
+//! HTML: converted in the [`sandbox`](super::sandbox) child process, so a document
 //! that makes the converter loop, recurse or allocate without bound costs one killed child:
 //! refused past [`MAX_HTML_DEPTH`] nested elements (html2text recurses per level), page
 //! furniture (navigation, tables of contents, scripts) dropped, then converted to Markdown-like
@@ -6,29 +6,16 @@
 
 use std::collections::HashMap;
 
-use super::{
-    ExtractError, Extracted, Format,
-    sandbox::{self, ChildLimits, ChildOutput},
-    text::utf8,
-    whole,
-};
+use super::{ExtractError, Extracted, Format, text::utf8, whole};
 use chatq_common::domain::DocumentErrorCode;
 
 /// HTML nested deeper than this is refused (html2text recurses per level).
 pub const MAX_HTML_DEPTH: usize = 512;
 
-/// An HTML document, as Markdown-like text, converted in the [`sandbox`] child process.
-pub async fn extract(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
-    let converted = sandbox::run(sandbox::HTML_COMMAND, bytes, limits)
-        .await
-        .map_err(|e| e.into_extract_error("HTML", DocumentErrorCode::HtmlUnreadable, limits))?;
-    match converted {
-        ChildOutput::Text { text } => Ok(whole(text, Format::Markdown)),
-        ChildOutput::Error { code, message } => Err(ExtractError { code, message }),
-        ChildOutput::Pages { .. } => {
-            Err(ExtractError::new(DocumentErrorCode::HtmlUnreadable, "the HTML extractor sent pages, not text"))
-        }
-    }
+/// An HTML document as Markdown-like text (headings kept as `#`), the `<title>` as a top
+/// heading; in the extractor child only.
+pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
+    Ok(whole(html(bytes)?, Format::Markdown))
 }
 
 /// The deepest element nesting of an HTML document, by a cheap tag scan.
@@ -58,15 +45,6 @@ pub fn html_depth(html: &str) -> usize {
         rest = &rest[end.min(rest.len())..];
     }
     max
-}
-
-/// In the extractor child: HTML bytes → Markdown-like text (headings kept as `#`), the
-/// `<title>` as a top heading.
-pub fn convert(bytes: &[u8]) -> ChildOutput {
-    match html(bytes) {
-        Ok(text) => ChildOutput::Text { text },
-        Err(e) => e.into(),
-    }
 }
 
 fn html(bytes: &[u8]) -> Result<String, ExtractError> {

@@ -1,18 +1,18 @@
 //! PDF: `pdf-extract` panics, loops or exhausts memory on hostile input, so it runs in the
-//! [`sandbox`] child process (`chatq-worker extract-pdf`), with a `catch_unwind` per page
-//! inside. Chunks are located by page.
+//! [`sandbox`](super::sandbox) child process, with a `catch_unwind` per page inside. Chunks are
+//! located by page.
 
 use chatq_common::domain::DocumentErrorCode;
 
-use super::{
-    ExtractError, Extracted, Format, Section,
-    sandbox::{self, ChildLimits, ChildOutput},
-};
+use super::{ExtractError, Extracted, Format, Section};
 
-/// Extracts every page's text; used inside the child process only.
-pub fn extract_pdf_pages(bytes: &[u8]) -> ChildOutput {
+/// Page numbers (from 1) with their text, and the page numbers that failed.
+type Pages = (Vec<(u32, String)>, Vec<u32>);
+
+/// Extracts every page's text.
+fn extract_pages(bytes: &[u8]) -> Result<Pages, ExtractError> {
     use std::panic::{AssertUnwindSafe, catch_unwind};
-    let err = |code: DocumentErrorCode, message: String| ChildOutput::Error { code, message };
+    let err = |code: DocumentErrorCode, message: String| Err(ExtractError::new(code, message));
     let loaded = catch_unwind(|| pdf_extract::Document::load_mem(bytes));
     let mut doc = match loaded {
         Ok(Ok(d)) => d,
@@ -46,42 +46,32 @@ pub fn extract_pdf_pages(bytes: &[u8]) -> ChildOutput {
             _ => failed_pages.push(n),
         }
     }
-    ChildOutput::Pages { pages, failed_pages }
+    Ok((pages, failed_pages))
 }
 
-/// Extracts a PDF in a sandboxed child process.
-pub async fn extract(bytes: Vec<u8>, limits: &ChildLimits) -> Result<Extracted, ExtractError> {
-    let parsed = sandbox::run(sandbox::PDF_COMMAND, bytes, limits)
-        .await
-        .map_err(|e| e.into_extract_error("PDF", DocumentErrorCode::PdfExtractionCrashed, limits))?;
-    match parsed {
-        ChildOutput::Error { code, message } => Err(ExtractError { code, message }),
-        ChildOutput::Text { .. } => {
-            Err(ExtractError::new(DocumentErrorCode::PdfExtractionCrashed, "the PDF extractor sent text, not pages"))
-        }
-        ChildOutput::Pages { pages, failed_pages } => {
-            let total = pages.len() + failed_pages.len();
-            let sections: Vec<Section> = pages
-                .into_iter()
-                .map(|(n, text)| Section {
-                    location: Some(format!("page {n}")),
-                    text: clean_pdf_text(&text),
-                    format: Format::Plain,
-                })
-                .collect();
-            let chars: usize = sections.iter().map(|s| s.text.trim().chars().count()).sum();
-            if sections.is_empty() {
-                return Err(ExtractError::new(DocumentErrorCode::PdfUnreadable, "no page of the PDF could be read"));
-            }
-            if chars < 20 * total.max(1) / 2 {
-                return Err(ExtractError::new(
-                    DocumentErrorCode::PdfNoText,
-                    "the PDF has (almost) no text layer; scanned documents need OCR, which chatq does not do",
-                ));
-            }
-            Ok(Extracted { sections, pages: total })
-        }
+/// A PDF's text, one section per page; in the extractor child only.
+pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
+    let (pages, failed_pages) = extract_pages(bytes)?;
+    let total = pages.len() + failed_pages.len();
+    let sections: Vec<Section> = pages
+        .into_iter()
+        .map(|(n, text)| Section {
+            location: Some(format!("page {n}")),
+            text: clean_pdf_text(&text),
+            format: Format::Plain,
+        })
+        .collect();
+    let chars: usize = sections.iter().map(|s| s.text.trim().chars().count()).sum();
+    if sections.is_empty() {
+        return Err(ExtractError::new(DocumentErrorCode::PdfUnreadable, "no page of the PDF could be read"));
     }
+    if chars < 20 * total.max(1) / 2 {
+        return Err(ExtractError::new(
+            DocumentErrorCode::PdfNoText,
+            "the PDF has (almost) no text layer; scanned documents need OCR, which chatq does not do",
+        ));
+    }
+    Ok(Extracted { sections, pages: total })
 }
 
 /// Joins words hyphenated across lines and collapses runs of blank lines.

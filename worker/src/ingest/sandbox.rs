@@ -1,9 +1,10 @@
-//! The extractor child process. Parsers that can panic, loop, recurse without bound or exhaust
-//! memory on hostile input (PDF, HTML) run in this binary re-invoked as `<bin> extract-pdf` or
-//! `<bin> extract-html`: the document's bytes on stdin, [`ChildOutput`] JSON on stdout, under a
-//! wall-clock timeout, address-space and CPU limits, and a cap on the bytes read from its
-//! stdout. A child that overruns any of them is killed (`SIGKILL`), so an abandoned extraction
-//! leaves no thread or memory behind in the worker.
+//! The extractor child process. Every document, whatever its format, is extracted and chunked
+//! in this binary re-invoked as `<bin> extract MEDIA_TYPE CHUNK_TOKENS OVERLAP_TOKENS`: the
+//! document's bytes on stdin, [`ChildOutput`] JSON on stdout, under a wall-clock timeout,
+//! address-space and CPU limits, and a cap on the bytes read from its stdout. Parsers can panic,
+//! loop, recurse without bound or exhaust memory on hostile input, and splitting a huge text into
+//! small chunks can take minutes; a child that overruns any limit is killed (`SIGKILL`), so an
+//! abandoned extraction leaves no thread or memory behind in the worker.
 
 use std::{
     io::{Read, Write},
@@ -15,19 +16,17 @@ use chatq_common::domain::DocumentErrorCode;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{ExtractError, html, pdf};
+use super::{ExtractError, Kind, chunk::Span};
 
-/// The subcommand that extracts a PDF's pages.
-pub const PDF_COMMAND: &str = "extract-pdf";
-/// The subcommand that converts HTML to Markdown-like text.
-pub const HTML_COMMAND: &str = "extract-html";
+/// The subcommand that extracts and chunks a document.
+pub const COMMAND: &str = "extract";
 
 /// Settings of the extractor child process.
 #[derive(Debug, Clone)]
 pub struct ChildLimits {
-    /// The binary run as `<bin> extract-pdf` or `<bin> extract-html`.
+    /// The binary run as `<bin> extract …`.
     pub bin: std::path::PathBuf,
-    /// Wall-clock limit.
+    /// Wall-clock limit of extraction and chunking together.
     pub timeout: Duration,
     /// Address-space limit in MiB.
     pub memory_mb: u64,
@@ -35,21 +34,25 @@ pub struct ChildLimits {
     pub max_output_bytes: u64,
 }
 
+/// How the child splits the text: the chunk size and overlap in tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Chunking {
+    /// Target chunk size in tokens.
+    pub max_tokens: usize,
+    /// Tokens shared by neighbouring chunks; less than `max_tokens`.
+    pub overlap_tokens: usize,
+}
+
 /// What the child prints on stdout.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChildOutput {
-    /// Text per page (page numbers from 1) and pages that failed.
-    Pages {
-        /// `(page number, text)`.
-        pages: Vec<(u32, String)>,
-        /// Page numbers whose extraction panicked or errored.
-        failed_pages: Vec<u32>,
-    },
-    /// The text of the whole document.
-    Text {
-        /// Markdown-like text.
-        text: String,
+    /// The document's sections and where their chunks lie.
+    Chunks {
+        /// Pages (1 for non-PDF documents).
+        pages: usize,
+        /// Sections in order.
+        sections: Vec<ChildSection>,
     },
     /// The whole document failed.
     Error {
@@ -60,19 +63,38 @@ pub enum ChildOutput {
     },
 }
 
+/// One extracted section and its chunks.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ChildSection {
+    /// The section's text; `None` when it is the upload itself decoded as UTF-8 (text and
+    /// Markdown), which the worker already holds, so it is not sent back.
+    pub text: Option<String>,
+    /// Where each chunk lies in the text.
+    pub spans: Vec<Span>,
+}
+
 impl From<ExtractError> for ChildOutput {
     fn from(e: ExtractError) -> Self {
         ChildOutput::Error { code: e.code, message: e.message }
     }
 }
 
-/// The hidden extractor subcommands (`extract-pdf`, `extract-html`): bytes on stdin,
-/// [`ChildOutput`] JSON on stdout. `None` if `command` is not one of them.
-pub fn child_main(command: &str) -> Option<ExitCode> {
-    let extract: fn(&[u8]) -> ChildOutput = match command {
-        PDF_COMMAND => pdf::extract_pdf_pages,
-        HTML_COMMAND => html::convert,
-        _ => return None,
+/// The hidden extractor subcommand (`extract MEDIA_TYPE CHUNK_TOKENS OVERLAP_TOKENS`, `args`
+/// without the program name): bytes on stdin, [`ChildOutput`] JSON on stdout. `None` if `args`
+/// is not that subcommand.
+pub fn child_main(args: &[String]) -> Option<ExitCode> {
+    if args.first().map(String::as_str) != Some(COMMAND) {
+        return None;
+    }
+    let parsed = match args {
+        [_, media_type, max, overlap] => {
+            Kind::from_media_type(media_type).zip(max.parse().ok()).zip(overlap.parse().ok())
+        }
+        _ => None,
+    };
+    let Some(((kind, max_tokens), overlap_tokens)) = parsed.filter(|((_, max), overlap)| overlap < max) else {
+        eprintln!("usage: {COMMAND} MEDIA_TYPE CHUNK_TOKENS OVERLAP_TOKENS < file (overlap below the chunk size)");
+        return Some(ExitCode::from(2));
     };
     // Panics are expected on bad input and handled inside: keep stderr quiet.
     std::panic::set_hook(Box::new(|_| {}));
@@ -80,7 +102,8 @@ pub fn child_main(command: &str) -> Option<ExitCode> {
     if std::io::stdin().read_to_end(&mut bytes).is_err() {
         return Some(ExitCode::from(2));
     }
-    let json = serde_json::to_vec(&extract(&bytes)).unwrap_or_default();
+    let output = super::extract_and_chunk(kind, bytes, Chunking { max_tokens, overlap_tokens });
+    let json = serde_json::to_vec(&output).unwrap_or_default();
     let mut stdout = std::io::stdout().lock();
     if stdout.write_all(&json).and_then(|_| stdout.flush()).is_err() {
         return Some(ExitCode::from(2));
@@ -109,39 +132,54 @@ pub enum ChildError {
 }
 
 impl ChildError {
-    /// The document's failure: `crashed` is the code of a child that died on `what` (a format's
-    /// name for people, e.g. `PDF`).
-    pub fn into_extract_error(self, what: &str, crashed: DocumentErrorCode, limits: &ChildLimits) -> ExtractError {
+    /// The failure of a document of `kind`.
+    pub fn into_extract_error(self, kind: Kind, limits: &ChildLimits) -> ExtractError {
+        let what = kind.name();
         match self {
             ChildError::TimedOut => ExtractError::new(
                 DocumentErrorCode::ExtractionTimeout,
-                format!("the {what} took longer than {}s to extract", limits.timeout.as_secs()),
+                format!(
+                    "the {what} took longer than {}s to extract and split into chunks (CHATQ_EXTRACT_TIMEOUT_SECS)",
+                    limits.timeout.as_secs()
+                ),
             ),
             ChildError::OutputTooLarge => ExtractError::new(
                 DocumentErrorCode::ExtractionOutputTooLarge,
                 format!(
-                    "the text extracted from the {what} is larger than {} bytes (CHATQ_EXTRACT_MAX_OUTPUT_BYTES)",
+                    "the text and chunks extracted from the {what} are larger than {} bytes (CHATQ_EXTRACT_MAX_OUTPUT_BYTES)",
                     limits.max_output_bytes
                 ),
             ),
             ChildError::Stopped(status) => ExtractError::new(
-                crashed,
+                kind.crashed(),
                 format!(
                     "the {what} extractor stopped ({status}); the file is probably malformed or too large to parse"
                 ),
             ),
-            ChildError::Io(e) => ExtractError::new(crashed, format!("cannot run the {what} extractor: {e}")),
+            ChildError::Io(e) => ExtractError::new(kind.crashed(), format!("cannot run the {what} extractor: {e}")),
             ChildError::BadOutput(e) => {
-                ExtractError::new(crashed, format!("the {what} extractor sent bad output: {e}"))
+                ExtractError::new(kind.crashed(), format!("the {what} extractor sent bad output: {e}"))
             }
         }
     }
 }
 
-/// Runs `<bin> <command>` on `input` under `limits` and parses what it prints.
-pub async fn run(command: &str, input: Vec<u8>, limits: &ChildLimits) -> Result<ChildOutput, ChildError> {
+/// Runs `<bin> extract` on `input`, a document of `kind`, under `limits` and parses what it prints.
+pub async fn run(
+    kind: Kind,
+    chunking: Chunking,
+    input: &[u8],
+    limits: &ChildLimits,
+) -> Result<ChildOutput, ChildError> {
     let mut cmd = tokio::process::Command::new(&limits.bin);
-    cmd.arg(command).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::null()).kill_on_drop(true);
+    cmd.arg(COMMAND)
+        .arg(kind.media_type())
+        .arg(chunking.max_tokens.to_string())
+        .arg(chunking.overlap_tokens.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true);
     let memory = limits.memory_mb.saturating_mul(1 << 20);
     let cpu = limits.timeout.as_secs().max(1) + 1;
     #[allow(unsafe_code)]
@@ -163,7 +201,7 @@ pub async fn run(command: &str, input: Vec<u8>, limits: &ChildLimits) -> Result<
     let work = async move {
         // Write and read concurrently: a large document does not fit the pipe buffer.
         let writer = async move {
-            let _ = stdin.write_all(&input).await;
+            let _ = stdin.write_all(input).await;
             drop(stdin);
         };
         let mut out = Vec::new();

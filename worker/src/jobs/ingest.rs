@@ -1,4 +1,4 @@
-//! `IngestDocument`: extract → chunk → embed → index one document. Idempotent: only a
+//! `IngestDocument`: extract and chunk (in the extractor child) → embed → index one document. Idempotent: only a
 //! `queued` (or crashed `processing`) document is claimed, every write is fenced on the
 //! attempt, and one transaction replaces the chunks and marks the document `ready`.
 
@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::{
     WorkerCtx,
-    ingest::{self, ChildLimits, ExtractError, Piece},
+    ingest::{self, ChildLimits, Chunked, Chunking, ExtractError, Piece},
     jobs::{Job, JobError},
 };
 
@@ -75,18 +75,14 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         memory_mb: ctx.config.knowledge.extract_memory_mb,
         max_output_bytes: ctx.config.knowledge.extract_max_output_bytes,
     };
-    let extracted = match ingest::extract(&doc.media_type, bytes, &limits).await {
-        Ok(e) => e,
+    let chunking = Chunking {
+        max_tokens: ctx.config.knowledge.chunk_tokens,
+        overlap_tokens: ctx.config.knowledge.chunk_overlap_tokens,
+    };
+    let Chunked { pieces, pages } = match ingest::extract(&doc.media_type, bytes, chunking, &limits).await {
+        Ok(c) => c,
         Err(e) => return fail(ctx, &doc, &e).await,
     };
-    let cfg = &ctx.config;
-    let (max, overlap) = (cfg.knowledge.chunk_tokens, cfg.knowledge.chunk_overlap_tokens);
-    let sections = extracted.sections;
-    let pieces = tokio::task::spawn_blocking(move || ingest::chunk(&sections, max, overlap)).await.unwrap_or_default();
-    if pieces.is_empty() {
-        return fail(ctx, &doc, &ExtractError::new(DocumentErrorCode::EmptyDocument, "the document contains no text"))
-            .await;
-    }
     let vectors = match embed(ctx, &kb.embedding_model, kb.embedding_dims as usize, doc.id, &pieces).await {
         Ok(v) => v,
         Err(JobError::Permanent(e)) => return fail(ctx, &doc, &e).await,
@@ -108,13 +104,8 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
     if db::knowledge::complete_document(&ctx.pool, &doc, &chunks).await? {
         ctx.metrics.documents_ingested.with_label_values(&[DocumentStatus::Ready]).inc();
         ctx.metrics.chunks_indexed.inc_by(n as u64);
-        ctx.metrics.pages_extracted.inc_by(extracted.pages as u64);
-        tracing::info!(
-            chunks = n,
-            pages = extracted.pages,
-            ms = started.elapsed().as_millis() as u64,
-            "document ready"
-        );
+        ctx.metrics.pages_extracted.inc_by(pages as u64);
+        tracing::info!(chunks = n, pages, ms = started.elapsed().as_millis() as u64, "document ready");
     } else {
         tracing::info!("document deleted or re-claimed while ingesting; nothing written");
     }

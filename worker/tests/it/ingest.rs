@@ -86,6 +86,57 @@ async fn html_that_converts_too_slowly_fails_with_extraction_timeout_and_the_nex
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn text_and_markdown_that_chunk_too_slowly_fail_with_extraction_timeout_and_the_next_document_is_ingested(
+    pool: PgPool,
+) {
+    let limits =
+        [("CHATQ_EXTRACT_TIMEOUT_SECS", "1"), ("CHATQ_CHUNK_TOKENS", "50"), ("CHATQ_CHUNK_OVERLAP_TOKENS", "10")];
+    let s = setup(pool, &limits).await;
+    let kb = knowledge_base(&s).await;
+    // 8 MB in 50-token chunks: decoding is instant, splitting takes far longer than a second.
+    let line = "The otters of the zoo juggle pebbles at feeding time, and visitors love it.\n";
+    let text = line.repeat(8_000_000 / line.len());
+    let markdown: String = (0..text.len() / 2000).map(|i| format!("## Pond {i}\n\n{}\n", &text[..1900])).collect();
+    let huge_text = store(&s, kb, "huge.txt", "text/plain", text.as_bytes()).await;
+    let huge_md = store(&s, kb, "huge.md", "text/markdown", markdown.as_bytes()).await;
+    let next = store(&s, kb, "next.md", "text/markdown", b"# Otters\n\nOtters juggle pebbles.").await;
+
+    for (id, what) in [(huge_text, "text file"), (huge_md, "Markdown file")] {
+        let started = std::time::Instant::now();
+        let doc = tokio::time::timeout(std::time::Duration::from_secs(30), ingest(&s, id))
+            .await
+            .expect("the attempt ends within 30 s");
+        assert_eq!(doc.status, DocumentStatus::Failed, "{doc:?}");
+        assert_eq!(doc.error_code.map(|c| c.as_str()), Some("extraction_timeout"), "{doc:?}");
+        let message = doc.error_message.as_deref().unwrap();
+        assert!(message.contains(&format!("the {what} took longer than 1s")), "{message}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20), "{:?}", started.elapsed());
+        // A late delivery of its job does not try it again: the timeout is its final reason.
+        let doc = ingest(&s, id).await;
+        assert_eq!((doc.status, doc.attempt), (DocumentStatus::Failed, 1), "{doc:?}");
+        assert_eq!(doc.error_code.map(|c| c.as_str()), Some("extraction_timeout"), "{doc:?}");
+    }
+    let doc = ingest(&s, next).await;
+    assert_eq!(doc.status, DocumentStatus::Ready, "{doc:?}");
+    assert_eq!(doc.chunk_count, 1, "{doc:?}");
+    s.shutdown();
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_text_file_whose_extractor_dies_fails_with_extraction_crashed(pool: PgPool) {
+    // 1 MiB of address space: the child dies before it has read anything.
+    let s = setup(pool, &[("CHATQ_EXTRACT_MEMORY_MB", "1")]).await;
+    let kb = knowledge_base(&s).await;
+    let notes = store(&s, kb, "notes.txt", "text/plain", b"The reptile house thermostat reads 28 degrees.").await;
+
+    let doc = ingest(&s, notes).await;
+    assert_eq!(doc.status, DocumentStatus::Failed, "{doc:?}");
+    assert_eq!(doc.error_code.map(|c| c.as_str()), Some("extraction_crashed"), "{doc:?}");
+    assert!(doc.error_message.as_deref().unwrap().contains("text file extractor"), "{doc:?}");
+    s.shutdown();
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn a_document_interrupted_three_times_fails_with_its_reason_instead_of_being_pushed_again(pool: PgPool) {
     let s = setup(pool.clone(), &[]).await;
     let kb = knowledge_base(&s).await;

@@ -1,4 +1,4 @@
-//! Knowledge bases end to end: the real API and worker (with the `extract-pdf` child process,
+//! Knowledge bases end to end: the real API and worker (with the `extract` child process,
 //! run from this crate's `chatq-test-extractor` binary) against Postgres, Redis and the fake
 //! OpenAI server.
 

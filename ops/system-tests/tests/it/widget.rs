@@ -146,11 +146,11 @@ async fn host_page(s: &Stack, assistant: &str, ttl_seconds: i64) -> Host {
 }
 
 async fn stack(pool: PgPool, extra: &[(&str, &str)]) -> Stack {
-    // The demo knowledge base holds HTML, converted in the sandboxed extractor child.
     let mut overrides = vec![
         ("CHATQ_CORS_ORIGINS", "*"),
         ("CHATQ_RETRY_BASE_MS", "50"),
         ("CHATQ_RETRY_MAX_MS", "300"),
+        // Every document is extracted in this child process (the demo knowledge base).
         ("CHATQ_EXTRACTOR_BIN", env!("CARGO_BIN_EXE_chatq-test-extractor")),
     ];
     overrides.extend_from_slice(extra);
