@@ -96,6 +96,9 @@ impl ProviderConfig {
 pub struct ApiConfig {
     /// Address of the HTTP API (`CHATQ_LISTEN`).
     pub listen: SocketAddr,
+    /// Address serving the API's Prometheus `/metrics`, apart from the public API port so
+    /// that only operators reach it (`CHATQ_METRICS_LISTEN`).
+    pub metrics_listen: SocketAddr,
     /// Origins allowed to call the API from a browser, or `*` (`CHATQ_CORS_ORIGINS`,
     /// comma-separated); empty means no CORS headers.
     pub cors_origins: Vec<String>,
@@ -264,6 +267,7 @@ impl Config {
             },
             api: ApiConfig {
                 listen: r.parse("CHATQ_LISTEN", "127.0.0.1:8080"),
+                metrics_listen: r.parse("CHATQ_METRICS_LISTEN", "127.0.0.1:9092"),
                 cors_origins: r
                     .string("CHATQ_CORS_ORIGINS", "")
                     .split(',')

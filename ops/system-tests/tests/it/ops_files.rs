@@ -115,9 +115,11 @@ fn the_compose_file_runs_every_service_from_images_and_binaries_that_exist() {
     assert_eq!(s("api")["depends_on"]["migrate"]["condition"], "service_completed_successfully");
     let redis = strings(&s("redis")["command"]).join(" ");
     assert!(redis.contains("--appendonly yes"), "Redis persistence (AOF) is on: {redis}");
-    // The API listens on the port the compose file publishes and Prometheus scrapes.
+    // The API listens on the port the compose file publishes; Prometheus scrapes its metrics
+    // listener.
     let env = &s("api")["environment"];
     let api_port = port_of(env["CHATQ_LISTEN"].as_str().unwrap());
+    let metrics_port = port_of(env["CHATQ_METRICS_LISTEN"].as_str().unwrap());
     let worker_port = port_of(env["CHATQ_WORKER_LISTEN"].as_str().unwrap());
     assert!(strings(&s("api")["ports"]).iter().any(|p| p.ends_with(&format!(":{api_port}"))));
     assert!(strings(&s("prometheus")["ports"]).iter().any(|p| p.ends_with(":9090")));
@@ -140,7 +142,7 @@ fn the_compose_file_runs_every_service_from_images_and_binaries_that_exist() {
         .iter()
         .flat_map(|c| c["static_configs"].as_sequence().unwrap().iter().flat_map(|s| strings(&s["targets"])))
         .collect();
-    assert_eq!(targets, BTreeSet::from([format!("api:{api_port}"), format!("worker:{worker_port}")]));
+    assert_eq!(targets, BTreeSet::from([format!("api:{metrics_port}"), format!("worker:{worker_port}")]));
 }
 
 /// `chatq_*` names in a PromQL expression, with histogram suffixes mapped to their family.
