@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod hub;
 pub mod ingest_cli;
+pub mod keys_cli;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;

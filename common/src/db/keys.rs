@@ -93,3 +93,44 @@ pub async fn find_active_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>
     .fetch_optional(pool)
     .await
 }
+
+/// Every key, newest first, revoked ones included (never the key itself).
+pub async fn list(pool: &PgPool) -> Result<Vec<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM api_keys ORDER BY created_at DESC, id")))
+        .fetch_all(pool)
+        .await
+}
+
+/// Revokes the key `id`; returns its row, with `revoked_at` set (kept when it was already
+/// revoked), or `None` when there is no such key. Callers holding the key are refused within
+/// the API's key cache lifetime.
+pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
+        "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Gives the live key `id` a new secret and returns it with the row, or `None` when `id` is
+/// not a live key. The old secret stops matching at once (the API's key cache may accept it
+/// for its lifetime); the key keeps its id, so its threads, limits and user tokens stay.
+pub async fn rotate(pool: &PgPool, id: Uuid) -> Result<Option<(String, ApiKey)>, sqlx::Error> {
+    let role: Option<Role> = sqlx::query_scalar("SELECT role FROM api_keys WHERE id = $1 AND revoked_at IS NULL")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    let Some(role) = role else { return Ok(None) };
+    let key = keys::generate(role);
+    let row = sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
+        "UPDATE api_keys SET key_hash = $2, key_prefix = $3 WHERE id = $1 AND revoked_at IS NULL
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(keys::hash(&key))
+    .bind(keys::display_prefix(&key))
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| (key, row)))
+}
