@@ -35,9 +35,10 @@ enum Command {
         /// API base URL (default: http://CHATQ_LISTEN).
         #[arg(long)]
         api: Option<String>,
-        /// Admin key.
-        #[arg(long, env = "CHATQ_ADMIN_KEY", hide_env_values = true)]
-        key: String,
+        /// A file holding the admin key (default: the CHATQ_ADMIN_KEY environment variable).
+        /// The key is never taken as an argument, where `ps` would show it.
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
         /// Seconds to wait for the documents to settle.
         #[arg(long, default_value_t = 1800)]
         timeout_secs: u64,
@@ -97,7 +98,8 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Ingest { dir, kb, api, key, timeout_secs } => {
+        Command::Ingest { dir, kb, api, key_file, timeout_secs } => {
+            let key = chatq_api::ingest_cli::admin_key(key_file.as_deref(), std::env::var("CHATQ_ADMIN_KEY").ok())?;
             let api = api.unwrap_or_else(|| format!("http://{}", config.api.listen));
             let args = chatq_api::ingest_cli::IngestArgs {
                 dir,

@@ -93,3 +93,16 @@ async fn a_rotated_key_gets_a_new_secret_and_keeps_its_threads_while_the_old_sec
     assert!(err.contains("no live key"), "{err}");
     s.shutdown().await;
 }
+
+#[test]
+fn the_ingest_command_refuses_a_key_on_the_command_line() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatq-api"))
+        .args(["ingest", "tests", "--kb", "00000000-0000-0000-0000-000000000000", "--api", "http://127.0.0.1:9"])
+        .args(["--key", "cq_admin_visible_in_ps"])
+        .env_remove("CHATQ_ADMIN_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unexpected argument '--key'"), "{err}");
+}
