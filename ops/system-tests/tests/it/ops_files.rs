@@ -27,6 +27,10 @@ fn strings(v: &Yaml) -> Vec<String> {
     v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
+/// The secrets `docker-compose.yml` requires.
+const COMPOSE_SECRETS: [&str; 4] =
+    ["CHATQ_TOKEN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"];
+
 /// Every metric family name either process registers.
 fn exported_names() -> HashSet<String> {
     let api = chatq_api::metrics::Metrics::new();
@@ -145,6 +149,122 @@ fn the_compose_file_runs_every_service_from_images_and_binaries_that_exist() {
     assert_eq!(targets, BTreeSet::from([format!("api:{metrics_port}"), format!("worker:{worker_port}")]));
 }
 
+/// The `${NAME…}` references in `text`, each with what follows the name (`:?message}`,
+/// `:-default}`, `}`).
+fn references(text: &str) -> Vec<(String, String)> {
+    text.split("${")
+        .skip(1)
+        .map(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let close = rest.find('}').map_or(rest.len(), |i| i + 1);
+            (rest[..end].to_string(), rest[end..close].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_compose_file_has_no_default_secret_uses_passwords_and_publishes_only_the_api() {
+    let text = read("docker-compose.yml");
+    let compose = yaml("docker-compose.yml");
+    let s = |n: &str| &compose["services"][n];
+    // Every secret is required: `${NAME:?message}`, never a default a stranger can read here.
+    let refs = references(&text);
+    for secret in COMPOSE_SECRETS {
+        let uses: Vec<&String> = refs.iter().filter(|(n, _)| n == secret).map(|(_, rest)| rest).collect();
+        assert!(!uses.is_empty(), "{secret} is not used");
+        for rest in uses {
+            assert!(rest.starts_with(":?") && rest.len() > 3, "${{{secret}{rest} must be required with a message");
+        }
+    }
+    for (name, rest) in &refs {
+        let secret_like = ["SECRET", "PASSWORD", "TOKEN"].iter().any(|w| name.contains(w));
+        assert!(!(secret_like && rest.starts_with(":-")), "${{{name}{rest} has a default");
+    }
+    assert!(!text.to_lowercase().contains("change-me") && !text.contains("trust"), "{text}");
+    let env = &s("api")["environment"];
+    for svc in ["api", "worker", "migrate"] {
+        assert_eq!(&s(svc)["environment"], env, "{svc} shares the chatq environment");
+    }
+    let database_url = env["DATABASE_URL"].as_str().unwrap();
+    assert!(database_url.starts_with("postgres://postgres:${POSTGRES_PASSWORD:?"), "{database_url}");
+    let redis_url = env["REDIS_URL"].as_str().unwrap();
+    assert!(redis_url.starts_with("redis://:${REDIS_PASSWORD:?") && redis_url.ends_with("@redis:6379"));
+
+    // Postgres: password auth over TCP, from the first start of the volume.
+    let pg = &s("postgres")["environment"];
+    assert_eq!(pg["POSTGRES_HOST_AUTH_METHOD"], "scram-sha-256");
+    assert_eq!(pg["POSTGRES_INITDB_ARGS"], "--auth=scram-sha-256");
+    assert!(pg["POSTGRES_PASSWORD"].as_str().unwrap().starts_with("${POSTGRES_PASSWORD:?"));
+    // Redis: requirepass, and a health check that authenticates without arguments.
+    let redis = strings(&s("redis")["command"]);
+    let at = redis.iter().position(|a| a == "--requirepass").expect("redis-server --requirepass");
+    assert!(redis[at + 1].starts_with("${REDIS_PASSWORD:?"), "{redis:?}");
+    assert!(s("redis")["environment"]["REDISCLI_AUTH"].as_str().unwrap().starts_with("${REDIS_PASSWORD:?"));
+    // Grafana: sign-in required.
+    let grafana = &s("grafana")["environment"];
+    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"], "false");
+    assert!(grafana.get("GF_AUTH_ANONYMOUS_ORG_ROLE").is_none());
+    assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap().starts_with("${GRAFANA_ADMIN_PASSWORD:?"));
+
+    // Only the API is published beyond this machine; the metrics listener is not published.
+    let metrics_port = port_of(env["CHATQ_METRICS_LISTEN"].as_str().unwrap());
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        for port in strings(&svc["ports"]) {
+            if name == "api" {
+                assert!(!port.ends_with(&format!(":{metrics_port}")), "the API's metrics port is published");
+            } else {
+                assert!(port.starts_with("127.0.0.1:"), "{name} publishes {port} on every interface");
+            }
+        }
+    }
+    for svc in ["postgres", "redis", "prometheus", "grafana"] {
+        assert!(!strings(&s(svc)["ports"]).is_empty(), "{svc} keeps a loopback port for operators");
+    }
+}
+
+#[test]
+fn docker_compose_config_refuses_to_run_without_each_secret_and_accepts_them_set() {
+    let available = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !available {
+        println!("skipped: the docker compose CLI plugin is not installed (the YAML checks above still run)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("chatq-compose-config-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An empty env file, so a developer's .env next to the compose file does not count.
+    let empty = dir.join("empty.env");
+    std::fs::write(&empty, "").unwrap();
+    let config = |set: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(["compose", "-f"]).arg(root().join("docker-compose.yml")).arg("--env-file").arg(&empty);
+        cmd.arg("config");
+        for name in COMPOSE_SECRETS {
+            cmd.env_remove(name);
+        }
+        cmd.envs(set.iter().copied());
+        cmd.output().unwrap()
+    };
+    let values: Vec<(&str, String)> =
+        COMPOSE_SECRETS.iter().map(|n| (*n, format!("{:x}", uuid::Uuid::now_v7().as_u128()))).collect();
+    let all: Vec<(&str, &str)> = values.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let out = config(&all);
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rendered.contains(&format!("redis://:{}@redis:6379", values[2].1)), "{rendered}");
+    for missing in COMPOSE_SECRETS {
+        let rest: Vec<(&str, &str)> = all.iter().copied().filter(|(n, _)| *n != missing).collect();
+        let out = config(&rest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "compose accepted a missing {missing}");
+        assert!(stderr.contains(missing), "the refusal names {missing}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// `chatq_*` names in a PromQL expression, with histogram suffixes mapped to their family.
 fn metric_names(expr: &str, exported: &HashSet<String>) -> Vec<String> {
     let mut out = Vec::new();
@@ -202,4 +322,52 @@ fn the_readme_metrics_table_lists_every_exported_metric() {
     for name in exported_names() {
         assert!(readme.contains(&format!("| `{name}` |")), "README's metrics table misses {name}");
     }
+}
+
+#[test]
+fn ops_dev_writes_random_compose_secrets_that_chatq_accepts_and_keeps_them() {
+    let dir = std::env::temp_dir().join(format!("chatq-compose-env-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = COMPOSE_SECRETS;
+    let write = |file: &Path| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(root().join("ops/dev")).arg("--compose-env").arg(file);
+        for name in secrets {
+            cmd.env_remove(name);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(file).unwrap()
+    };
+    let values = |text: &str| -> Vec<String> {
+        secrets
+            .iter()
+            .map(|name| {
+                let line =
+                    text.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap_or_else(|| panic!("{name}"));
+                line.split_once('=').unwrap().1.to_string()
+            })
+            .collect()
+    };
+    let (first, second) = (dir.join("a.env"), dir.join("b.env"));
+    // An existing value is kept (the volumes remember it); the others are added.
+    std::fs::write(&first, "OPENAI_API_KEY=sk-mine\nPOSTGRES_PASSWORD=0a1b2c3d4e5f60718293a4b5c6d7e8f9").unwrap();
+    let a = values(&write(&first));
+    let b = values(&write(&second));
+    assert_eq!(a[1], "0a1b2c3d4e5f60718293a4b5c6d7e8f9");
+    assert!(std::fs::read_to_string(&first).unwrap().starts_with("OPENAI_API_KEY=sk-mine\n"));
+    for (i, value) in b.iter().enumerate() {
+        assert!(value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()), "{value}");
+        assert_eq!(chatq_common::config::weak_secret(value), None, "{value}");
+        if i != 1 {
+            assert_ne!(value, &a[i], "every file gets its own random values");
+        }
+    }
+    assert_eq!(b.iter().collect::<BTreeSet<_>>().len(), 4);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&second).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second run changes nothing.
+    let before = std::fs::read_to_string(&second).unwrap();
+    assert_eq!(write(&second), before);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
