@@ -324,6 +324,51 @@ fn the_readme_metrics_table_lists_every_exported_metric() {
     }
 }
 
+/// The README's text from `heading` to the next heading of the same level.
+fn readme_section(readme: &str, heading: &str) -> String {
+    let start = readme.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README has no {heading}"));
+    let level = heading.split(' ').next().unwrap();
+    let body = &readme[start + heading.len() + 2..];
+    let end = body.find(&format!("\n{level} ")).unwrap_or(body.len());
+    body[..end].to_string()
+}
+
+#[test]
+fn the_readme_threat_model_covers_every_published_port_and_how_to_rotate_every_secret() {
+    let readme = read("README.md");
+    let security = readme_section(&readme, "## Security");
+    let compose = yaml("docker-compose.yml");
+    let row = |port: &str| {
+        security
+            .lines()
+            .find(|l| l.starts_with(&format!("| {port} |")))
+            .unwrap_or_else(|| panic!("the Security port table has no row for {port}"))
+            .to_string()
+    };
+    // Each published port, bound as the compose file binds it.
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        for mapping in strings(&svc["ports"]) {
+            let port = port_of(&mapping);
+            let bind = if mapping.starts_with("127.0.0.1:") { "| 127.0.0.1 |" } else { "| every interface |" };
+            assert!(row(port).contains(bind), "{name:?} {mapping}: {}", row(port));
+        }
+    }
+    let metrics_port = port_of(compose["services"]["api"]["environment"]["CHATQ_METRICS_LISTEN"].as_str().unwrap());
+    assert!(row(metrics_port).contains("not published"), "{}", row(metrics_port));
+    // Who holds each credential, and how each secret is changed.
+    let holders = readme_section(&security, "### Who holds which credential");
+    let rotating = readme_section(&security, "### Rotating secrets");
+    for secret in COMPOSE_SECRETS.iter().chain(&["OPENAI_API_KEY", "CHATQ_TOKEN_SECRET_PREVIOUS"]) {
+        assert!(holders.contains(&format!("`{secret}`")), "who holds {secret}?");
+        assert!(rotating.contains(secret), "how is {secret} rotated?");
+    }
+    for credential in ["admin key", "client key", "user token"] {
+        assert!(holders.contains(&format!("| {credential} (")), "who holds the {credential}?");
+    }
+    assert!(rotating.contains("chatq-api keys rotate") && rotating.contains("chatq-api keys revoke"));
+    assert!(security.contains("### What this does not cover"));
+}
+
 #[test]
 fn ops_dev_writes_random_compose_secrets_that_chatq_accepts_and_keeps_them() {
     let dir = std::env::temp_dir().join(format!("chatq-compose-env-{}", uuid::Uuid::now_v7().simple()));
