@@ -106,3 +106,45 @@ fn the_ingest_command_refuses_a_key_on_the_command_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("unexpected argument '--key'"), "{err}");
 }
+
+/// Runs `chatq-api ARGS` against the test's database; returns (success, stdout, stderr).
+fn chatq_api(pool: &PgPool, args: &[&str]) -> (bool, String, String) {
+    let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");
+    let server = base.split('?').next().unwrap().rsplit_once('/').unwrap().0;
+    let db = pool.connect_options().get_database().unwrap().to_string();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chatq-api"))
+        .args(args)
+        .env("DATABASE_URL", format!("{server}/{db}"))
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.success(), text(&out.stdout), text(&out.stderr))
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_keys_command_lists_rotates_and_revokes_a_key_by_id(pool: PgPool) {
+    let s = Stack::start(pool.clone()).await;
+    let id = key_id(&pool, "test-client").await.to_string();
+    let (ok, listed, err) = chatq_api(&pool, &["keys", "list"]);
+    assert!(ok, "{err}");
+    assert!(listed.lines().any(|l| l.starts_with(&id) && l.ends_with("test-client")), "{listed}");
+    assert!(!listed.contains(&s.client_key[14..]) && !listed.contains(&s.admin_key[14..]), "{listed}");
+
+    let (ok, rotated, err) = chatq_api(&pool, &["keys", "rotate", &id]);
+    assert!(ok, "{err}");
+    let new_key = rotated.trim();
+    assert!(new_key.starts_with("cq_client_") && rotated.lines().count() == 1, "{rotated}");
+    wait_refused(&s, &s.client_key).await;
+    let (status, _) = s.call(Method::GET, "/v1/threads", Some(new_key), None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (ok, revoked, err) = chatq_api(&pool, &["keys", "revoke", &id]);
+    assert!(ok && revoked.contains(&format!("revoked key {id}")), "{revoked}{err}");
+    assert!(!revoked.contains(new_key), "{revoked}");
+    wait_refused(&s, new_key).await;
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (ok, _, err) = chatq_api(&pool, &["keys", "rotate", &unknown]);
+    assert!(!ok && err.contains("no live key"), "{err}");
+    s.shutdown().await;
+}
