@@ -37,12 +37,33 @@ struct Row {
     detail: String,
 }
 
+/// The admin key: the first line of `key_file` when given, else `env` (`CHATQ_ADMIN_KEY`).
+/// Never an argument, where every user of the machine could read it with `ps`.
+pub fn admin_key(key_file: Option<&Path>, env: Option<String>) -> anyhow::Result<String> {
+    let key = match key_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the key file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        None => env.unwrap_or_default().trim().to_string(),
+    };
+    if key.is_empty() {
+        bail!("no admin key: set CHATQ_ADMIN_KEY or pass --key-file FILE (a file holding the key)");
+    }
+    Ok(key)
+}
+
 /// Runs the command; `Ok(false)` when a file failed or was refused.
 pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
-    let mut files = Vec::new();
-    collect(&args.dir, &mut files).with_context(|| format!("cannot read {}", args.dir.display()))?;
+    let Collected { mut files, refused } = collect_folder(&args.dir)?;
     files.sort();
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = refused
+        .into_iter()
+        .map(|(p, why)| Row { filename: rel(&args.dir, &p), status: "skipped".into(), chunks: "-".into(), detail: why })
+        .collect();
     let (supported, skipped): (Vec<_>, Vec<_>) =
         files.into_iter().partition(|p| media::media_type_for(&p.to_string_lossy()).is_some());
     for p in skipped {
@@ -184,7 +205,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
     let w = rows.iter().map(|r| r.filename.chars().count()).max().unwrap_or(4).max(4);
     println!("{:w$}  {:9}  {:>6}  detail", "file", "status", "chunks");
     for r in &rows {
-        println!("{:w$}  {:9}  {:>6}  {}", r.filename, r.status, r.chunks, r.detail);
+        println!("{:w$}  {:9}  {:>6}  {}", printable(&r.filename), r.status, r.chunks, printable(&r.detail));
     }
     let bad = rows.iter().filter(|r| r.status == "failed" || r.status == "refused").count();
     let ready = rows.iter().filter(|r| r.status == "ready").count();
@@ -200,24 +221,78 @@ fn rel(dir: &Path, p: &Path) -> String {
     p.strip_prefix(dir).unwrap_or(p).to_string_lossy().into_owned()
 }
 
-fn collect(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+/// The files of a folder to upload, and the entries left out with the reason.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Regular files inside the folder (symbolic links included when they resolve to one).
+    pub files: Vec<PathBuf>,
+    /// Entries not uploaded: symbolic links leading out of the folder or to a folder.
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+/// The files under `dir`, recursively. A symbolic link is followed only to a regular file
+/// inside `dir` (an untrusted folder must not upload `~/.aws/credentials` through a link), and
+/// never to a folder, so link cycles cannot make the walk endless.
+pub fn collect_folder(dir: &Path) -> anyhow::Result<Collected> {
+    let root = dir.canonicalize().with_context(|| format!("cannot read {}", dir.display()))?;
+    let mut out = Collected::default();
+    collect(&root, dir, &mut out).with_context(|| format!("cannot read {}", dir.display()))?;
+    Ok(out)
+}
+
+fn collect(root: &Path, dir: &Path, out: &mut Collected) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
-        let path = entry?.path();
-        if path.is_dir() {
-            collect(&path, out)?;
-        } else if path.is_file() {
-            out.push(path);
+        let entry = entry?;
+        let path = entry.path();
+        // The entry's own type: a symbolic link is not followed here.
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            collect(root, &path, out)?;
+        } else if kind.is_file() {
+            out.files.push(path);
+        } else if kind.is_symlink() {
+            match path.canonicalize() {
+                Ok(target) if !target.starts_with(root) => {
+                    out.refused.push((path, "symbolic link to outside the folder".into()));
+                }
+                Ok(target) if target.is_file() => out.files.push(path),
+                Ok(_) => out.refused.push((path, "symbolic link to a folder".into())),
+                Err(_) => out.refused.push((path, "broken symbolic link".into())),
+            }
         }
     }
     Ok(())
 }
 
+/// `name` as a quoted-string parameter of a multipart header: `"`, `\\`, CR, LF and other
+/// control characters percent-encoded as browsers do, so a file name cannot end the header or add
+/// headers or parts.
+pub fn header_filename(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == '"' || c == '\\' || c.is_control() {
+            let mut buf = [0; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// `text` from the server without control characters, so it cannot drive the terminal.
+fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { '?' } else { c }).collect()
+}
+
 /// A multipart body with one `files` part per file.
-fn multipart(files: &[PathBuf]) -> anyhow::Result<(String, Vec<u8>)> {
+pub fn multipart(files: &[PathBuf]) -> anyhow::Result<(String, Vec<u8>)> {
     let boundary = format!("chatq-{}", chatq_common::new_id().simple());
     let mut body = Vec::new();
     for p in files {
-        let name = p.file_name().map(|n| n.to_string_lossy().replace('"', "_")).unwrap_or_default();
+        let name = p.file_name().map(|n| header_filename(&n.to_string_lossy())).unwrap_or_default();
         body.extend_from_slice(
             format!("--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n")
                 .as_bytes(),
@@ -227,4 +302,84 @@ fn multipart(files: &[PathBuf]) -> anyhow::Result<(String, Vec<u8>)> {
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
     Ok((format!("multipart/form-data; boundary={boundary}"), body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("chatq-ingest-{name}-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn symbolic_links_out_of_the_folder_or_to_folders_are_not_followed() {
+        let base = scratch("links");
+        let (dir, outside) = (base.join("kb"), base.join("home"));
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::fs::write(outside.join("credentials"), "aws_secret_access_key=...").unwrap();
+        std::fs::write(dir.join("sub/guide.md"), "# Guide").unwrap();
+        let link = |target: &Path, name: &str| std::os::unix::fs::symlink(target, dir.join(name)).unwrap();
+        link(&outside.join("credentials"), "notes.txt");
+        link(&outside, "home");
+        link(&dir, "loop");
+        link(&dir.join("sub/guide.md"), "guide-link.md");
+        link(&dir.join("missing.txt"), "dangling.txt");
+
+        let found = collect_folder(&dir).unwrap();
+        let mut files: Vec<String> = found.files.iter().map(|p| rel(&dir, p)).collect();
+        files.sort();
+        assert_eq!(files, ["guide-link.md", "sub/guide.md"]);
+        let mut refused: Vec<(String, &str)> =
+            found.refused.iter().map(|(p, why)| (rel(&dir, p), why.as_str())).collect();
+        refused.sort();
+        assert_eq!(
+            refused,
+            [
+                ("dangling.txt".to_string(), "broken symbolic link"),
+                ("home".to_string(), "symbolic link to outside the folder"),
+                ("loop".to_string(), "symbolic link to a folder"),
+                ("notes.txt".to_string(), "symbolic link to outside the folder"),
+            ]
+        );
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
+    fn a_file_name_cannot_add_headers_or_parts_to_the_upload() {
+        let dir = scratch("names");
+        let evil = "a\"; name=\"x\r\nContent-Type: evil\r\n\r\n--b\nx.txt";
+        std::fs::write(dir.join(evil), "hello").unwrap();
+        let (content_type, body) = multipart(&[dir.join(evil)]).unwrap();
+        let boundary = content_type.split("boundary=").nth(1).unwrap();
+        let body = String::from_utf8(body).unwrap();
+        let (headers, _) = body.split_once("\r\n\r\n").unwrap();
+        let lines: Vec<&str> = headers.split("\r\n").collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0], format!("--{boundary}"));
+        assert_eq!(
+            lines[1],
+            "Content-Disposition: form-data; name=\"files\"; filename=\"a%22; name=%22x%0D%0AContent-Type: evil%0D%0A%0D%0A--b%0Ax.txt\""
+        );
+        assert_eq!(lines[2], "Content-Type: application/octet-stream");
+        assert_eq!(body.matches("Content-Disposition").count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_admin_key_comes_from_a_key_file_or_the_environment() {
+        let dir = scratch("key");
+        let file = dir.join("admin.key");
+        std::fs::write(&file, "cq_admin_fromfile\n").unwrap();
+        assert_eq!(admin_key(Some(&file), Some("cq_admin_fromenv".into())).unwrap(), "cq_admin_fromfile");
+        assert_eq!(admin_key(None, Some(" cq_admin_fromenv\n".into())).unwrap(), "cq_admin_fromenv");
+        let none = admin_key(None, None).unwrap_err().to_string();
+        assert!(none.contains("CHATQ_ADMIN_KEY") && none.contains("--key-file"), "{none}");
+        let missing = admin_key(Some(&dir.join("nope")), None).unwrap_err().to_string();
+        assert!(missing.contains("key file"), "{missing}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

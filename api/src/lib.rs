@@ -5,6 +5,7 @@ pub mod error;
 pub mod extract;
 pub mod hub;
 pub mod ingest_cli;
+pub mod keys_cli;
 pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
@@ -81,15 +82,43 @@ pub async fn serve(
     axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
 }
 
-/// Connects, binds `CHATQ_LISTEN` and serves until `shutdown` resolves.
+/// The metrics listener's router: `GET /metrics` (Prometheus text) and nothing else. It is
+/// kept off the API port because the numbers (costs per model, failure codes, traffic) are
+/// for operators, not for whoever can reach the API.
+pub fn metrics_app(state: AppState) -> Router {
+    Router::new().route("/metrics", get(routes::health::metrics)).with_state(state)
+}
+
+/// Serves [`metrics_app`] on `listener` until `shutdown` resolves.
+pub async fn serve_metrics(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    axum::serve(listener, metrics_app(state)).with_graceful_shutdown(shutdown).await.context("metrics server failed")
+}
+
+/// Connects, binds `CHATQ_LISTEN` and `CHATQ_METRICS_LISTEN` and serves both until `shutdown`
+/// resolves.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     if config.auth.token_secret.is_none() {
         anyhow::bail!("CHATQ_TOKEN_SECRET must be set for the API (at least 32 characters; it signs user tokens)");
     }
-    let listen = config.api.listen;
+    let (listen, metrics_listen) = (config.api.listen, config.api.metrics_listen);
     let state = AppState::new(config).await?;
     let listener =
         TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen} (CHATQ_LISTEN)"))?;
-    tracing::info!(addr = %listener.local_addr()?, "chatq API listening");
-    serve(listener, state, shutdown).await
+    let metrics_listener = TcpListener::bind(metrics_listen)
+        .await
+        .with_context(|| format!("cannot listen on {metrics_listen} (CHATQ_METRICS_LISTEN)"))?;
+    tracing::info!(addr = %listener.local_addr()?, metrics.addr = %metrics_listener.local_addr()?, "chatq API listening");
+    // One shutdown for both servers: the metrics server stops once the API has drained.
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics = tokio::spawn(serve_metrics(metrics_listener, state.clone(), async move {
+        let _ = metrics_stopped.await;
+    }));
+    let result = serve(listener, state, shutdown).await;
+    let _ = stop_metrics.send(());
+    metrics.await.context("metrics server panicked")??;
+    result
 }

@@ -1,5 +1,7 @@
 //! `chatq-api`: serve the API (default), apply migrations, manage keys.
 
+use std::io::Write as _;
+
 use anyhow::Context as _;
 use chatq_common::{config::Config, db, keys::Role};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -33,9 +35,10 @@ enum Command {
         /// API base URL (default: http://CHATQ_LISTEN).
         #[arg(long)]
         api: Option<String>,
-        /// Admin key.
-        #[arg(long, env = "CHATQ_ADMIN_KEY", hide_env_values = true)]
-        key: String,
+        /// A file holding the admin key (default: the CHATQ_ADMIN_KEY environment variable).
+        /// The key is never taken as an argument, where `ps` would show it.
+        #[arg(long)]
+        key_file: Option<std::path::PathBuf>,
         /// Seconds to wait for the documents to settle.
         #[arg(long, default_value_t = 1800)]
         timeout_secs: u64,
@@ -59,6 +62,20 @@ enum KeysCommand {
         #[arg(long)]
         monthly_budget_usd: Option<f64>,
     },
+    /// List every key: id, role, active or revoked, displayable prefix, creation, name.
+    /// Secrets are never shown.
+    List,
+    /// Revoke a key: requests with it are refused within 30 s (the API's key cache).
+    Revoke {
+        /// The key's id (see `keys list`).
+        id: String,
+    },
+    /// Give a key a new secret and print it (only it) on stdout; the old secret is revoked.
+    /// The key keeps its id, name, role, limits, threads and user tokens.
+    Rotate {
+        /// The key's id (see `keys list`).
+        id: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -81,7 +98,8 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Ingest { dir, kb, api, key, timeout_secs } => {
+        Command::Ingest { dir, kb, api, key_file, timeout_secs } => {
+            let key = chatq_api::ingest_cli::admin_key(key_file.as_deref(), std::env::var("CHATQ_ADMIN_KEY").ok())?;
             let api = api.unwrap_or_else(|| format!("http://{}", config.api.listen));
             let args = chatq_api::ingest_cli::IngestArgs {
                 dir,
@@ -92,21 +110,33 @@ async fn main() -> anyhow::Result<()> {
             };
             if chatq_api::ingest_cli::run(args).await? { Ok(()) } else { std::process::exit(1) }
         }
-        Command::Keys { command: KeysCommand::Create { role, name, runs_per_minute, monthly_budget_usd } } => {
+        Command::Keys { command } => {
             let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;
-            let role = match role {
-                RoleArg::Admin => Role::Admin,
-                RoleArg::Client => Role::Client,
-            };
-            let (key, row) = db::keys::create(&pool, role, &name).await.context("cannot create the key")?;
-            if runs_per_minute.is_some() || monthly_budget_usd.is_some() {
-                db::keys::set_limits(&pool, row.id, runs_per_minute, monthly_budget_usd)
-                    .await
-                    .context("cannot set the key's limits")?;
+            let mut out = std::io::stdout().lock();
+            match command {
+                KeysCommand::Create { role, name, runs_per_minute, monthly_budget_usd } => {
+                    let role = match role {
+                        RoleArg::Admin => Role::Admin,
+                        RoleArg::Client => Role::Client,
+                    };
+                    let (key, row) = db::keys::create(&pool, role, &name).await.context("cannot create the key")?;
+                    if runs_per_minute.is_some() || monthly_budget_usd.is_some() {
+                        db::keys::set_limits(&pool, row.id, runs_per_minute, monthly_budget_usd)
+                            .await
+                            .context("cannot set the key's limits")?;
+                    }
+                    tracing::info!(key.id = %row.id, key.name = %row.name, "key created");
+                    writeln!(out, "{key}")?;
+                    Ok(())
+                }
+                KeysCommand::List => chatq_api::keys_cli::list(&pool, &mut out).await,
+                KeysCommand::Revoke { id } => chatq_api::keys_cli::revoke(&pool, &id, &mut out).await,
+                KeysCommand::Rotate { id } => {
+                    let key = chatq_api::keys_cli::rotate(&pool, &id, &mut out).await?;
+                    tracing::info!(key.id = %key.id, key.name = %key.name, "key rotated; the old secret is revoked");
+                    Ok(())
+                }
             }
-            tracing::info!(key.id = %row.id, key.name = %row.name, "key created");
-            println!("{key}");
-            Ok(())
         }
     }
 }

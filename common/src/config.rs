@@ -96,6 +96,9 @@ impl ProviderConfig {
 pub struct ApiConfig {
     /// Address of the HTTP API (`CHATQ_LISTEN`).
     pub listen: SocketAddr,
+    /// Address serving the API's Prometheus `/metrics`, apart from the public API port so
+    /// that only operators reach it (`CHATQ_METRICS_LISTEN`).
+    pub metrics_listen: SocketAddr,
     /// Origins allowed to call the API from a browser, or `*` (`CHATQ_CORS_ORIGINS`,
     /// comma-separated); empty means no CORS headers.
     pub cors_origins: Vec<String>,
@@ -276,6 +279,7 @@ impl Config {
             },
             api: ApiConfig {
                 listen: r.parse("CHATQ_LISTEN", "127.0.0.1:8080"),
+                metrics_listen: r.parse("CHATQ_METRICS_LISTEN", "127.0.0.1:9092"),
                 cors_origins: r
                     .string("CHATQ_CORS_ORIGINS", "")
                     .split(',')
@@ -358,9 +362,17 @@ impl Config {
             errors.push("CHATQ_QUEUE_PREFIX must be non-empty and use only letters, digits, '-', '_' or '.'".into());
         }
         if let Some(secret) = &self.auth.token_secret
-            && secret.expose_secret().len() < 32
+            && let Some(problem) = weak_secret(secret.expose_secret())
         {
-            errors.push("CHATQ_TOKEN_SECRET must be at least 32 characters".into());
+            errors.push(format!(
+                "CHATQ_TOKEN_SECRET {problem}; generate one with `openssl rand -hex 32` (anyone who knows the \
+                 secret can forge user tokens)"
+            ));
+        }
+        for (name, url) in [("DATABASE_URL", &self.database.url), ("REDIS_URL", &self.redis.url)] {
+            if is_placeholder(url.expose_secret()) {
+                errors.push(format!("{name} holds a placeholder password; set a random one"));
+            }
         }
         let base_url = &self.provider.base_url;
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
@@ -425,6 +437,31 @@ impl Config {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());
         }
     }
+}
+
+/// Words that mark a value copied from an example rather than generated.
+const PLACEHOLDER_MARKERS: [&str; 6] = ["change-me", "changeme", "change_me", "replace-me", "replaceme", "your-secret"];
+
+/// Whether `value` holds a placeholder from an example file or an old built-in default.
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    PLACEHOLDER_MARKERS.iter().any(|m| lower.contains(m))
+}
+
+/// Why `secret` is unfit to sign user tokens, or `None` when it is fit: it must be long and
+/// varied (a generated value), and no placeholder that is public in this repository.
+pub fn weak_secret(secret: &str) -> Option<&'static str> {
+    if secret.len() < 32 {
+        return Some("must be at least 32 characters");
+    }
+    if is_placeholder(secret) {
+        return Some("is a placeholder from an example, known to everyone");
+    }
+    let distinct: std::collections::HashSet<char> = secret.chars().collect();
+    if distinct.len() < 8 {
+        return Some("repeats too few characters to be a random secret");
+    }
+    None
 }
 
 struct Reader<'a, F: Fn(&str) -> Option<String>> {
@@ -545,6 +582,38 @@ mod tests {
         assert!(!shown.contains("pw@"), "{shown}");
         assert!(!shown.contains("token-secret"), "{shown}");
         assert_eq!(c.provider.key(), "sk-very-secret");
+    }
+
+    #[test]
+    fn a_placeholder_or_weak_token_secret_stops_start_up_with_a_clear_message() {
+        for secret in [
+            // The old docker-compose default, public in this repository's history.
+            "change-me-change-me-change-me-change-me",
+            "CHANGEME-please-CHANGEME-please-CHANGEME",
+            "replace-me-with-a-random-secret-of-32-chars",
+            "short",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "0101010101010101010101010101010101010101",
+        ] {
+            let err = from(&[("CHATQ_TOKEN_SECRET", secret)]).unwrap_err().to_string();
+            assert!(err.contains("CHATQ_TOKEN_SECRET"), "{secret}: {err}");
+            assert!(!err.contains(secret), "the message never repeats the secret: {err}");
+        }
+        let generated = "3f9c2a7be41d0c8e95a6b7f1d2e3c4a5968778695a4b3c2d1e0f9a8b7c6d5e4f";
+        from(&[("CHATQ_TOKEN_SECRET", generated)]).unwrap();
+    }
+
+    #[test]
+    fn a_placeholder_password_in_a_connection_url_stops_start_up() {
+        let err = from(&[
+            ("DATABASE_URL", "postgres://postgres:change-me@postgres:5432/chatq"),
+            ("REDIS_URL", "redis://:changeme@redis:6379"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("DATABASE_URL") && err.contains("REDIS_URL"), "{err}");
+        assert!(!err.contains("change-me@"), "{err}");
+        from(&[("DATABASE_URL", "postgres://postgres:9f8e7d6c5b4a@postgres:5432/chatq")]).unwrap();
     }
 
     /// `KEY=VALUE` lines of `.env.example`, commented out (`# KEY=VALUE`) or not.

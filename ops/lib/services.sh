@@ -162,8 +162,11 @@ pg_trust_loopback() {
 # --- Redis --------------------------------------------------------------------------------
 
 redis_reachable() {
+    local reply
     if have redis-cli; then
-        [[ $(redis-cli -h "$CHATQ_REDIS_HOST" -p "$CHATQ_REDIS_PORT" ping 2>/dev/null) == PONG ]]
+        # A Redis requiring a password (the compose one) answers NOAUTH: it is up.
+        reply=$(redis-cli -h "$CHATQ_REDIS_HOST" -p "$CHATQ_REDIS_PORT" ping 2>/dev/null) || true
+        [[ $reply == PONG || $reply == NOAUTH* ]]
     else
         tcp_open "$CHATQ_REDIS_HOST" "$CHATQ_REDIS_PORT"
     fi
@@ -266,6 +269,12 @@ docker_compose_usable() {
 }
 
 docker_compose_up() {
+    local added
+    # The compose file requires its secrets; generate the missing ones into .env (read by
+    # compose and by ops/dev), once: later runs reuse them.
+    added=$(ensure_compose_secrets "$CHATQ_ROOT/.env")
+    [[ -z $added ]] || info "generated random ${added//$'\n'/ } in .env (kept for later runs)"
+    load_dotenv "$CHATQ_ROOT/.env"
     info "starting $* with docker compose"
     (cd "$CHATQ_ROOT" && docker compose up -d "$@") >&2 || return 1
     CHATQ_STARTED_SERVICES+=(docker)
@@ -357,7 +366,8 @@ stop_started_services() {
 # inside the compose container); returns 3 when neither is available.
 pg_admin_psql() {
     if have psql; then
-        psql -X -q -v ON_ERROR_STOP=1 -h "$CHATQ_PG_HOST" -p "$CHATQ_PG_PORT" -U postgres -d postgres "$@"
+        # The compose Postgres wants POSTGRES_PASSWORD; a trusting local one ignores it.
+        PGPASSWORD=${PGPASSWORD:-${POSTGRES_PASSWORD:-}} psql -X -q -v ON_ERROR_STOP=1 -h "$CHATQ_PG_HOST" -p "$CHATQ_PG_PORT" -U postgres -d postgres "$@"
     elif docker_compose_usable; then
         docker compose -f "$CHATQ_ROOT/docker-compose.yml" exec -T postgres psql -X -q -v ON_ERROR_STOP=1 -U postgres -d postgres "$@"
     else
@@ -414,6 +424,26 @@ load_dotenv() {
 # random_hex BYTES: BYTES random bytes as lowercase hex.
 random_hex() {
     od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+# The secrets docker-compose.yml requires (it has no default for any of them).
+CHATQ_COMPOSE_SECRETS=(CHATQ_TOKEN_SECRET POSTGRES_PASSWORD REDIS_PASSWORD GRAFANA_ADMIN_PASSWORD)
+
+# ensure_compose_secrets FILE: append a random value (32 bytes, hex: safe in URLs) to FILE for
+# each compose secret set neither in the environment nor in FILE; values already there are
+# kept, since the Postgres and Grafana volumes remember the passwords they were created with.
+# FILE is readable by its owner only. Prints the names it added.
+ensure_compose_secrets() {
+    local file=$1 name
+    (umask 077 && touch "$file")
+    chmod 600 "$file"
+    for name in "${CHATQ_COMPOSE_SECRETS[@]}"; do
+        [[ -n ${!name:-} ]] && continue
+        grep -Eq "^(export )?$name=.+" "$file" && continue
+        [[ -z $(tail -c 1 "$file") ]] || printf '\n' >>"$file"
+        printf '%s=%s\n' "$name" "$(random_hex 32)" >>"$file"
+        printf '%s\n' "$name"
+    done
 }
 
 # --- Rust tooling -------------------------------------------------------------------------

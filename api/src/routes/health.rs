@@ -1,4 +1,5 @@
-//! Liveness, readiness, Prometheus metrics and the OpenAPI document.
+//! Liveness and readiness on the API port; Prometheus metrics, served on their own listener
+//! (`CHATQ_METRICS_LISTEN`, see [`crate::serve_metrics`]).
 
 use axum::{
     extract::State,
@@ -13,7 +14,7 @@ use utoipa_axum::{router::OpenApiRouter, routes};
 use crate::state::AppState;
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz)).routes(routes!(metrics))
+    OpenApiRouter::new().routes(routes!(healthz)).routes(routes!(readyz))
 }
 
 /// Readiness of the process and its dependencies.
@@ -21,9 +22,9 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 pub struct Readiness {
     /// `ready`, `degraded` or `unavailable`.
     pub status: &'static str,
-    /// `ok` or the problem, per dependency.
+    /// `ok` or `error`; the cause is logged, never answered, since anyone may ask.
     pub postgres: String,
-    /// `ok` or the problem.
+    /// `ok` or `error`; the cause is logged.
     pub redis: String,
     /// The provider circuit breaker as the workers report it: `closed`, `half_open` or `open`
     /// (`unknown` for a state this version cannot read).
@@ -43,12 +44,18 @@ pub async fn healthz() -> &'static str {
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let postgres = match chatq_common::db::ping(&state.pool).await {
         Ok(_) => "ok".to_string(),
-        Err(e) => format!("error: {e}"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: Postgres does not answer");
+            "error".to_string()
+        }
     };
     let mut conn = state.redis.clone();
     let redis = match redis::cmd("PING").query_async::<String>(&mut conn).await {
         Ok(_) => "ok".to_string(),
-        Err(e) => format!("error: {e}"),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: Redis does not answer");
+            "error".to_string()
+        }
     };
     // Redis being down already makes the process unavailable; the breaker then reads as closed.
     let breaker = breaker::read(&state.redis, state.queues.prefix()).await.unwrap_or(Some(BreakerState::Closed));
@@ -62,8 +69,7 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     (code, axum::Json(Readiness { status, postgres, redis, provider }))
 }
 
-/// Prometheus metrics in the text format.
-#[utoipa::path(get, path = "/metrics", tag = "health", security(()), responses((status = 200, description = "Prometheus text")))]
+/// Prometheus metrics in the text format; not part of the public API (own listener).
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], chatq_common::metrics::encode(&state.metrics.registry))
 }

@@ -3,6 +3,8 @@
 
 mod auth;
 mod harness;
+mod keys_cli;
 mod limits;
 mod openapi;
+mod ops;
 mod validation;

@@ -14,7 +14,6 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
     let expected = [
         ("/healthz", "get"),
         ("/readyz", "get"),
-        ("/metrics", "get"),
         ("/v1/assistants", "post"),
         ("/v1/assistants", "get"),
         ("/v1/assistants/{id}", "get"),

@@ -108,3 +108,53 @@ pub async fn oldest_active_client_named(pool: &PgPool, name: &str) -> Result<Opt
     .fetch_optional(pool)
     .await
 }
+
+/// Every key, newest first, revoked ones included (never the key itself).
+pub async fn list(pool: &PgPool) -> Result<Vec<ApiKey>, sqlx::Error> {
+    sqlx::query_as!(
+        ApiKey,
+        r#"SELECT id, name, role AS "role: Role", key_prefix, created_at, revoked_at, runs_per_minute,
+           monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys ORDER BY created_at DESC, id"#
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Revokes the key `id`; returns its row, with `revoked_at` set (kept when it was already
+/// revoked), or `None` when there is no such key. Callers holding the key are refused within
+/// the API's key cache lifetime.
+pub async fn revoke(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
+    sqlx::query_as!(
+        ApiKey,
+        r#"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, now()) WHERE id = $1
+         RETURNING id, name, role AS "role: Role", key_prefix, created_at, revoked_at, runs_per_minute,
+           monthly_budget_usd::float8 AS monthly_budget_usd"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// Gives the live key `id` a new secret and returns it with the row, or `None` when `id` is
+/// not a live key. The old secret stops matching at once (the API's key cache may accept it
+/// for its lifetime); the key keeps its id, so its threads, limits and user tokens stay.
+pub async fn rotate(pool: &PgPool, id: Uuid) -> Result<Option<(String, ApiKey)>, sqlx::Error> {
+    let role =
+        sqlx::query_scalar!(r#"SELECT role AS "role: Role" FROM api_keys WHERE id = $1 AND revoked_at IS NULL"#, id)
+            .fetch_optional(pool)
+            .await?;
+    let Some(role) = role else { return Ok(None) };
+    let key = keys::generate(role);
+    let row = sqlx::query_as!(
+        ApiKey,
+        r#"UPDATE api_keys SET key_hash = $2, key_prefix = $3 WHERE id = $1 AND revoked_at IS NULL
+         RETURNING id, name, role AS "role: Role", key_prefix, created_at, revoked_at, runs_per_minute,
+           monthly_budget_usd::float8 AS monthly_budget_usd"#,
+        id,
+        &keys::hash(&key)[..],
+        keys::display_prefix(&key),
+    )
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| (key, row)))
+}

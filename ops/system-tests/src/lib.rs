@@ -20,6 +20,8 @@ pub struct Stack {
     pub config: Config,
     pub fake: FakeHandle,
     pub api_url: String,
+    /// Base URL of the API's metrics listener (`CHATQ_METRICS_LISTEN` in production).
+    pub metrics_url: String,
     pub admin_key: String,
     pub client_key: String,
     pub http: reqwest::Client,
@@ -73,6 +75,7 @@ impl Stack {
             config,
             fake,
             api_url: String::new(),
+            metrics_url: String::new(),
             admin_key,
             client_key,
             http: reqwest::Client::new(),
@@ -98,7 +101,14 @@ impl Stack {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         self.api_url = format!("http://{}", listener.local_addr().unwrap());
         self.api_stop = CancellationToken::new();
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        self.metrics_url = format!("http://{}", metrics_listener.local_addr().unwrap());
         let stop = self.api_stop.clone().cancelled_owned();
+        tokio::spawn(chatq_api::serve_metrics(
+            metrics_listener,
+            state.clone(),
+            self.api_stop.clone().cancelled_owned(),
+        ));
         self.api_task = Some(tokio::spawn(chatq_api::serve(listener, state, stop)));
     }
 
@@ -218,7 +228,7 @@ impl Stack {
 
     /// The API's Prometheus text.
     pub async fn api_metrics(&self) -> String {
-        self.http.get(format!("{}/metrics", self.api_url)).send().await.unwrap().text().await.unwrap()
+        self.http.get(format!("{}/metrics", self.metrics_url)).send().await.unwrap().text().await.unwrap()
     }
 
     pub async fn shutdown(mut self) {

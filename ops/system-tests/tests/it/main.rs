@@ -10,5 +10,6 @@ mod ops;
 mod ops_files;
 mod resilience;
 mod runs;
+mod secrets;
 mod streaming;
 mod widget;

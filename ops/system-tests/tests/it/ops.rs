@@ -78,7 +78,7 @@ async fn metrics_show_completed_failed_and_cancelled_runs_and_cost_matches_usage
     assert!((counted - recorded).abs() < 1e-12, "counter {counted} vs records {recorded}");
     assert_eq!(metric(&w, "chatq_cost_usd_total", &[("model", "my-local-llama")]), None);
 
-    let a = text(&s, &format!("{}/metrics", s.api_url)).await;
+    let a = s.api_metrics().await;
     assert_eq!(metric(&a, "chatq_runs_submitted_total", &[("outcome", "accepted")]), Some(4.0), "{a}");
     assert_eq!(
         metric(

@@ -27,6 +27,10 @@ fn strings(v: &Yaml) -> Vec<String> {
     v.as_sequence().map(|s| s.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
 }
 
+/// The secrets `docker-compose.yml` requires.
+const COMPOSE_SECRETS: [&str; 4] =
+    ["CHATQ_TOKEN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"];
+
 /// Every metric family name either process registers.
 fn exported_names() -> HashSet<String> {
     let api = chatq_api::metrics::Metrics::new();
@@ -115,9 +119,11 @@ fn the_compose_file_runs_every_service_from_images_and_binaries_that_exist() {
     assert_eq!(s("api")["depends_on"]["migrate"]["condition"], "service_completed_successfully");
     let redis = strings(&s("redis")["command"]).join(" ");
     assert!(redis.contains("--appendonly yes"), "Redis persistence (AOF) is on: {redis}");
-    // The API listens on the port the compose file publishes and Prometheus scrapes.
+    // The API listens on the port the compose file publishes; Prometheus scrapes its metrics
+    // listener.
     let env = &s("api")["environment"];
     let api_port = port_of(env["CHATQ_LISTEN"].as_str().unwrap());
+    let metrics_port = port_of(env["CHATQ_METRICS_LISTEN"].as_str().unwrap());
     let worker_port = port_of(env["CHATQ_WORKER_LISTEN"].as_str().unwrap());
     assert!(strings(&s("api")["ports"]).iter().any(|p| p.ends_with(&format!(":{api_port}"))));
     assert!(strings(&s("prometheus")["ports"]).iter().any(|p| p.ends_with(":9090")));
@@ -140,7 +146,123 @@ fn the_compose_file_runs_every_service_from_images_and_binaries_that_exist() {
         .iter()
         .flat_map(|c| c["static_configs"].as_sequence().unwrap().iter().flat_map(|s| strings(&s["targets"])))
         .collect();
-    assert_eq!(targets, BTreeSet::from([format!("api:{api_port}"), format!("worker:{worker_port}")]));
+    assert_eq!(targets, BTreeSet::from([format!("api:{metrics_port}"), format!("worker:{worker_port}")]));
+}
+
+/// The `${NAME…}` references in `text`, each with what follows the name (`:?message}`,
+/// `:-default}`, `}`).
+fn references(text: &str) -> Vec<(String, String)> {
+    text.split("${")
+        .skip(1)
+        .map(|rest| {
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let close = rest.find('}').map_or(rest.len(), |i| i + 1);
+            (rest[..end].to_string(), rest[end..close].to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_compose_file_has_no_default_secret_uses_passwords_and_publishes_only_the_api() {
+    let text = read("docker-compose.yml");
+    let compose = yaml("docker-compose.yml");
+    let s = |n: &str| &compose["services"][n];
+    // Every secret is required: `${NAME:?message}`, never a default a stranger can read here.
+    let refs = references(&text);
+    for secret in COMPOSE_SECRETS {
+        let uses: Vec<&String> = refs.iter().filter(|(n, _)| n == secret).map(|(_, rest)| rest).collect();
+        assert!(!uses.is_empty(), "{secret} is not used");
+        for rest in uses {
+            assert!(rest.starts_with(":?") && rest.len() > 3, "${{{secret}{rest} must be required with a message");
+        }
+    }
+    for (name, rest) in &refs {
+        let secret_like = ["SECRET", "PASSWORD", "TOKEN"].iter().any(|w| name.contains(w));
+        assert!(!(secret_like && rest.starts_with(":-")), "${{{name}{rest} has a default");
+    }
+    assert!(!text.to_lowercase().contains("change-me") && !text.contains("trust"), "{text}");
+    let env = &s("api")["environment"];
+    for svc in ["api", "worker", "migrate"] {
+        assert_eq!(&s(svc)["environment"], env, "{svc} shares the chatq environment");
+    }
+    let database_url = env["DATABASE_URL"].as_str().unwrap();
+    assert!(database_url.starts_with("postgres://postgres:${POSTGRES_PASSWORD:?"), "{database_url}");
+    let redis_url = env["REDIS_URL"].as_str().unwrap();
+    assert!(redis_url.starts_with("redis://:${REDIS_PASSWORD:?") && redis_url.ends_with("@redis:6379"));
+
+    // Postgres: password auth over TCP, from the first start of the volume.
+    let pg = &s("postgres")["environment"];
+    assert_eq!(pg["POSTGRES_HOST_AUTH_METHOD"], "scram-sha-256");
+    assert_eq!(pg["POSTGRES_INITDB_ARGS"], "--auth=scram-sha-256");
+    assert!(pg["POSTGRES_PASSWORD"].as_str().unwrap().starts_with("${POSTGRES_PASSWORD:?"));
+    // Redis: requirepass, and a health check that authenticates without arguments.
+    let redis = strings(&s("redis")["command"]);
+    let at = redis.iter().position(|a| a == "--requirepass").expect("redis-server --requirepass");
+    assert!(redis[at + 1].starts_with("${REDIS_PASSWORD:?"), "{redis:?}");
+    assert!(s("redis")["environment"]["REDISCLI_AUTH"].as_str().unwrap().starts_with("${REDIS_PASSWORD:?"));
+    // Grafana: sign-in required.
+    let grafana = &s("grafana")["environment"];
+    assert_eq!(grafana["GF_AUTH_ANONYMOUS_ENABLED"], "false");
+    assert!(grafana.get("GF_AUTH_ANONYMOUS_ORG_ROLE").is_none());
+    assert!(grafana["GF_SECURITY_ADMIN_PASSWORD"].as_str().unwrap().starts_with("${GRAFANA_ADMIN_PASSWORD:?"));
+
+    // Only the API is published beyond this machine; the metrics listener is not published.
+    let metrics_port = port_of(env["CHATQ_METRICS_LISTEN"].as_str().unwrap());
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        let name = name.as_str().unwrap();
+        for port in strings(&svc["ports"]) {
+            if name == "api" {
+                assert!(!port.ends_with(&format!(":{metrics_port}")), "the API's metrics port is published");
+            } else {
+                assert!(port.starts_with("127.0.0.1:"), "{name} publishes {port} on every interface");
+            }
+        }
+    }
+    for svc in ["postgres", "redis", "prometheus", "grafana"] {
+        assert!(!strings(&s(svc)["ports"]).is_empty(), "{svc} keeps a loopback port for operators");
+    }
+}
+
+#[test]
+fn docker_compose_config_refuses_to_run_without_each_secret_and_accepts_them_set() {
+    let available = std::process::Command::new("docker")
+        .args(["compose", "version"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !available {
+        println!("skipped: the docker compose CLI plugin is not installed (the YAML checks above still run)");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("chatq-compose-config-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // An empty env file, so a developer's .env next to the compose file does not count.
+    let empty = dir.join("empty.env");
+    std::fs::write(&empty, "").unwrap();
+    let config = |set: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(["compose", "-f"]).arg(root().join("docker-compose.yml")).arg("--env-file").arg(&empty);
+        cmd.arg("config");
+        for name in COMPOSE_SECRETS {
+            cmd.env_remove(name);
+        }
+        cmd.envs(set.iter().copied());
+        cmd.output().unwrap()
+    };
+    let values: Vec<(&str, String)> =
+        COMPOSE_SECRETS.iter().map(|n| (*n, format!("{:x}", uuid::Uuid::now_v7().as_u128()))).collect();
+    let all: Vec<(&str, &str)> = values.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    let out = config(&all);
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rendered.contains(&format!("redis://:{}@redis:6379", values[2].1)), "{rendered}");
+    for missing in COMPOSE_SECRETS {
+        let rest: Vec<(&str, &str)> = all.iter().copied().filter(|(n, _)| *n != missing).collect();
+        let out = config(&rest);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "compose accepted a missing {missing}");
+        assert!(stderr.contains(missing), "the refusal names {missing}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `chatq_*` names in a PromQL expression, with histogram suffixes mapped to their family.
@@ -200,4 +322,97 @@ fn the_readme_metrics_table_lists_every_exported_metric() {
     for name in exported_names() {
         assert!(readme.contains(&format!("| `{name}` |")), "README's metrics table misses {name}");
     }
+}
+
+/// The README's text from `heading` to the next heading of the same level.
+fn readme_section(readme: &str, heading: &str) -> String {
+    let start = readme.find(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("README has no {heading}"));
+    let level = heading.split(' ').next().unwrap();
+    let body = &readme[start + heading.len() + 2..];
+    let end = body.find(&format!("\n{level} ")).unwrap_or(body.len());
+    body[..end].to_string()
+}
+
+#[test]
+fn the_readme_threat_model_covers_every_published_port_and_how_to_rotate_every_secret() {
+    let readme = read("README.md");
+    let security = readme_section(&readme, "## Security");
+    let compose = yaml("docker-compose.yml");
+    let row = |port: &str| {
+        security
+            .lines()
+            .find(|l| l.starts_with(&format!("| {port} |")))
+            .unwrap_or_else(|| panic!("the Security port table has no row for {port}"))
+            .to_string()
+    };
+    // Each published port, bound as the compose file binds it.
+    for (name, svc) in compose["services"].as_mapping().unwrap() {
+        for mapping in strings(&svc["ports"]) {
+            let port = port_of(&mapping);
+            let bind = if mapping.starts_with("127.0.0.1:") { "| 127.0.0.1 |" } else { "| every interface |" };
+            assert!(row(port).contains(bind), "{name:?} {mapping}: {}", row(port));
+        }
+    }
+    let metrics_port = port_of(compose["services"]["api"]["environment"]["CHATQ_METRICS_LISTEN"].as_str().unwrap());
+    assert!(row(metrics_port).contains("not published"), "{}", row(metrics_port));
+    // Who holds each credential, and how each secret is changed.
+    let holders = readme_section(&security, "### Who holds which credential");
+    let rotating = readme_section(&security, "### Rotating secrets");
+    for secret in COMPOSE_SECRETS.iter().chain(&["OPENAI_API_KEY", "CHATQ_TOKEN_SECRET_PREVIOUS"]) {
+        assert!(holders.contains(&format!("`{secret}`")), "who holds {secret}?");
+        assert!(rotating.contains(secret), "how is {secret} rotated?");
+    }
+    for credential in ["admin key", "client key", "user token"] {
+        assert!(holders.contains(&format!("| {credential} (")), "who holds the {credential}?");
+    }
+    assert!(rotating.contains("chatq-api keys rotate") && rotating.contains("chatq-api keys revoke"));
+    assert!(security.contains("### What this does not cover"));
+}
+
+#[test]
+fn ops_dev_writes_random_compose_secrets_that_chatq_accepts_and_keeps_them() {
+    let dir = std::env::temp_dir().join(format!("chatq-compose-env-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = COMPOSE_SECRETS;
+    let write = |file: &Path| {
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(root().join("ops/dev")).arg("--compose-env").arg(file);
+        for name in secrets {
+            cmd.env_remove(name);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        std::fs::read_to_string(file).unwrap()
+    };
+    let values = |text: &str| -> Vec<String> {
+        secrets
+            .iter()
+            .map(|name| {
+                let line =
+                    text.lines().find(|l| l.starts_with(&format!("{name}="))).unwrap_or_else(|| panic!("{name}"));
+                line.split_once('=').unwrap().1.to_string()
+            })
+            .collect()
+    };
+    let (first, second) = (dir.join("a.env"), dir.join("b.env"));
+    // An existing value is kept (the volumes remember it); the others are added.
+    std::fs::write(&first, "OPENAI_API_KEY=sk-mine\nPOSTGRES_PASSWORD=0a1b2c3d4e5f60718293a4b5c6d7e8f9").unwrap();
+    let a = values(&write(&first));
+    let b = values(&write(&second));
+    assert_eq!(a[1], "0a1b2c3d4e5f60718293a4b5c6d7e8f9");
+    assert!(std::fs::read_to_string(&first).unwrap().starts_with("OPENAI_API_KEY=sk-mine\n"));
+    for (i, value) in b.iter().enumerate() {
+        assert!(value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()), "{value}");
+        assert_eq!(chatq_common::config::weak_secret(value), None, "{value}");
+        if i != 1 {
+            assert_ne!(value, &a[i], "every file gets its own random values");
+        }
+    }
+    assert_eq!(b.iter().collect::<BTreeSet<_>>().len(), 4);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&second).unwrap().permissions().mode() & 0o777, 0o600);
+    // A second run changes nothing.
+    let before = std::fs::read_to_string(&second).unwrap();
+    assert_eq!(write(&second), before);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
