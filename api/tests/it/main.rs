@@ -5,4 +5,5 @@ mod auth;
 mod harness;
 mod limits;
 mod openapi;
+mod tokens;
 mod validation;
