@@ -170,11 +170,7 @@ __WIDGET__
 async fn demo_assistant(state: &AppState, asked: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
     match asked {
         Some(id) => Ok(db::assistants::get(&state.pool, id).await?.map(|a| a.id)),
-        None => Ok(sqlx::query_scalar(
-            "SELECT id FROM assistants WHERE name = 'Demo' AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1",
-        )
-        .fetch_optional(&state.pool)
-        .await?),
+        None => Ok(db::assistants::newest_id_named(&state.pool, "Demo").await?),
     }
 }
 
@@ -238,13 +234,7 @@ async fn demo_token(
     }
     let keys =
         state.tokens.as_ref().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
-    let existing: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM api_keys WHERE name = $1 AND role = 'client' AND revoked_at IS NULL ORDER BY created_at LIMIT 1",
-    )
-    .bind(DEMO_KEY_NAME)
-    .fetch_optional(&state.pool)
-    .await?;
-    let key_id = match existing {
+    let key_id = match db::keys::oldest_active_client_named(&state.pool, DEMO_KEY_NAME).await? {
         Some(id) => id,
         None => db::keys::create(&state.pool, Role::Client, DEMO_KEY_NAME).await?.1.id,
     };

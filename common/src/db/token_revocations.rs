@@ -12,15 +12,15 @@ pub async fn revoke(
     end_user: &str,
     before: DateTime<Utc>,
 ) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "INSERT INTO user_token_revocations (api_key_id, end_user, revoked_before) VALUES ($1, $2, $3)
          ON CONFLICT (api_key_id, end_user)
          DO UPDATE SET revoked_before = GREATEST(user_token_revocations.revoked_before, EXCLUDED.revoked_before)
          RETURNING revoked_before",
+        api_key_id,
+        end_user,
+        before,
     )
-    .bind(api_key_id)
-    .bind(end_user)
-    .bind(before)
     .fetch_one(pool)
     .await
 }
@@ -31,9 +31,11 @@ pub async fn revoked_before(
     api_key_id: Uuid,
     end_user: &str,
 ) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT revoked_before FROM user_token_revocations WHERE api_key_id = $1 AND end_user = $2")
-        .bind(api_key_id)
-        .bind(end_user)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_scalar!(
+        "SELECT revoked_before FROM user_token_revocations WHERE api_key_id = $1 AND end_user = $2",
+        api_key_id,
+        end_user,
+    )
+    .fetch_optional(pool)
+    .await
 }
