@@ -124,17 +124,45 @@ async fn queued_run(s: &Stack, user: &str) -> String {
     s.send(&thread, "hello").await["id"].as_str().unwrap().to_string()
 }
 
+/// The value of the gauge `name` on the API's `/metrics`.
+async fn gauge(s: &Stack, name: &str) -> f64 {
+    let text = s.http.get(format!("{}/metrics", s.api_url)).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
-async fn an_event_stream_ends_when_its_users_tokens_are_revoked(pool: PgPool) {
+async fn an_event_stream_and_a_long_poll_end_when_their_users_tokens_are_revoked(pool: PgPool) {
     let s = Stack::start(pool).await;
     let run = queued_run(&s, "alice").await;
     let token = user_token(&s, json!({"user": "alice"})).await;
-    let resp = s.http.get(format!("{}/v1/runs/{run}/events?access_token={token}", s.api_url)).send().await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    let sse = s.http.get(format!("{}/v1/runs/{run}/events?access_token={token}", s.api_url)).send().await.unwrap();
+    assert_eq!(sse.status(), StatusCode::OK);
+    let poll = tokio::spawn(
+        s.http
+            .get(format!("{}/v1/runs/{run}/events?format=json&after=1&wait_ms=30000", s.api_url))
+            .bearer_auth(&token)
+            .send(),
+    );
+    // Revoke only once both are waiting on the hub, so the long-poll was let in.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gauge(&s, "chatq_sse_subscribers").await < 2.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stream and the long-poll never both subscribed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let started = std::time::Instant::now();
     let (status, _) = s.client(Method::POST, "/v1/user-tokens/revoke", Some(json!({"user": "alice"}))).await;
     assert_eq!(status, StatusCode::OK);
-    let seen = wait_for_end(resp, std::time::Duration::from_secs(15)).await;
+    let seen = wait_for_end(sse, std::time::Duration::from_secs(15)).await;
     assert!(seen.contains("run.queued"), "{seen}");
+    let poll = tokio::time::timeout(std::time::Duration::from_secs(15), poll)
+        .await
+        .expect("the long-poll is still open 15 s after the revocation")
+        .unwrap()
+        .unwrap();
+    assert_eq!(poll.status(), StatusCode::UNAUTHORIZED, "the long-poll outlived the revocation");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15));
     s.shutdown().await;
 }
 
@@ -238,7 +266,17 @@ async fn citations_of_an_unbound_knowledge_base_or_another_user_stay_out_of_reac
     // Alice's answered run, citing a document.
     let alices_thread = s.create_thread(&public, "alice").await;
     let run = s.send(&alices_thread, "hello").await["id"].as_str().unwrap().to_string();
-    let citation = json!([{"index": 1, "document_id": Uuid::now_v7(), "chunk_id": Uuid::now_v7(),
+    let document = Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO documents (id, knowledge_base_id, filename, media_type, size_bytes, sha256, status)
+         VALUES ($1, $2::uuid, 'alice-private.pdf', 'application/pdf', 3, '\\x00', 'ready')",
+    )
+    .bind(document)
+    .bind(kb["id"].as_str().unwrap())
+    .execute(&pool)
+    .await
+    .unwrap();
+    let citation = json!([{"index": 1, "document_id": document, "chunk_id": Uuid::now_v7(),
         "filename": "alice-private.pdf", "location": null, "quote": "alice's secret"}]);
     sqlx::query("UPDATE runs SET status = 'completed', completed_at = now() WHERE id = $1::uuid")
         .bind(&run)
@@ -263,13 +301,32 @@ async fn citations_of_an_unbound_knowledge_base_or_another_user_stay_out_of_reac
 
     // Bob reaches neither Alice's citations nor the internal knowledge base.
     let bob = user_token(&s, json!({"user": "bob", "assistants": [public]})).await;
-    for path in [
-        format!("/v1/runs/{run}"),
-        format!("/v1/threads/{alices_thread}/messages"),
-        format!("/v1/runs/{run}/events?format=json"),
+    for (method, path) in [
+        (Method::GET, format!("/v1/runs/{run}")),
+        (Method::GET, format!("/v1/threads/{alices_thread}/messages")),
+        (Method::GET, format!("/v1/threads/{alices_thread}/runs")),
+        (Method::GET, format!("/v1/runs/{run}/events?format=json")),
+        (Method::GET, format!("/v1/runs/{run}/events")),
+        (Method::POST, format!("/v1/runs/{run}/cancel")),
     ] {
-        let (status, body) = s.call(Method::GET, &path, Some(&bob), None).await;
+        let (status, body) = s.call(method, &path, Some(&bob), None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert!(!body.to_string().contains("alice"), "{path}: {body}");
+    }
+    // The cited document and its knowledge base are out of reach of every user token, its
+    // citer's included: knowledge routes take an admin key.
+    let kb_id = kb["id"].as_str().unwrap();
+    for token in [&bob, &alice] {
+        for (method, path, body) in [
+            (Method::GET, format!("/v1/documents/{document}"), None),
+            (Method::GET, format!("/v1/knowledge-bases/{kb_id}"), None),
+            (Method::GET, format!("/v1/knowledge-bases/{kb_id}/documents"), None),
+            (Method::POST, format!("/v1/knowledge-bases/{kb_id}/search"), Some(json!({"query": "salary"}))),
+        ] {
+            let (status, body) = s.call(method, &path, Some(token), body).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+            assert!(!body.to_string().contains("alice-private"), "{path}: {body}");
+        }
     }
     let (status, thread) = s.call(Method::POST, "/v1/threads", Some(&bob), Some(json!({"assistant_id": public}))).await;
     assert_eq!(status, StatusCode::CREATED);
