@@ -145,8 +145,17 @@ async fn host_page(s: &Stack, assistant: &str, ttl_seconds: i64) -> Host {
     Host { url, token_calls, server }
 }
 
+/// The in-process worker runs its extractors as this binary: the test binary has no
+/// `extract-html` subcommand, and the demo knowledge base holds an HTML file.
+const EXTRACTOR: &str = env!("CARGO_BIN_EXE_chatq-test-extractor");
+
 async fn stack(pool: PgPool, extra: &[(&str, &str)]) -> Stack {
-    let mut overrides = vec![("CHATQ_CORS_ORIGINS", "*"), ("CHATQ_RETRY_BASE_MS", "50"), ("CHATQ_RETRY_MAX_MS", "300")];
+    let mut overrides = vec![
+        ("CHATQ_CORS_ORIGINS", "*"),
+        ("CHATQ_RETRY_BASE_MS", "50"),
+        ("CHATQ_RETRY_MAX_MS", "300"),
+        ("CHATQ_EXTRACTOR_BIN", EXTRACTOR),
+    ];
     overrides.extend_from_slice(extra);
     Stack::start_with(pool, true, &overrides).await
 }
