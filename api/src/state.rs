@@ -13,7 +13,12 @@ use chatq_common::{
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::{auth::KeyCache, hub::Hub, metrics::Metrics};
+use crate::{
+    auth::{KeyCache, Revocations},
+    hub::Hub,
+    metrics::Metrics,
+    user_token::TokenKeys,
+};
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -42,6 +47,11 @@ pub struct AppState {
     pub vectors: Arc<VectorCache>,
     /// The process's event hub: one Redis reader fanning run events out to subscribers.
     pub hub: Hub,
+    /// Keys sealing and opening user tokens, derived once from the token secrets; `None`
+    /// without `CHATQ_TOKEN_SECRET` (then every user token is refused and none is issued).
+    pub tokens: Option<Arc<TokenKeys>>,
+    /// Per end-user revocations of user tokens, cached briefly.
+    pub revocations: Arc<Revocations>,
 }
 
 impl AppState {
@@ -65,6 +75,10 @@ impl AppState {
         let ingest_queue = chatq_common::jobs::storage(redis.clone(), &queues);
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let metrics = Arc::new(Metrics::new());
+        let tokens = config.auth.token_secret.as_ref().map(|secret| {
+            let previous = config.auth.token_secret_previous.as_ref().map(|p| p.expose_secret());
+            Arc::new(TokenKeys::new(secret.expose_secret(), previous))
+        });
         let hub = Hub::start(config.redis.url.expose_secret(), redis.clone(), queues.clone(), metrics.clone());
         Ok(Self {
             config: Arc::new(config),
@@ -79,6 +93,8 @@ impl AppState {
             pricing: Arc::new(pricing),
             vectors: Arc::default(),
             hub,
+            tokens,
+            revocations: Arc::default(),
         })
     }
 }

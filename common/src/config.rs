@@ -110,9 +110,13 @@ pub struct ApiConfig {
 /// End-user tokens.
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
-    /// HMAC secret signing user tokens (`CHATQ_TOKEN_SECRET`); required by the API, which
-    /// refuses to start without it.
+    /// Secret from which the key sealing user tokens is derived (`CHATQ_TOKEN_SECRET`); required
+    /// by the API, which refuses to start without it.
     pub token_secret: Option<SecretString>,
+    /// The secret used before the current one (`CHATQ_TOKEN_SECRET_PREVIOUS`): tokens it sealed
+    /// are still accepted, none are issued with it, so the secret rotates without signing
+    /// anyone out. Remove it once the longest token lifetime (24 h) has passed.
+    pub token_secret_previous: Option<SecretString>,
 }
 
 /// Size limits of requests and rate limits of keys and end users.
@@ -295,7 +299,10 @@ impl Config {
                     }
                 },
             },
-            auth: AuthConfig { token_secret: r.optional("CHATQ_TOKEN_SECRET").map(SecretString::from) },
+            auth: AuthConfig {
+                token_secret: r.optional("CHATQ_TOKEN_SECRET").map(SecretString::from),
+                token_secret_previous: r.optional("CHATQ_TOKEN_SECRET_PREVIOUS").map(SecretString::from),
+            },
             limits: LimitsConfig {
                 max_body_bytes: r.parse("CHATQ_MAX_BODY_BYTES", "1048576"),
                 max_message_bytes: r.parse("CHATQ_MAX_MESSAGE_BYTES", "32768"),
@@ -373,6 +380,11 @@ impl Config {
             if is_placeholder(url.expose_secret()) {
                 errors.push(format!("{name} holds a placeholder password; set a random one"));
             }
+        }
+        if let Some(secret) = &self.auth.token_secret_previous
+            && secret.expose_secret().len() < 32
+        {
+            errors.push("CHATQ_TOKEN_SECRET_PREVIOUS must be at least 32 characters".into());
         }
         let base_url = &self.provider.base_url;
         if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {

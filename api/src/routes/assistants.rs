@@ -1,4 +1,5 @@
-//! `/v1/assistants`: personas with instructions, model and settings (admin; clients may read).
+//! `/v1/assistants`: personas with instructions, model and settings (admin; client keys may
+//! read; user tokens see only a public view of the assistants they are bound to).
 
 use axum::{extract::State, http::StatusCode};
 use chatq_common::{
@@ -119,6 +120,37 @@ pub struct AssistantOut {
     pub updated_at: DateTime<Utc>,
 }
 
+/// What an end user may see of an assistant: no instructions, knowledge bases or metadata.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AssistantPublicOut {
+    /// Id.
+    pub id: Uuid,
+    /// Always `assistant`.
+    pub object: &'static str,
+    /// Display name.
+    pub name: String,
+}
+
+/// An assistant as the caller may see it: in full for keys, the public view for user tokens.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum AssistantView {
+    /// For API keys.
+    Full(AssistantOut),
+    /// For user tokens.
+    Public(AssistantPublicOut),
+}
+
+impl AssistantView {
+    fn for_caller(principal: &Principal, a: db::assistants::Assistant) -> Self {
+        if principal.token.is_some() {
+            Self::Public(AssistantPublicOut { id: a.id, object: "assistant", name: a.name })
+        } else {
+            Self::Full(a.into())
+        }
+    }
+}
+
 impl From<db::assistants::Assistant> for AssistantOut {
     fn from(a: db::assistants::Assistant) -> Self {
         Self {
@@ -206,28 +238,50 @@ pub async fn create_assistant(
     Ok((StatusCode::CREATED, Json(a.into())))
 }
 
-/// List assistants.
+/// List assistants: all of them for keys; for a user token, the public view of the
+/// assistants it is bound to.
 #[utoipa::path(get, path = "/v1/assistants", tag = "assistants", params(PageQuery),
-    responses((status = 200, body = List<AssistantOut>)))]
+    responses((status = 200, body = List<AssistantView>)))]
 pub async fn list_assistants(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
     Query(q): Query<PageQuery>,
-) -> Result<Json<List<AssistantOut>>, ApiError> {
-    let page = db::assistants::list(&state.pool, q.after, q.limit()?).await?;
-    Ok(Json(List::new(page, |a| a.id, AssistantOut::from)))
+) -> Result<Json<List<AssistantView>>, ApiError> {
+    let limit = q.limit()?;
+    let page = match &principal.token {
+        None => db::assistants::list(&state.pool, q.after, limit).await?,
+        Some(grant) => {
+            let mut ids: Vec<Uuid> = grant.assistants.iter().copied().filter(|id| q.after < Some(*id)).collect();
+            ids.sort();
+            ids.dedup();
+            let mut rows = Vec::new();
+            for id in ids {
+                if let Some(a) = db::assistants::get(&state.pool, id).await? {
+                    rows.push(a);
+                }
+            }
+            let has_more = rows.len() > limit as usize;
+            rows.truncate(limit as usize);
+            db::Page { rows, has_more }
+        }
+    };
+    Ok(Json(List::new(page, |a| a.id, |a| AssistantView::for_caller(&principal, a))))
 }
 
-/// Get an assistant.
+/// Get an assistant. A user token sees the public view of an assistant it is bound to, and
+/// 404 for any other.
 #[utoipa::path(get, path = "/v1/assistants/{id}", tag = "assistants", params(("id" = Uuid, Path)),
-    responses((status = 200, body = AssistantOut), (status = 404)))]
+    responses((status = 200, body = AssistantView), (status = 404)))]
 pub async fn get_assistant(
     State(state): State<AppState>,
-    _principal: Principal,
+    principal: Principal,
     Path(id): Path<Uuid>,
-) -> Result<Json<AssistantOut>, ApiError> {
+) -> Result<Json<AssistantView>, ApiError> {
+    if !principal.may_choose_assistant(id) {
+        return Err(ApiError::NotFound("assistant"));
+    }
     let a = db::assistants::get(&state.pool, id).await?.ok_or(ApiError::NotFound("assistant"))?;
-    Ok(Json(a.into()))
+    Ok(Json(AssistantView::for_caller(&principal, a)))
 }
 
 /// Change an assistant.

@@ -133,10 +133,14 @@ pub async fn run_events(
     let run = visible_run(&state, &principal, id).await?;
     let after = last_event_id(&headers)?.or(q.after).unwrap_or(0).max(0);
     match q.format.as_deref() {
-        None | Some("sse") => Ok(sse(state, run.id, after, run.is_terminal()).into_response()),
+        None | Some("sse") => Ok(sse(state, run.id, after, run.is_terminal(), principal).into_response()),
         Some("json") => {
             let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
-            Ok(Json(page(&state, run.id, run.is_terminal(), after, wait).await?).into_response())
+            // A long-poll waits no longer than the user token that asked.
+            tokio::select! {
+                page = page(&state, run.id, run.is_terminal(), after, wait) => Ok(Json(page?).into_response()),
+                () = auth::lapsed(&state, &principal) => Err(ApiError::Unauthorized),
+            }
         }
         Some(_) => {
             Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "format must be sse or json".into() })
@@ -186,16 +190,21 @@ async fn page(
 
 /// The SSE response following a run from `after`. `finished`: the run was terminal before the
 /// stream opened, so the log holds every event and the stream ends after replaying it.
+/// The stream also ends when `principal`'s user token expires or is revoked.
 pub fn sse(
     state: AppState,
     run_id: Uuid,
     after: i64,
     finished: bool,
+    principal: Principal,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = mpsc::channel::<Event>(64);
     tokio::spawn(async move {
-        if let Err(e) = follow(&state, run_id, after, finished, &tx).await {
-            tracing::warn!(run.id = %run_id, error = %e, "event stream ended by an error; the client can resume");
+        tokio::select! {
+            r = follow(&state, run_id, after, finished, &tx) => if let Err(e) = r {
+                tracing::warn!(run.id = %run_id, error = %e, "event stream ended by an error; the client can resume");
+            },
+            () = auth::lapsed(&state, &principal) => {}
         }
     });
     let stream = futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);

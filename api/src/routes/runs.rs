@@ -198,9 +198,11 @@ pub async fn create_run(
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
     let sse_state = state.clone();
+    let sse_principal = principal.clone();
     let answer = move |status: StatusCode, run: Run| -> Response {
         if stream {
-            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal()).into_response()
+            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal(), sse_principal.clone())
+                .into_response()
         } else {
             (status, Json(RunOut::from(run))).into_response()
         }
@@ -220,6 +222,12 @@ pub async fn create_run(
     }
     let thread =
         db::threads::get(&state.pool, thread_id, &principal.owner()).await?.ok_or(ApiError::NotFound("thread"))?;
+    if let Some(id) = input.assistant_id
+        && Some(id) != thread.assistant_id
+        && !principal.may_choose_assistant(id)
+    {
+        return Err(ApiError::Forbidden("this user token is not allowed to use that assistant"));
+    }
 
     // A repeated request returns the original run, never a second one.
     if let Some(existing) =
@@ -248,6 +256,7 @@ pub async fn create_run(
         input: &input.input,
         client_message_id: input.client_message_id.as_deref(),
         idempotency_key,
+        idempotency_user: principal.end_user.as_deref(),
     };
     let run = match db::runs::submit(&state.pool, &new).await {
         Ok(run) => run,
@@ -293,7 +302,8 @@ async fn find_duplicate(
     client_message_id: Option<&str>,
 ) -> Result<Option<Run>, ApiError> {
     if let Some(key) = idempotency_key
-        && let Some(run) = db::runs::find_by_idempotency_key(&state.pool, principal.key_id, key).await?
+        && let Some(run) =
+            db::runs::find_by_idempotency_key(&state.pool, principal.key_id, principal.end_user.as_deref(), key).await?
     {
         if run.thread_id != thread_id {
             return Err(ApiError::Conflict {

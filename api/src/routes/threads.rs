@@ -110,6 +110,11 @@ pub async fn create_thread(
         return Err(ApiError::invalid("metadata must be a JSON object of at most 16 KiB"));
     }
     if let Some(id) = input.assistant_id
+        && !principal.may_choose_assistant(id)
+    {
+        return Err(ApiError::Forbidden("this user token is not allowed to use that assistant"));
+    }
+    if let Some(id) = input.assistant_id
         && db::assistants::get(&state.pool, id).await?.is_none()
     {
         return Err(ApiError::invalid("assistant_id names an assistant that does not exist"));

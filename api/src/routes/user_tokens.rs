@@ -1,21 +1,25 @@
-//! `POST /v1/user-tokens`: short-lived tokens scoped to one end user, for browsers.
+//! `POST /v1/user-tokens`: short-lived tokens scoped to one end user, for browsers; and
+//! `POST /v1/user-tokens/revoke`: end a user's tokens before they expire.
 
 use axum::{extract::State, http::StatusCode};
-use chatq_common::{config::ExposeSecret, keys::Role};
+use chatq_common::{db, keys::Role};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
+use uuid::Uuid;
 
 use crate::{auth::Principal, error::ApiError, extract::Json, state::AppState, user_token};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(create_user_token))
+    OpenApiRouter::new().routes(routes!(create_user_token)).routes(routes!(revoke_user_tokens))
 }
 
 /// Longest lifetime of a user token.
-pub const MAX_TTL_SECONDS: i64 = 24 * 3600;
+pub const MAX_TTL_SECONDS: i64 = user_token::MAX_TTL_SECONDS;
 const DEFAULT_TTL_SECONDS: i64 = 3600;
+/// Most assistants one token may be bound to (each is a claim the token carries).
+const MAX_ASSISTANTS: usize = 20;
 
 /// The end user to issue a token for.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -25,6 +29,11 @@ pub struct UserTokenIn {
     pub user: String,
     /// Lifetime in seconds, 1 to 86400 (default 3600).
     pub ttl_seconds: Option<i64>,
+    /// The assistants (at most 20) the token may start threads with, pick for a run and read
+    /// the public view of. Without any, the token can only continue threads your backend
+    /// created for the user with an assistant set.
+    #[serde(default)]
+    pub assistants: Vec<Uuid>,
 }
 
 /// A user token.
@@ -34,10 +43,13 @@ pub struct UserTokenOut {
     pub token: String,
     /// When it stops working.
     pub expires_at: DateTime<Utc>,
+    /// The assistants it is bound to.
+    pub assistants: Vec<Uuid>,
 }
 
 /// Issue a user token (client key): it acts as this key for one end user only, on that
-/// user's threads, runs and events, and cannot do anything admin.
+/// user's threads, runs and events, may choose only the `assistants` it is bound to, and
+/// cannot do anything admin.
 #[utoipa::path(post, path = "/v1/user-tokens", tag = "auth", request_body = UserTokenIn,
     responses((status = 201, body = UserTokenOut), (status = 401), (status = 403), (status = 422)))]
 pub async fn create_user_token(
@@ -58,13 +70,65 @@ pub async fn create_user_token(
     if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
         return Err(ApiError::invalid(format!("ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")));
     }
-    let secret = state
-        .config
-        .auth
-        .token_secret
-        .as_ref()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
-    let expires_at = Utc::now() + chrono::Duration::seconds(ttl);
-    let token = user_token::sign(secret.expose_secret(), principal.key_id, &input.user, expires_at.timestamp());
-    Ok((StatusCode::CREATED, Json(UserTokenOut { token, expires_at })))
+    if input.assistants.len() > MAX_ASSISTANTS {
+        return Err(ApiError::invalid(format!("assistants must list at most {MAX_ASSISTANTS} ids")));
+    }
+    let mut assistants = input.assistants;
+    assistants.sort();
+    assistants.dedup();
+    for id in &assistants {
+        if db::assistants::get(&state.pool, *id).await?.is_none() {
+            return Err(ApiError::invalid(format!("assistants names an assistant that does not exist: {id}")));
+        }
+    }
+    let keys =
+        state.tokens.as_ref().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
+    let now = Utc::now();
+    let expires_at = now + chrono::Duration::seconds(ttl);
+    let token = keys.seal(&user_token::Grant {
+        key_id: principal.key_id,
+        user: input.user,
+        issued_at_ms: now.timestamp_millis(),
+        expires_at: expires_at.timestamp(),
+        assistants: assistants.clone(),
+    });
+    Ok((StatusCode::CREATED, Json(UserTokenOut { token, expires_at, assistants })))
+}
+
+/// The end user whose tokens to revoke.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeIn {
+    /// Your id of the end user (1-200 characters).
+    pub user: String,
+}
+
+/// A revocation in force.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RevokeOut {
+    /// The end user.
+    pub user: String,
+    /// Tokens issued for this user by this key before this time are refused.
+    pub revoked_before: DateTime<Utc>,
+}
+
+/// Revoke an end user's tokens (client key): every token this key issued for `user` until
+/// now stops working, on this API process at once and on the others within 5 s; open event
+/// streams of those tokens end within a few seconds. Tokens issued afterwards work.
+#[utoipa::path(post, path = "/v1/user-tokens/revoke", tag = "auth", request_body = RevokeIn,
+    responses((status = 200, body = RevokeOut), (status = 401), (status = 403), (status = 422)))]
+pub async fn revoke_user_tokens(
+    State(state): State<AppState>,
+    principal: Principal,
+    Json(input): Json<RevokeIn>,
+) -> Result<Json<RevokeOut>, ApiError> {
+    if principal.end_user.is_some() || principal.role != Role::Client {
+        return Err(ApiError::Forbidden("user tokens are revoked with the client key that issued them"));
+    }
+    if input.user.is_empty() || input.user.chars().count() > 200 {
+        return Err(ApiError::invalid("user must be 1 to 200 characters"));
+    }
+    let revoked_before = db::token_revocations::revoke(&state.pool, principal.key_id, &input.user, Utc::now()).await?;
+    state.revocations.remember((principal.key_id, input.user.clone()), Some(revoked_before.timestamp_millis()));
+    Ok(Json(RevokeOut { user: input.user, revoked_before }))
 }

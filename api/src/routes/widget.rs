@@ -17,7 +17,6 @@ use axum::{
     routing::{get, post},
 };
 use base64::{Engine as _, engine::general_purpose::STANDARD};
-use chatq_common::config::ExposeSecret;
 use chatq_common::{db, keys::Role};
 use chrono::Utc;
 use serde::Deserialize;
@@ -167,18 +166,23 @@ __WIDGET__
 </html>
 "#;
 
+/// `asked` when it exists, else the newest assistant named "Demo".
+async fn demo_assistant(state: &AppState, asked: Option<Uuid>) -> Result<Option<Uuid>, ApiError> {
+    match asked {
+        Some(id) => Ok(db::assistants::get(&state.pool, id).await?.map(|a| a.id)),
+        None => Ok(db::assistants::newest_id_named(&state.pool, "Demo").await?),
+    }
+}
+
 /// The demo page: the widget, inline, for `?assistant=` or the newest assistant named "Demo".
 async fn demo_page(State(state): State<AppState>, Query(q): Query<DemoQuery>) -> Result<Response, ApiError> {
     if !state.config.api.demo {
         return Err(ApiError::NotFound("route"));
     }
-    let assistant = match q.assistant {
-        Some(id) => Some(id),
-        None => db::assistants::newest_id_named(&state.pool, "Demo").await?,
-    };
+    let assistant = demo_assistant(&state, q.assistant).await?;
     let widget = match assistant {
         Some(id) => format!(
-            r#"<chatq-chat mode="inline" heading="chatq demo" assistant-name="Demo assistant" token-url="/demo/token" assistant="{id}"></chatq-chat>"#
+            r#"<chatq-chat mode="inline" heading="chatq demo" assistant-name="Demo assistant" token-url="/demo/token?assistant={id}" assistant="{id}"></chatq-chat>"#
         ),
         None => "<p><strong>No demo assistant yet:</strong> create an assistant named \"Demo\" or open \
                  <code>/demo?assistant=&lt;assistant id&gt;</code>.</p>"
@@ -218,18 +222,18 @@ fn visitor_from(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The demo's token endpoint, as a site's backend would write it: it holds a client key (the
-/// demo's own, created on first use) and signs a user token for the visitor, who is a random
-/// id kept in a cookie.
-async fn demo_token(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// demo's own, created on first use) and issues a user token for the visitor, who is a random
+/// id kept in a cookie, bound to the demo assistant (`?assistant=`, else the newest "Demo").
+async fn demo_token(
+    State(state): State<AppState>,
+    Query(q): Query<DemoQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     if !state.config.api.demo {
         return Err(ApiError::NotFound("route"));
     }
-    let secret = state
-        .config
-        .auth
-        .token_secret
-        .as_ref()
-        .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
+    let keys =
+        state.tokens.as_ref().ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
     let key_id = match db::keys::oldest_active_client_named(&state.pool, DEMO_KEY_NAME).await? {
         Some(id) => id,
         None => db::keys::create(&state.pool, Role::Client, DEMO_KEY_NAME).await?.1.id,
@@ -238,8 +242,16 @@ async fn demo_token(State(state): State<AppState>, headers: HeaderMap) -> Result
         Some(v) => (v, false),
         None => (format!("demo-{}", Uuid::now_v7().simple()), true),
     };
-    let expires_at = Utc::now() + chrono::Duration::seconds(DEMO_TOKEN_TTL_SECONDS);
-    let token = user_token::sign(secret.expose_secret(), key_id, &visitor, expires_at.timestamp());
+    let assistant = demo_assistant(&state, q.assistant).await?;
+    let now = Utc::now();
+    let expires_at = now + chrono::Duration::seconds(DEMO_TOKEN_TTL_SECONDS);
+    let token = keys.seal(&user_token::Grant {
+        key_id,
+        user: visitor.clone(),
+        issued_at_ms: now.timestamp_millis(),
+        expires_at: expires_at.timestamp(),
+        assistants: assistant.into_iter().collect(),
+    });
     let mut response = axum::Json(json!({ "token": token, "expires_at": expires_at })).into_response();
     let out = response.headers_mut();
     out.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -7,4 +7,5 @@ mod keys_cli;
 mod limits;
 mod openapi;
 mod ops;
+mod tokens;
 mod validation;

@@ -43,6 +43,7 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/runs/{id}/events", "get"),
         ("/v1/runs/{id}/cancel", "post"),
         ("/v1/user-tokens", "post"),
+        ("/v1/user-tokens/revoke", "post"),
     ];
     for (path, method) in expected {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");

@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod messages;
 pub mod runs;
 pub mod threads;
+pub mod token_revocations;
 pub mod usage;
 
 use std::{str::FromStr, time::Duration};

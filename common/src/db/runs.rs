@@ -16,7 +16,7 @@ use crate::{
 
 /// Name of the partial unique index allowing one active run per thread.
 pub const ONE_ACTIVE_PER_THREAD: &str = "runs_one_active_per_thread";
-/// Name of the unique constraint on `(api_key_id, idempotency_key)`.
+/// Name of the unique constraint on `(api_key_id, idempotency_user, idempotency_key)`.
 pub const IDEMPOTENCY_KEY: &str = "runs_idempotency_key_key";
 /// Name of the unique constraint on `(thread_id, client_message_id)`.
 pub const CLIENT_MESSAGE_ID: &str = "messages_client_message_id_key";
@@ -107,6 +107,9 @@ pub struct NewRun<'a> {
     pub client_message_id: Option<&'a str>,
     /// Client's idempotency key.
     pub idempotency_key: Option<&'a str>,
+    /// The end user whose namespace `idempotency_key` is in: a user token's user; `None` for
+    /// the API key's own.
+    pub idempotency_user: Option<&'a str>,
 }
 
 /// In one transaction: the user message, the queued run and its `run.queued` event.
@@ -129,8 +132,9 @@ pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error>
     .await?;
     let run = sqlx::query_as!(
         Run,
-        r#"INSERT INTO runs (id, thread_id, assistant_id, api_key_id, user_message_id, idempotency_key, model, last_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 1)
+        r#"INSERT INTO runs (id, thread_id, assistant_id, api_key_id, user_message_id, idempotency_key, model, last_seq,
+                           idempotency_user)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
          RETURNING id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
            lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
@@ -143,6 +147,7 @@ pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error>
         message_id,
         new.idempotency_key,
         new.model,
+        new.idempotency_user.unwrap_or(""),
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -168,8 +173,14 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
     .await
 }
 
-/// The run a key created with this `Idempotency-Key`.
-pub async fn find_by_idempotency_key(pool: &PgPool, api_key_id: Uuid, key: &str) -> Result<Option<Run>, sqlx::Error> {
+/// The run a key created with this `Idempotency-Key`, in the namespace of `end_user` (a user
+/// token's user; `None` for the key's own).
+pub async fn find_by_idempotency_key(
+    pool: &PgPool,
+    api_key_id: Uuid,
+    end_user: Option<&str>,
+    key: &str,
+) -> Result<Option<Run>, sqlx::Error> {
     sqlx::query_as!(
         Run,
         r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
@@ -177,9 +188,10 @@ pub async fn find_by_idempotency_key(pool: &PgPool, api_key_id: Uuid, key: &str)
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
-         FROM runs WHERE api_key_id = $1 AND idempotency_key = $2"#,
+         FROM runs WHERE api_key_id = $1 AND idempotency_user = $3 AND idempotency_key = $2"#,
         api_key_id,
-        key
+        key,
+        end_user.unwrap_or(""),
     )
     .fetch_optional(pool)
     .await

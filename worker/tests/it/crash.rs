@@ -79,6 +79,7 @@ async fn a_worker_killed_mid_stream_is_recovered_by_another_with_one_answer(pool
             input: "a long story [[fake tokens=120 delay_ms=40]]",
             client_message_id: None,
             idempotency_key: None,
+            idempotency_user: None,
         },
     )
     .await

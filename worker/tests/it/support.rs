@@ -98,6 +98,7 @@ impl Setup {
                 input,
                 client_message_id: None,
                 idempotency_key: None,
+                idempotency_user: None,
             },
         )
         .await

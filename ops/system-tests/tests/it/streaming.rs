@@ -353,8 +353,10 @@ async fn cancelling_a_finished_run_changes_nothing(pool: PgPool) {
     s.shutdown().await;
 }
 
-async fn user_token(s: &Stack, user: &str, ttl: i64) -> String {
-    let (st, t) = s.client(Method::POST, "/v1/user-tokens", Some(json!({"user": user, "ttl_seconds": ttl}))).await;
+/// A token for `user`, bound to `assistant`.
+async fn user_token(s: &Stack, user: &str, ttl: i64, assistant: &str) -> String {
+    let body = json!({"user": user, "ttl_seconds": ttl, "assistants": [assistant]});
+    let (st, t) = s.client(Method::POST, "/v1/user-tokens", Some(body)).await;
     assert_eq!(st, StatusCode::CREATED, "{t}");
     assert!(t["expires_at"].is_string());
     t["token"].as_str().unwrap().to_string()
@@ -365,7 +367,7 @@ async fn a_user_token_acts_for_its_user_only_and_is_refused_when_expired_tampere
     let s = Stack::start(pool).await;
     let assistant = s.create_assistant(json!({})).await;
     let bobs_thread = s.create_thread(&assistant, "bob").await;
-    let alice = user_token(&s, "alice", 600).await;
+    let alice = user_token(&s, "alice", 600, &assistant).await;
 
     // Alice chats with her token: her thread, her run, her events (also via ?access_token=).
     let (st, thread) =
@@ -418,16 +420,18 @@ async fn a_user_token_acts_for_its_user_only_and_is_refused_when_expired_tampere
         s.call(Method::GET, &format!("/v1/runs/{run_id}/events?access_token={}", s.client_key), None, None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
-    // Tampered: another user's payload with Alice's signature.
-    let bob = user_token(&s, "bob", 600).await;
-    let forged = format!("{}.{}", bob.split_once('.').unwrap().0, alice.split_once('.').unwrap().1);
+    // Tampered: one character of Alice's token changed.
+    let mut forged = alice.clone().into_bytes();
+    let middle = forged.len() / 2;
+    forged[middle] = if forged[middle] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
     let (st, _) = s.call(Method::GET, &format!("/v1/threads/{bobs_thread}"), Some(&forged), None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
     let (st, _) = s.call(Method::GET, &format!("/v1/runs/{run_id}/events?access_token={forged}"), None, None).await;
     assert_eq!(st, StatusCode::UNAUTHORIZED);
 
     // Expired.
-    let short = user_token(&s, "alice", 1).await;
+    let short = user_token(&s, "alice", 1, &assistant).await;
     wait_for(Duration::from_secs(5), || async {
         let (st, _) = s.call(Method::GET, &format!("/v1/runs/{run_id}"), Some(&short), None).await;
         (st == StatusCode::UNAUTHORIZED).then_some(())
