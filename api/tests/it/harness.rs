@@ -16,6 +16,8 @@ pub struct Stack {
     pub pool: PgPool,
     pub config: Config,
     pub api_url: String,
+    /// The metrics listener (`/metrics`), serving the same state as the API.
+    pub metrics_url: String,
     pub admin_key: String,
     pub client_key: String,
     pub http: reqwest::Client,
@@ -58,6 +60,7 @@ impl Stack {
             pool,
             config,
             api_url: String::new(),
+            metrics_url: String::new(),
             admin_key,
             client_key,
             http: reqwest::Client::new(),
@@ -68,6 +71,10 @@ impl Stack {
             chatq_api::AppState::from_parts(stack.config.clone(), stack.pool.clone(), stack.redis().await).unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         stack.api_url = format!("http://{}", listener.local_addr().unwrap());
+        let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        stack.metrics_url = format!("http://{}", metrics_listener.local_addr().unwrap());
+        let metrics_stop = stack.api_stop.clone().cancelled_owned();
+        tokio::spawn(chatq_api::serve_metrics(metrics_listener, state.clone(), metrics_stop));
         let stop = stack.api_stop.clone().cancelled_owned();
         stack.api_task = Some(tokio::spawn(chatq_api::serve(listener, state, stop)));
         stack

@@ -124,9 +124,9 @@ async fn queued_run(s: &Stack, user: &str) -> String {
     s.send(&thread, "hello").await["id"].as_str().unwrap().to_string()
 }
 
-/// The value of the gauge `name` on the API's `/metrics`.
+/// The value of the gauge `name` on the API's metrics listener.
 async fn gauge(s: &Stack, name: &str) -> f64 {
-    let text = s.http.get(format!("{}/metrics", s.api_url)).send().await.unwrap().text().await.unwrap();
+    let text = s.http.get(format!("{}/metrics", s.metrics_url)).send().await.unwrap().text().await.unwrap();
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))

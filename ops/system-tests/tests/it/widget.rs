@@ -107,17 +107,17 @@ async fn host_page(s: &Stack, assistant: &str, ttl_seconds: i64) -> Host {
 </body></html>"#,
         api = s.api_url
     );
-    let (api, key, http) = (s.api_url.clone(), s.client_key.clone(), s.http.clone());
+    let (api, key, http, bound) = (s.api_url.clone(), s.client_key.clone(), s.http.clone(), assistant.to_string());
     let token_calls = Arc::new(AtomicUsize::new(0));
     let calls = token_calls.clone();
     let token = move || {
-        let (api, key, http) = (api.clone(), key.clone(), http.clone());
+        let (api, key, http, bound) = (api.clone(), key.clone(), http.clone(), bound.clone());
         calls.fetch_add(1, Ordering::SeqCst);
         async move {
             let resp = http
                 .post(format!("{api}/v1/user-tokens"))
                 .bearer_auth(&key)
-                .json(&json!({"user": "visitor-1", "ttl_seconds": ttl_seconds}))
+                .json(&json!({"user": "visitor-1", "ttl_seconds": ttl_seconds, "assistants": [bound]}))
                 .send()
                 .await
                 .expect("API reachable");
