@@ -3,6 +3,7 @@
 
 mod auth;
 mod harness;
+mod http;
 mod limits;
 mod openapi;
 mod validation;
