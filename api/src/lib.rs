@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod stream_limits;
 pub mod user_token;
 
 use std::future::Future;

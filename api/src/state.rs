@@ -13,7 +13,7 @@ use chatq_common::{
 use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use crate::{auth::KeyCache, hub::Hub, metrics::Metrics};
+use crate::{auth::KeyCache, hub::Hub, metrics::Metrics, stream_limits::StreamLimits};
 
 /// Everything handlers share. Cheap to clone.
 #[derive(Clone)]
@@ -42,6 +42,8 @@ pub struct AppState {
     pub vectors: Arc<VectorCache>,
     /// The process's event hub: one Redis reader fanning run events out to subscribers.
     pub hub: Hub,
+    /// Open event streams per process, key and end user, against their caps.
+    pub streams: Arc<StreamLimits>,
 }
 
 impl AppState {
@@ -65,6 +67,7 @@ impl AppState {
         let ingest_queue = chatq_common::jobs::storage(redis.clone(), &queues);
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let metrics = Arc::new(Metrics::new());
+        let streams = Arc::new(StreamLimits::new(&config.http));
         let hub = Hub::start(config.redis.url.expose_secret(), redis.clone(), queues.clone(), metrics.clone());
         Ok(Self {
             config: Arc::new(config),
@@ -79,6 +82,7 @@ impl AppState {
             pricing: Arc::new(pricing),
             vectors: Arc::default(),
             hub,
+            streams,
         })
     }
 }

@@ -197,10 +197,13 @@ pub async fn create_run(
             .get(axum::http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
+    // An event stream takes its place under the stream caps before the run is submitted, so a
+    // refused stream submits nothing.
+    let slot = if stream { Some(state.streams.acquire(&principal)?) } else { None };
     let sse_state = state.clone();
     let answer = move |status: StatusCode, run: Run| -> Response {
-        if stream {
-            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal()).into_response()
+        if let Some(slot) = slot {
+            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal(), slot).into_response()
         } else {
             (status, Json(RunOut::from(run))).into_response()
         }

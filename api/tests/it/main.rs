@@ -6,4 +6,5 @@ mod harness;
 mod http;
 mod limits;
 mod openapi;
+mod streams;
 mod validation;
