@@ -36,11 +36,30 @@ async fn read_until_closed(conn: &mut TcpStream, deadline: Duration) -> String {
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
-async fn a_connection_trickling_its_headers_is_closed_after_the_header_timeout(pool: PgPool) {
+async fn a_slowloris_sending_its_head_byte_by_byte_is_closed_after_the_header_timeout(pool: PgPool) {
     let s = Stack::start_with(pool, &[("CHATQ_HTTP_HEADER_TIMEOUT_SECS", "1")]).await;
-    let mut conn = connect(&s).await;
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: chatq\r\nX-Slow: ").await.unwrap();
-    read_until_closed(&mut conn, Duration::from_secs(10)).await;
+    let (mut conn, mut slow) = connect(&s).await.into_split();
+    // A slowloris: its head one byte every 50 ms, for ever; no byte may restart the clock.
+    let trickle = tokio::spawn(async move {
+        let head = b"GET /healthz HTTP/1.1\r\nHost: chatq\r\nX-Slow: ";
+        for byte in head.iter().chain(std::iter::repeat(&b'a')) {
+            if slow.write_all(&[*byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    trickle.abort();
+    assert!(closed.is_ok(), "a connection trickling its head byte by byte is still open after 5 s");
     s.shutdown().await;
 }
 
