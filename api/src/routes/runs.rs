@@ -184,7 +184,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe")),
     responses((status = 202, body = RunOut), (status = 200, body = RunOut, description = "a repeated submit, or the SSE stream when asked for"),
               (status = 404), (status = 409, description = "thread_busy"), (status = 413), (status = 422),
-              (status = 429, description = "rate_limited or budget_exhausted, with Retry-After and RateLimit-* headers")))]
+              (status = 429, description = "rate_limited, budget_exhausted, or too_many_streams when asked for a stream, with Retry-After and RateLimit-* headers")))]
 pub async fn create_run(
     State(state): State<AppState>,
     principal: Principal,
