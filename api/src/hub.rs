@@ -317,9 +317,10 @@ pub async fn catch_up(
     Ok(events)
 }
 
-/// The newest `seq` known for a run: `stored` (the run's `last_seq` in Postgres) or the last
-/// entry of its Redis stream, which may be ahead of Postgres while the run is live.
-pub async fn last_seq(redis: &ConnectionManager, queues: &Queues, run_id: Uuid, stored: i64) -> i64 {
+/// The newest `seq` of a run: `stored` (the run's `last_seq` in Postgres) or the last entry of
+/// its Redis stream, which may be ahead of Postgres while the run is live. `None` when Redis
+/// cannot be read: Postgres alone may lag behind what a client has seen.
+pub async fn last_seq(redis: &ConnectionManager, queues: &Queues, run_id: Uuid, stored: i64) -> Option<i64> {
     let mut conn = redis.clone();
     let reply: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
         .arg(run_stream::key(queues.prefix(), run_id))
@@ -329,12 +330,14 @@ pub async fn last_seq(redis: &ConnectionManager, queues: &Queues, run_id: Uuid, 
         .arg(1)
         .query_async(&mut conn)
         .await;
-    let live = match reply {
-        Ok(reply) => reply.ids.first().and_then(|entry| run_stream::parse_entry(run_id, entry)).map(|e| e.seq),
+    match reply {
+        Ok(reply) => {
+            let live = reply.ids.first().and_then(|entry| run_stream::parse_entry(run_id, entry)).map(|e| e.seq);
+            Some(live.map_or(stored, |live| live.max(stored)))
+        }
         Err(e) => {
-            tracing::debug!(run.id = %run_id, error = %e, "cannot read the run stream; Postgres only");
+            tracing::debug!(run.id = %run_id, error = %e, "cannot read the run stream to bound a cursor");
             None
         }
-    };
-    live.map_or(stored, |live| live.max(stored))
+    }
 }

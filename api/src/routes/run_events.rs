@@ -146,14 +146,15 @@ pub async fn run_events(
         }
     };
     let slot = state.streams.acquire(&principal)?;
-    // A cursor past the newest event would wait for events that never come (and overflow at
-    // i64::MAX): resume from the newest event instead.
+    // A cursor past the newest event would wait for events that never come: resume from the
+    // newest event instead. Without Redis the newest is unknown; the stream then still ends
+    // with its run (the run re-check), and the arithmetic on the cursor saturates.
     let newest = if run.is_terminal() {
-        run.last_seq
+        Some(run.last_seq)
     } else {
         hub::last_seq(&state.redis, &state.queues, run.id, run.last_seq).await
     };
-    let after = requested.min(newest);
+    let after = newest.map_or(requested, |newest| requested.min(newest));
     if json {
         // Leave a second of the request timeout for the reads around the wait.
         let fit = state.config.http.request_timeout.saturating_sub(Duration::from_secs(1));
