@@ -47,8 +47,14 @@ pub enum ApiErrorCode {
     RateLimited,
     /// 429: the key's monthly budget is used up.
     BudgetExhausted,
+    /// 429: too many event streams (SSE or long-polls) open at once, for the end user, the
+    /// key or the server; close one or retry after `Retry-After`.
+    TooManyStreams,
     /// 503: a dependency is unavailable; retry shortly.
     ServiceUnavailable,
+    /// 503: the request took longer than the server's request timeout; retry shortly. 408: the
+    /// request body paused for longer than the body timeout.
+    RequestTimeout,
     /// 500: an unexpected failure (logged, never described).
     Internal,
 }
@@ -104,6 +110,12 @@ pub enum ApiError {
     /// A dependency (Postgres, Redis) is unavailable (503).
     #[error("{0}")]
     Unavailable(&'static str),
+    /// The request did not produce a response within the request timeout (503).
+    #[error("the request took too long; try again shortly")]
+    Timeout,
+    /// The request body paused for longer than the body timeout (408).
+    #[error("the request body arrived too slowly")]
+    BodyTimeout,
     /// A bug or unexpected failure (500); the cause is logged, never returned.
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
@@ -137,6 +149,8 @@ impl ApiError {
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::ServiceUnavailable, Value::Null)
             }
+            ApiError::Timeout => (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::RequestTimeout, Value::Null),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, ApiErrorCode::RequestTimeout, Value::Null),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, ApiErrorCode::Internal, Value::Null),
         }
     }
@@ -195,9 +209,22 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                 ApiError::PayloadTooLarge("the request body is too large".into())
             }
+            JsonRejection::BytesRejection(e) if is_body_timeout(&e) => ApiError::BodyTimeout,
             other => ApiError::BadRequest { code: ApiErrorCode::InvalidBody, message: other.body_text() },
         }
     }
+}
+
+/// Whether reading the body failed because it paused for longer than the body timeout.
+fn is_body_timeout(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 impl From<PathRejection> for ApiError {

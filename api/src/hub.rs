@@ -291,7 +291,7 @@ pub async fn catch_up(
     let mut conn = redis.clone();
     let reply: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XRANGE")
         .arg(run_stream::key(queues.prefix(), run_id))
-        .arg(run_stream::entry_id(last + 1))
+        .arg(run_stream::entry_id(last.saturating_add(1)))
         .arg("+")
         .arg("COUNT")
         .arg(limit - events.len())
@@ -301,7 +301,7 @@ pub async fn catch_up(
         Ok(reply) => {
             for entry in &reply.ids {
                 let Some(e) = run_stream::parse_entry(run_id, entry) else { continue };
-                if e.seq != last + 1 {
+                if Some(e.seq) != last.checked_add(1) {
                     break;
                 }
                 last = e.seq;
@@ -315,4 +315,29 @@ pub async fn catch_up(
         Err(e) => tracing::debug!(run.id = %run_id, error = %e, "cannot read the run stream; Postgres only"),
     }
     Ok(events)
+}
+
+/// The newest `seq` of a run: `stored` (the run's `last_seq` in Postgres) or the last entry of
+/// its Redis stream, which may be ahead of Postgres while the run is live. `None` when Redis
+/// cannot be read: Postgres alone may lag behind what a client has seen.
+pub async fn last_seq(redis: &ConnectionManager, queues: &Queues, run_id: Uuid, stored: i64) -> Option<i64> {
+    let mut conn = redis.clone();
+    let reply: redis::RedisResult<redis::streams::StreamRangeReply> = redis::cmd("XREVRANGE")
+        .arg(run_stream::key(queues.prefix(), run_id))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(&mut conn)
+        .await;
+    match reply {
+        Ok(reply) => {
+            let live = reply.ids.first().and_then(|entry| run_stream::parse_entry(run_id, entry)).map(|e| e.seq);
+            Some(live.map_or(stored, |live| live.max(stored)))
+        }
+        Err(e) => {
+            tracing::debug!(run.id = %run_id, error = %e, "cannot read the run stream to bound a cursor");
+            None
+        }
+    }
 }

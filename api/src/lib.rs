@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod error;
 pub mod extract;
+pub mod http;
 pub mod hub;
 pub mod ingest_cli;
 pub mod keys_cli;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod ratelimit;
 pub mod routes;
 pub mod state;
+pub mod stream_limits;
 pub mod user_token;
 
 use std::future::Future;
@@ -18,20 +20,23 @@ use anyhow::Context as _;
 use axum::{Router, extract::DefaultBodyLimit, middleware, routing::get};
 use chatq_common::config::Config;
 use tokio::net::TcpListener;
-use tower_http::trace::TraceLayer;
+use tower_http::{timeout::RequestBodyTimeoutLayer, trace::TraceLayer};
 
 pub use state::AppState;
 
 /// The complete router: every route, the OpenAPI document at `/openapi.json`, the error
-/// envelope for unknown routes, body limits, metrics and request tracing.
+/// envelope for unknown routes, body limits and timeouts, metrics and request tracing.
 pub fn app(state: AppState) -> Router {
     let (router, openapi) = routes::router().split_for_parts();
     let openapi = std::sync::Arc::new(openapi);
+    let request_timeout = state.config.http.request_timeout;
     router
         .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))
         .fallback(error::no_route)
+        .layer(middleware::from_fn(move |req, next| http::request_timeout(request_timeout, req, next)))
         .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(RequestBodyTimeoutLayer::new(state.config.http.body_timeout))
         .layer(TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
             // The path only: query strings may carry tokens.
             tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
@@ -79,7 +84,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await.context("HTTP server failed")
+    let config = state.config.http.clone();
+    http::serve(listener, app(state), &config, shutdown).await.context("HTTP server failed")
 }
 
 /// The metrics listener's router: `GET /metrics` (Prometheus text) and nothing else. It is

@@ -17,6 +17,7 @@ use crate::{
     auth::{KeyCache, Revocations},
     hub::Hub,
     metrics::Metrics,
+    stream_limits::StreamLimits,
     user_token::TokenKeys,
 };
 
@@ -52,6 +53,8 @@ pub struct AppState {
     pub tokens: Option<Arc<TokenKeys>>,
     /// Per end-user revocations of user tokens, cached briefly.
     pub revocations: Arc<Revocations>,
+    /// Open event streams per process, key and end user, against their caps.
+    pub streams: Arc<StreamLimits>,
 }
 
 impl AppState {
@@ -79,6 +82,7 @@ impl AppState {
             let previous = config.auth.token_secret_previous.as_ref().map(|p| p.expose_secret());
             Arc::new(TokenKeys::new(secret.expose_secret(), previous))
         });
+        let streams = Arc::new(StreamLimits::new(&config.http));
         let hub = Hub::start(config.redis.url.expose_secret(), redis.clone(), queues.clone(), metrics.clone());
         Ok(Self {
             config: Arc::new(config),
@@ -95,6 +99,7 @@ impl AppState {
             hub,
             tokens,
             revocations: Arc::default(),
+            streams,
         })
     }
 }

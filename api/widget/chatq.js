@@ -578,6 +578,10 @@ class ChatqChat extends HTMLElement {
         a.citations = [];
         a.phase = "waiting";
         break;
+      case "run.snapshot":
+        a.text = String(data.text ?? "");
+        a.phase = "answering";
+        break;
       case "citation":
         if (!a.citations.some((c) => c.index === data.index)) a.citations.push(data);
         break;

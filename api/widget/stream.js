@@ -11,6 +11,7 @@ export const RUN_EVENTS = [
   "run.started",
   "message.delta",
   "run.reset",
+  "run.snapshot",
   "citation",
   "run.completed",
   "run.failed",

@@ -37,6 +37,42 @@ pub struct Config {
     pub knowledge: KnowledgeConfig,
     /// What is deleted when, and the cleanup job that deletes it.
     pub retention: RetentionConfig,
+    /// Connections to the API: timeouts, the connection limit and the event-stream caps.
+    pub http: HttpConfig,
+}
+
+/// Connections to the API. Timeouts and limits stop one client (or a slowloris) from holding
+/// the process's connections and file descriptors.
+#[derive(Clone, Debug)]
+pub struct HttpConfig {
+    /// Longest time to receive a request's head, which is also the longest a kept-alive
+    /// connection may sit idle between two requests (`CHATQ_HTTP_HEADER_TIMEOUT_SECS`).
+    pub header_timeout: Duration,
+    /// Longest pause between two chunks of a request body (`CHATQ_HTTP_BODY_TIMEOUT_SECS`).
+    pub body_timeout: Duration,
+    /// Longest time a request may take to produce its response head; event streams are not
+    /// cut by it (they have [`HttpConfig::stream_max_lifetime`]), JSON long-polls shorten their
+    /// wait to fit in it, uploads are bounded by the body timeout instead
+    /// (`CHATQ_HTTP_REQUEST_TIMEOUT_SECS`).
+    pub request_timeout: Duration,
+    /// Connections served at once; further ones wait in the listen backlog
+    /// (`CHATQ_HTTP_MAX_CONNECTIONS`).
+    pub max_connections: usize,
+    /// Event streams (SSE and JSON long-polls) open at once in one API process
+    /// (`CHATQ_STREAMS_MAX`).
+    pub max_streams: usize,
+    /// Event streams one API key has open at once in one API process, its user tokens
+    /// included (`CHATQ_STREAMS_PER_KEY`).
+    pub max_streams_per_key: usize,
+    /// Event streams one end user (a user token) has open at once in one API process
+    /// (`CHATQ_STREAMS_PER_USER`).
+    pub max_streams_per_user: usize,
+    /// An event stream is closed after this long; the client resumes with `Last-Event-ID`,
+    /// which also re-checks its credentials (`CHATQ_STREAM_MAX_LIFETIME_SECS`).
+    pub stream_max_lifetime: Duration,
+    /// How often a quiet event stream re-reads its run, so it ends when the run finished
+    /// unseen or was deleted (`CHATQ_STREAM_RECHECK_SECS`).
+    pub stream_recheck: Duration,
 }
 
 /// The Postgres database.
@@ -356,6 +392,17 @@ impl Config {
                 cleanup_schedule: r.string("CHATQ_CLEANUP_SCHEDULE", "0 17 3 * * *"),
                 cleanup_batch: r.parse("CHATQ_CLEANUP_BATCH", "1000"),
             },
+            http: HttpConfig {
+                header_timeout: Duration::from_secs(r.parse("CHATQ_HTTP_HEADER_TIMEOUT_SECS", "10")),
+                body_timeout: Duration::from_secs(r.parse("CHATQ_HTTP_BODY_TIMEOUT_SECS", "30")),
+                request_timeout: Duration::from_secs(r.parse("CHATQ_HTTP_REQUEST_TIMEOUT_SECS", "60")),
+                max_connections: r.parse("CHATQ_HTTP_MAX_CONNECTIONS", "25000"),
+                max_streams: r.parse("CHATQ_STREAMS_MAX", "20000"),
+                max_streams_per_key: r.parse("CHATQ_STREAMS_PER_KEY", "20000"),
+                max_streams_per_user: r.parse("CHATQ_STREAMS_PER_USER", "16"),
+                stream_max_lifetime: Duration::from_secs(r.parse("CHATQ_STREAM_MAX_LIFETIME_SECS", "1800")),
+                stream_recheck: Duration::from_secs(r.parse("CHATQ_STREAM_RECHECK_SECS", "30")),
+            },
         };
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
@@ -404,6 +451,10 @@ impl Config {
             ("CHATQ_EMBEDDING_BATCH_TOKENS", knowledge.embedding_batch_tokens),
             ("CHATQ_CHUNK_TOKENS", knowledge.chunk_tokens),
             ("CHATQ_RETRIEVAL_TOP_K", knowledge.retrieval_top_k),
+            ("CHATQ_HTTP_MAX_CONNECTIONS", self.http.max_connections),
+            ("CHATQ_STREAMS_MAX", self.http.max_streams),
+            ("CHATQ_STREAMS_PER_KEY", self.http.max_streams_per_key),
+            ("CHATQ_STREAMS_PER_USER", self.http.max_streams_per_user),
             ("CHATQ_EXTRACT_MAX_OUTPUT_BYTES", knowledge.extract_max_output_bytes as usize),
         ] {
             if value == 0 {
@@ -443,6 +494,18 @@ impl Config {
                 errors.push(format!(
                     "CHATQ_CORS_ORIGINS must be `*` or a comma-separated list of origins like https://app.example.com (got {origin:?})"
                 ));
+            }
+        }
+        let http = &self.http;
+        for (name, value) in [
+            ("CHATQ_HTTP_HEADER_TIMEOUT_SECS", http.header_timeout),
+            ("CHATQ_HTTP_BODY_TIMEOUT_SECS", http.body_timeout),
+            ("CHATQ_HTTP_REQUEST_TIMEOUT_SECS", http.request_timeout),
+            ("CHATQ_STREAM_MAX_LIFETIME_SECS", http.stream_max_lifetime),
+            ("CHATQ_STREAM_RECHECK_SECS", http.stream_recheck),
+        ] {
+            if value.is_zero() {
+                errors.push(format!("{name} must be greater than 0"));
             }
         }
         if self.runs.lease < Duration::from_secs(3) {

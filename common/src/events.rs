@@ -22,6 +22,10 @@ pub enum EventKind {
     /// A retry discards the partial text shown so far: `{attempt, reason}`.
     #[strum(serialize = "run.reset")]
     Reset,
+    /// The answer so far, `{text}`, replacing the text shown until then. Never stored: a replay
+    /// sends it in place of events that retention deleted, so it still ends with the full text.
+    #[strum(serialize = "run.snapshot")]
+    Snapshot,
     /// A cited source: `{index, document_id, chunk_id, filename, location, quote}`.
     #[strum(serialize = "citation")]
     Citation,
@@ -106,6 +110,7 @@ mod tests {
             EventKind::Started,
             EventKind::Delta,
             EventKind::Reset,
+            EventKind::Snapshot,
             EventKind::Citation,
             EventKind::Completed,
             EventKind::Failed,

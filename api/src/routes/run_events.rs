@@ -10,10 +10,13 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use chatq_common::{db, events::RunEvent};
+use chatq_common::{
+    db,
+    events::{EventKind, RunEvent},
+};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -26,6 +29,7 @@ use crate::{
     extract::{Json, Path, Query},
     hub,
     state::AppState,
+    stream_limits::StreamSlot,
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -36,8 +40,6 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 const PAGE: usize = 1_000;
 /// Longest JSON long-poll.
 const MAX_WAIT_MS: u64 = 30_000;
-/// How often an idle SSE subscriber re-checks the log (covers a lost Redis publish).
-const IDLE_RECHECK: Duration = Duration::from_secs(30);
 /// Heartbeat comment interval.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 
@@ -60,8 +62,8 @@ pub struct EventsQuery {
 pub struct EventOut {
     /// Position in the run's log, gapless from 1.
     pub seq: i64,
-    /// `run.queued`, `run.started`, `message.delta`, `run.reset`, `citation`, `run.completed`,
-    /// `run.failed` or `run.cancelled`.
+    /// `run.queued`, `run.started`, `message.delta`, `run.reset`, `run.snapshot`, `citation`,
+    /// `run.completed`, `run.failed` or `run.cancelled`.
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// Payload.
@@ -122,7 +124,8 @@ fn last_event_id(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
 #[utoipa::path(get, path = "/v1/runs/{id}/events", tag = "runs", params(("id" = Uuid, Path), EventsQuery,
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this seq")),
     responses((status = 200, description = "text/event-stream, or an events page with format=json", body = EventsPage),
-              (status = 401), (status = 404)))]
+              (status = 401), (status = 404),
+              (status = 429, description = "too_many_streams, with Retry-After")))]
 pub async fn run_events(
     State(state): State<AppState>,
     EventsPrincipal(principal): EventsPrincipal,
@@ -131,20 +134,40 @@ pub async fn run_events(
     Query(q): Query<EventsQuery>,
 ) -> Result<Response, ApiError> {
     let run = visible_run(&state, &principal, id).await?;
-    let after = last_event_id(&headers)?.or(q.after).unwrap_or(0).max(0);
-    match q.format.as_deref() {
-        None | Some("sse") => Ok(sse(state, run.id, after, run.is_terminal(), principal).into_response()),
-        Some("json") => {
-            let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS));
-            // A long-poll waits no longer than the user token that asked.
-            tokio::select! {
-                page = page(&state, run.id, run.is_terminal(), after, wait) => Ok(Json(page?).into_response()),
-                () = auth::lapsed(&state, &principal) => Err(ApiError::Unauthorized),
-            }
-        }
+    let requested = last_event_id(&headers)?.or(q.after).unwrap_or(0).max(0);
+    let json = match q.format.as_deref() {
+        None | Some("sse") => false,
+        Some("json") => true,
         Some(_) => {
-            Err(ApiError::BadRequest { code: ApiErrorCode::InvalidQuery, message: "format must be sse or json".into() })
+            return Err(ApiError::BadRequest {
+                code: ApiErrorCode::InvalidQuery,
+                message: "format must be sse or json".into(),
+            });
         }
+    };
+    let slot = state.streams.acquire(&principal)?;
+    // A cursor past the newest event would wait for events that never come: resume from the
+    // newest event instead. Without Redis the newest is unknown; the stream then still ends
+    // with its run (the run re-check), and the arithmetic on the cursor saturates.
+    let newest = if run.is_terminal() {
+        Some(run.last_seq)
+    } else {
+        hub::last_seq(&state.redis, &state.queues, run.id, run.last_seq).await
+    };
+    let after = newest.map_or(requested, |newest| requested.min(newest));
+    if json {
+        // Leave a second of the request timeout for the reads around the wait.
+        let fit = state.config.http.request_timeout.saturating_sub(Duration::from_secs(1));
+        let wait = Duration::from_millis(q.wait_ms.unwrap_or(0).min(MAX_WAIT_MS)).min(fit);
+        // A long-poll waits no longer than the user token that asked.
+        let page = tokio::select! {
+            page = page(&state, run.id, run.is_terminal(), after, wait) => page?,
+            () = auth::lapsed(&state, &principal) => return Err(ApiError::Unauthorized),
+        };
+        drop(slot);
+        Ok(Json(page).into_response())
+    } else {
+        Ok(sse(state, run.id, after, run.is_terminal(), principal, slot).into_response())
     }
 }
 
@@ -181,6 +204,9 @@ async fn page(
             }
         }
     }
+    if let Some(s) = snapshot(state, run_id, after.saturating_add(1), &events).await? {
+        events.insert(0, s);
+    }
     let next_after = events.last().map_or(after, |e| e.seq);
     let done = events.last().is_some_and(|e| e.kind.is_terminal())
         || (events.is_empty() && db::runs::get(&state.pool, run_id).await?.is_some_and(|r| r.is_terminal()));
@@ -189,23 +215,33 @@ async fn page(
 }
 
 /// The SSE response following a run from `after`. `finished`: the run was terminal before the
-/// stream opened, so the log holds every event and the stream ends after replaying it.
-/// The stream also ends when `principal`'s user token expires or is revoked.
+/// stream opened, so the log holds every event and the stream ends after replaying it. The
+/// stream holds `slot` while open, ends when `principal`'s user token expires or is revoked, and
+/// is closed after `CHATQ_STREAM_MAX_LIFETIME_SECS`; the client resumes with `Last-Event-ID`.
 pub fn sse(
     state: AppState,
     run_id: Uuid,
     after: i64,
     finished: bool,
     principal: Principal,
+    slot: StreamSlot,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let (tx, rx) = mpsc::channel::<Event>(64);
     tokio::spawn(async move {
+        let lifetime = state.config.http.stream_max_lifetime;
         tokio::select! {
-            r = follow(&state, run_id, after, finished, &tx) => if let Err(e) = r {
-                tracing::warn!(run.id = %run_id, error = %e, "event stream ended by an error; the client can resume");
+            r = tokio::time::timeout(lifetime, follow(&state, run_id, after, finished, &tx)) => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(run.id = %run_id, error = %e, "event stream ended by an error; the client can resume")
+                }
+                Err(_) => {
+                    tracing::debug!(run.id = %run_id, "event stream reached its maximum lifetime; the client resumes")
+                }
             },
             () = auth::lapsed(&state, &principal) => {}
         }
+        drop(slot);
     });
     let stream = futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(rx), Ok);
     Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT))
@@ -227,12 +263,51 @@ async fn send_all(tx: &mpsc::Sender<Event>, next: &mut i64, events: &[RunEvent])
             continue;
         }
         tx.send(to_sse(e)).await.map_err(|_| Stop::Gone)?;
-        *next += 1;
+        *next = next.saturating_add(1);
         if e.kind.is_terminal() {
             return Err(Stop::Done);
         }
     }
     Ok(())
+}
+
+/// A `run.snapshot` standing in for the events before `events` when the log skips ahead of
+/// `next`: retention deleted the middle of a finished run, and the run's answer so far still
+/// reaches the client. `None` when nothing is missing.
+async fn snapshot(
+    state: &AppState,
+    run_id: Uuid,
+    next: i64,
+    events: &[RunEvent],
+) -> Result<Option<RunEvent>, sqlx::Error> {
+    let Some(first) = events.first().filter(|e| e.seq > next) else {
+        return Ok(None);
+    };
+    let text = db::runs::get(&state.pool, run_id).await?.map(|r| r.output_text).unwrap_or_default();
+    Ok(Some(RunEvent {
+        run_id,
+        seq: first.seq - 1,
+        attempt: first.attempt,
+        kind: EventKind::Snapshot,
+        data: json!({ "text": text }),
+    }))
+}
+
+/// Sends events read from the log from `next`, with a snapshot first when the log skips ahead.
+async fn send_log(
+    state: &AppState,
+    run_id: Uuid,
+    tx: &mpsc::Sender<Event>,
+    next: &mut i64,
+    events: &[RunEvent],
+) -> Result<Result<(), Stop>, sqlx::Error> {
+    if let Some(s) = snapshot(state, run_id, *next, events).await? {
+        if tx.send(to_sse(&s)).await.is_err() {
+            return Ok(Err(Stop::Gone));
+        }
+        *next = s.seq.saturating_add(1);
+    }
+    Ok(send_all(tx, next, events).await)
 }
 
 /// Replays the log after `after`, then follows the live tail from the hub without a gap or a
@@ -247,21 +322,21 @@ async fn follow(
 ) -> Result<(), sqlx::Error> {
     if finished {
         // Postgres has the whole log: replay what is after the cursor and close.
-        let mut next = after + 1;
+        let mut next = after.saturating_add(1);
         loop {
             let events = db::events::list_after(&state.pool, run_id, next - 1, PAGE as i64).await?;
-            if send_all(tx, &mut next, &events).await.is_err() || events.len() < PAGE {
+            if send_log(state, run_id, tx, &mut next, &events).await?.is_err() || events.len() < PAGE {
                 return Ok(());
             }
         }
     }
     let mut sub = state.hub.subscribe(run_id, after).await;
-    let mut next = after + 1;
+    let mut next = after.saturating_add(1);
     let catch_up = |from: i64| hub::catch_up(&state.pool, &state.redis, &state.queues, run_id, from - 1, PAGE);
     loop {
         let events = catch_up(next).await?;
         let full = events.len() >= PAGE;
-        if send_all(tx, &mut next, &events).await.is_err() {
+        if send_log(state, run_id, tx, &mut next, &events).await?.is_err() {
             return Ok(());
         }
         if !full {
@@ -269,13 +344,17 @@ async fn follow(
         }
     }
     let mut ahead: BTreeMap<i64, Arc<RunEvent>> = BTreeMap::new();
+    // A quiet stream re-reads its run this often: it ends when the run finished unseen (a lost
+    // publish) or was deleted with its thread, which writes no terminal event.
+    let run_recheck = state.config.http.stream_recheck;
+    let mut run_checked = tokio::time::Instant::now();
     loop {
         let recheck = if !ahead.is_empty() {
             Duration::from_millis(50)
         } else if !state.hub.healthy() {
             Duration::from_secs(1)
         } else {
-            IDLE_RECHECK
+            run_recheck
         };
         let mut need_log = false;
         tokio::select! {
@@ -302,8 +381,18 @@ async fn follow(
             _ = tx.closed() => return Ok(()),
         }
         if need_log {
+            // Read the run before the log: a run terminal here has its whole log in Postgres.
+            let run = if run_checked.elapsed() >= run_recheck {
+                run_checked = tokio::time::Instant::now();
+                Some(db::runs::get(&state.pool, run_id).await?)
+            } else {
+                None
+            };
             let events = catch_up(next).await?;
-            if send_all(tx, &mut next, &events).await.is_err() {
+            if send_log(state, run_id, tx, &mut next, &events).await?.is_err() {
+                return Ok(());
+            }
+            if run.is_some_and(|r| r.is_none_or(|r| r.is_terminal())) {
                 return Ok(());
             }
             ahead.retain(|seq, _| *seq >= next);

@@ -184,7 +184,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>,
     params(("id" = Uuid, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe")),
     responses((status = 202, body = RunOut), (status = 200, body = RunOut, description = "a repeated submit, or the SSE stream when asked for"),
               (status = 404), (status = 409, description = "thread_busy"), (status = 413), (status = 422),
-              (status = 429, description = "rate_limited or budget_exhausted, with Retry-After and RateLimit-* headers")))]
+              (status = 429, description = "rate_limited, budget_exhausted, or too_many_streams when asked for a stream, with Retry-After and RateLimit-* headers")))]
 pub async fn create_run(
     State(state): State<AppState>,
     principal: Principal,
@@ -197,11 +197,14 @@ pub async fn create_run(
             .get(axum::http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|a| a.contains("text/event-stream"));
+    // An event stream takes its place under the stream caps before the run is submitted, so a
+    // refused stream submits nothing.
+    let slot = if stream { Some(state.streams.acquire(&principal)?) } else { None };
     let sse_state = state.clone();
     let sse_principal = principal.clone();
     let answer = move |status: StatusCode, run: Run| -> Response {
-        if stream {
-            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal(), sse_principal.clone())
+        if let Some(slot) = slot {
+            super::run_events::sse(sse_state.clone(), run.id, 0, run.is_terminal(), sse_principal.clone(), slot)
                 .into_response()
         } else {
             (status, Json(RunOut::from(run))).into_response()

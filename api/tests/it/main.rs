@@ -3,9 +3,11 @@
 
 mod auth;
 mod harness;
+mod http;
 mod keys_cli;
 mod limits;
 mod openapi;
 mod ops;
+mod streams;
 mod tokens;
 mod validation;
