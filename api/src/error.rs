@@ -67,7 +67,8 @@ pub struct ErrorBody {
     pub code: ApiErrorCode,
     /// Human-readable explanation; may change.
     pub message: String,
-    /// Structured details (for example the limit of a 429), or `null`.
+    /// Structured details, or `null`: `problems: [{field, message}]` (see `Problem`) for
+    /// `invalid_request` and `invalid_query`, the limit of a 429, the active run of a 409.
     pub details: Value,
 }
 
@@ -86,6 +87,9 @@ pub enum ApiError {
     /// The request is malformed (400) with a specific code.
     #[error("{message}")]
     BadRequest { code: ApiErrorCode, message: String },
+    /// The request is malformed (400) with a specific code and details (the problems found).
+    #[error("{message}")]
+    BadRequestWithDetails { code: ApiErrorCode, message: String, details: Value },
     /// The request is well-formed but invalid (422).
     #[error("{message}")]
     Invalid { message: String, details: Value },
@@ -121,6 +125,7 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ApiErrorCode::Forbidden, Value::Null),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ApiErrorCode::NotFound, Value::Null),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code, Value::Null),
+            ApiError::BadRequestWithDetails { code, details, .. } => (StatusCode::BAD_REQUEST, *code, details.clone()),
             ApiError::Invalid { details, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidRequest, details.clone())
             }
@@ -185,7 +190,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+            JsonRejection::JsonDataError(e) => ApiError::invalid_fields(vec![crate::extract::json_data_problem(&e)]),
             JsonRejection::JsonSyntaxError(e) => {
                 ApiError::BadRequest { code: ApiErrorCode::InvalidJson, message: e.body_text() }
             }

@@ -10,6 +10,7 @@ pub mod ratelimit;
 pub mod routes;
 pub mod state;
 pub mod user_token;
+pub mod validate;
 
 use std::future::Future;
 
@@ -24,7 +25,7 @@ pub use state::AppState;
 /// The complete router: every route, the OpenAPI document at `/openapi.json`, the error
 /// envelope for unknown routes, body limits, metrics and request tracing.
 pub fn app(state: AppState) -> Router {
-    let (router, openapi) = routes::router().split_for_parts();
+    let (router, openapi) = routes::api();
     let openapi = std::sync::Arc::new(openapi);
     router
         .route("/openapi.json", get(move || async move { axum::Json(openapi.as_ref().clone()) }))

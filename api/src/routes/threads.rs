@@ -15,6 +15,7 @@ use crate::{
     error::ApiError,
     extract::{Json, Path, Query},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -28,11 +29,22 @@ pub struct ThreadIn {
     /// Default assistant of the thread's runs.
     pub assistant_id: Option<Uuid>,
     /// The end user the thread belongs to (your own user id; 1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     pub user: Option<String>,
     /// Display title.
+    #[schema(max_length = 500)]
     pub title: Option<String>,
-    /// Free-form JSON object.
+    /// Free-form JSON object (at most 16 KiB as JSON).
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+}
+
+impl Validate for ThreadIn {
+    fn validate(&self, p: &mut Problems) {
+        p.opt_text("user", self.user.as_deref(), 1, 200);
+        p.opt_text("title", self.title.as_deref(), 0, 0);
+        p.json_object("metadata", self.metadata.as_ref(), 0);
+    }
 }
 
 /// A thread.
@@ -76,11 +88,20 @@ impl From<db::threads::Thread> for ThreadOut {
 #[serde(deny_unknown_fields)]
 pub struct ThreadListQuery {
     /// Only this end user's threads.
+    #[param(min_length = 1, max_length = 200)]
     pub user: Option<String>,
     /// Return threads after this id.
     pub after: Option<Uuid>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+}
+
+impl Validate for ThreadListQuery {
+    fn validate(&self, p: &mut Problems) {
+        p.opt_text("user", self.user.as_deref(), 1, 200);
+        p.range("limit", self.limit, 1, 100);
+    }
 }
 
 /// Create a thread for an end user.
@@ -99,9 +120,6 @@ pub async fn create_thread(
         (Some(own), _) => Some(own.clone()),
         (None, asked) => asked,
     };
-    if user.as_ref().is_some_and(|u| u.is_empty() || u.chars().count() > 200) {
-        return Err(ApiError::invalid("user must be 1 to 200 characters"));
-    }
     if input.title.as_ref().is_some_and(|t| t.chars().count() > 500) {
         return Err(ApiError::invalid("title must be at most 500 characters"));
     }

@@ -7,7 +7,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
-use crate::{auth::Principal, error::ApiError, extract::Json, state::AppState, user_token};
+use crate::{
+    auth::Principal,
+    error::ApiError,
+    extract::Json,
+    state::AppState,
+    user_token,
+    validate::{Problems, Validate},
+};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_user_token))
@@ -22,9 +29,18 @@ const DEFAULT_TTL_SECONDS: i64 = 3600;
 #[serde(deny_unknown_fields)]
 pub struct UserTokenIn {
     /// Your id of the end user (1-200 characters), as in a thread's `user`.
+    #[schema(min_length = 1, max_length = 200)]
     pub user: String,
     /// Lifetime in seconds, 1 to 86400 (default 3600).
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<i64>,
+}
+
+impl Validate for UserTokenIn {
+    fn validate(&self, p: &mut Problems) {
+        p.text("user", &self.user, 1, 200);
+        p.range("ttl_seconds", self.ttl_seconds, 1, MAX_TTL_SECONDS);
+    }
 }
 
 /// A user token.
@@ -51,13 +67,7 @@ pub async fn create_user_token(
     if principal.role != Role::Client {
         return Err(ApiError::Forbidden("user tokens are issued with a client key"));
     }
-    if input.user.is_empty() || input.user.chars().count() > 200 {
-        return Err(ApiError::invalid("user must be 1 to 200 characters"));
-    }
     let ttl = input.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-    if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
-        return Err(ApiError::invalid(format!("ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")));
-    }
     let secret = state
         .config
         .auth

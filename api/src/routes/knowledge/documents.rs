@@ -132,6 +132,17 @@ pub struct UploadOut {
     pub documents: Vec<UploadedDocument>,
 }
 
+/// The multipart body of an upload: one part per file, each named `files` and carrying a
+/// file name whose extension gives its type (`.pdf`, `.md`, `.html`, `.txt`, ...).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the body for the OpenAPI document; the handler streams it.
+pub struct UploadForm {
+    /// The files (at most `CHATQ_MAX_UPLOAD_FILE_BYTES` each, `CHATQ_MAX_UPLOAD_REQUEST_BYTES`
+    /// in all).
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1)]
+    files: Vec<Vec<u8>>,
+}
+
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge("the upload is too large".into())
@@ -145,7 +156,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// the supported types, and queued for ingestion; content the base already holds is reported
 /// as `duplicate` and not embedded again.
 #[utoipa::path(post, path = "/v1/knowledge-bases/{id}/documents", tag = "knowledge", params(("id" = Uuid, Path)),
-    request_body(content_type = "multipart/form-data", description = "one or more parts named `files`"),
+    request_body(content = UploadForm, content_type = "multipart/form-data", description = "one or more parts named `files`"),
     responses((status = 202, body = UploadOut), (status = 403), (status = 404), (status = 413), (status = 415)))]
 pub async fn upload_documents(
     State(state): State<AppState>,
@@ -183,8 +194,11 @@ pub async fn upload_documents(
         }
         let filename =
             field.file_name().map(|f| f.rsplit(['/', '\\']).next().unwrap_or(f).to_string()).unwrap_or_default();
-        if filename.is_empty() || filename.len() > 255 {
-            return Err(ApiError::invalid("every file needs a file name of 1 to 255 bytes"));
+        if filename.is_empty() || filename.len() > 255 || filename.contains('\0') {
+            return Err(ApiError::invalid_fields(vec![crate::validate::Problem {
+                field: "files".into(),
+                message: "every file needs a file name of 1 to 255 bytes without the NUL character".into(),
+            }]));
         }
         let Some(media_type) = media::media_type_for(&filename) else {
             return Err(ApiError::UnsupportedMediaType(format!(
