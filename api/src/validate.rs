@@ -30,6 +30,11 @@ pub trait Validate {
     fn validate(&self, problems: &mut Problems);
 }
 
+/// Largest magnitude of a number in stored JSON. Postgres keeps a `jsonb` number as an exact
+/// decimal and writes it back in full; near `f64::MAX` that text no longer parses as an `f64`,
+/// so the thread or assistant could be stored but never read again.
+const MAX_JSON_NUMBER: f64 = 1e300;
+
 /// Postgres cannot store U+0000 in `text` nor in `jsonb` (it answers `22021` or
 /// `22P05`), so no field may carry it.
 const NUL: char = '\0';
@@ -67,10 +72,14 @@ impl Problems {
         }
     }
 
-    /// A JSON value Postgres can store as `jsonb`: no NUL in any key or string, at any depth.
+    /// A JSON value Postgres can store as `jsonb` and give back: no NUL in any key or string and
+    /// no number beyond ±1e300, at any depth.
     pub fn json(&mut self, field: &str, value: &Value) {
         match value {
             Value::String(s) if s.contains(NUL) => self.add(field, "must not contain the NUL character (U+0000)"),
+            Value::Number(n) if n.as_f64().is_some_and(|f| f.abs() > MAX_JSON_NUMBER) => {
+                self.add(field, "numbers must be between -1e300 and 1e300");
+            }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
                     self.json(&format!("{field}[{i}]"), item);

@@ -111,6 +111,7 @@ async fn text_or_numbers_postgres_cannot_store_are_a_4xx_naming_the_field(pool: 
         (client, Method::POST, "/v1/threads".into(), json!({"title": nul}), "title"),
         (client, Method::POST, "/v1/threads".into(), json!({"metadata": {"tags": ["ok", nul]}}), "metadata.tags[1]"),
         (client, Method::POST, "/v1/threads".into(), json!({"metadata": {nul: 1}}), "metadata"),
+        (client, Method::POST, "/v1/threads".into(), json!({"metadata": {"n": [f64::MAX]}}), "metadata.n[0]"),
         (client, Method::POST, runs.clone(), json!({"input": nul}), "input"),
         (client, Method::POST, runs.clone(), json!({"input": "hi", "client_message_id": nul}), "client_message_id"),
         (client, Method::POST, "/v1/user-tokens".into(), json!({"user": nul}), "user"),
