@@ -6,5 +6,6 @@ mod chat_run;
 mod cleanup;
 mod crash;
 mod housekeeping;
+mod ingest;
 mod reconciler;
 mod support;
