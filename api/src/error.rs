@@ -47,6 +47,9 @@ pub enum ApiErrorCode {
     RateLimited,
     /// 429: the key's monthly budget is used up.
     BudgetExhausted,
+    /// 429: a quota (threads of a user or key, documents or bytes of a knowledge base) is used
+    /// up; waiting does not help, deleting does.
+    QuotaExceeded,
     /// 503: a dependency is unavailable; retry shortly.
     ServiceUnavailable,
     /// 500: an unexpected failure (logged, never described).
@@ -68,7 +71,8 @@ pub struct ErrorBody {
     /// Human-readable explanation; may change.
     pub message: String,
     /// Structured details, or `null`: `problems: [{field, message}]` (see `Problem`) for
-    /// `invalid_request` and `invalid_query`, the limit of a 429, the active run of a 409.
+    /// `invalid_request` and `invalid_query`, the limit of a 429 or of a field's 413, the active
+    /// run of a 409.
     pub details: Value,
 }
 
@@ -99,12 +103,19 @@ pub enum ApiError {
     /// Body or message too large (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A field over its configured size (413 `payload_too_large`); `field` and `limit` go into
+    /// the details.
+    #[error("{message}")]
+    FieldTooLarge { field: &'static str, message: String, limit: u64 },
     /// Wrong content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// A rate limit or quota was reached (429), with the limit's state for the headers.
     #[error("{message}")]
     RateLimited { code: ApiErrorCode, message: String, limit: u64, remaining: u64, reset_secs: u64 },
+    /// A quota is used up (429 `quota_exceeded`); `limit` goes into the details.
+    #[error("{message}")]
+    QuotaExceeded { message: String, limit: u64 },
     /// A dependency (Postgres, Redis) is unavailable (503).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -131,6 +142,11 @@ impl ApiError {
             }
             ApiError::Conflict { code, details, .. } => (StatusCode::CONFLICT, *code, details.clone()),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::PayloadTooLarge, Value::Null),
+            ApiError::FieldTooLarge { field, limit, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiErrorCode::PayloadTooLarge,
+                serde_json::json!({ "field": field, "limit": limit }),
+            ),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, ApiErrorCode::UnsupportedMediaType, Value::Null)
             }
@@ -139,6 +155,9 @@ impl ApiError {
                 *code,
                 serde_json::json!({ "limit": limit, "retry_after_seconds": reset_secs }),
             ),
+            ApiError::QuotaExceeded { limit, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::QuotaExceeded, serde_json::json!({ "limit": limit }))
+            }
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::ServiceUnavailable, Value::Null)
             }
@@ -236,6 +255,7 @@ mod tests {
             (ApiErrorCode::UnsupportedMediaType, "unsupported_media_type"),
             (ApiErrorCode::ServiceUnavailable, "service_unavailable"),
             (ApiErrorCode::BudgetExhausted, "budget_exhausted"),
+            (ApiErrorCode::QuotaExceeded, "quota_exceeded"),
         ];
         for (code, name) in names {
             assert_eq!(serde_json::to_value(code).unwrap(), name);

@@ -31,10 +31,11 @@ pub struct ThreadIn {
     /// The end user the thread belongs to (your own user id; 1-200 characters).
     #[schema(min_length = 1, max_length = 200)]
     pub user: Option<String>,
-    /// Display title.
-    #[schema(max_length = 500)]
+    /// Display title (at most `CHATQ_QUOTA_THREAD_TITLE_CHARS` characters, 500 by default;
+    /// 413 beyond).
     pub title: Option<String>,
-    /// Free-form JSON object (at most 16 KiB as JSON).
+    /// Free-form JSON object (at most `CHATQ_QUOTA_THREAD_METADATA_BYTES` as JSON, 16 KiB by
+    /// default; 413 beyond).
     #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
@@ -104,9 +105,12 @@ impl Validate for ThreadListQuery {
     }
 }
 
-/// Create a thread for an end user.
+/// Create a thread for an end user. An end user may have `CHATQ_QUOTA_THREADS_PER_USER`
+/// threads and a key `CHATQ_QUOTA_THREADS_PER_KEY`; past either, 429 `quota_exceeded` until
+/// threads are deleted.
 #[utoipa::path(post, path = "/v1/threads", tag = "threads", request_body = ThreadIn,
-    responses((status = 201, body = ThreadOut), (status = 422)))]
+    responses((status = 201, body = ThreadOut), (status = 403), (status = 413, description = "title or metadata too large"),
+              (status = 422), (status = 429, description = "quota_exceeded: the user's or the key's thread quota")))]
 pub async fn create_thread(
     State(state): State<AppState>,
     principal: Principal,
@@ -120,27 +124,43 @@ pub async fn create_thread(
         (Some(own), _) => Some(own.clone()),
         (None, asked) => asked,
     };
-    if input.title.as_ref().is_some_and(|t| t.chars().count() > 500) {
-        return Err(ApiError::invalid("title must be at most 500 characters"));
+    let limits = &state.config.limits;
+    if input.title.as_ref().is_some_and(|t| t.chars().count() > limits.thread_title_chars) {
+        let max = limits.thread_title_chars;
+        let message = format!("title must be at most {max} characters");
+        return Err(ApiError::FieldTooLarge { field: "title", message, limit: max as u64 });
     }
     let metadata = input.metadata.unwrap_or_else(|| serde_json::json!({}));
-    if !metadata.is_object() || metadata.to_string().len() > 16_384 {
-        return Err(ApiError::invalid("metadata must be a JSON object of at most 16 KiB"));
+    if metadata.to_string().len() > limits.thread_metadata_bytes {
+        let max = limits.thread_metadata_bytes;
+        let message = format!("metadata must be at most {max} bytes as JSON");
+        return Err(ApiError::FieldTooLarge { field: "metadata", message, limit: max as u64 });
     }
     if let Some(id) = input.assistant_id
         && db::assistants::get(&state.pool, id).await?.is_none()
     {
         return Err(ApiError::invalid("assistant_id names an assistant that does not exist"));
     }
-    let thread = db::threads::create(
+    let quota = |n: u64| (n > 0).then(|| i64::try_from(n).unwrap_or(i64::MAX));
+    let quota =
+        db::threads::ThreadQuota { per_user: quota(limits.threads_per_user), per_key: quota(limits.threads_per_key) };
+    let created = db::threads::create_within_quota(
         &state.pool,
         principal.key_id,
         user.as_deref(),
         input.assistant_id,
         input.title.as_deref(),
         &metadata,
+        quota,
     )
     .await?;
+    let thread = created.map_err(|hit| {
+        let (message, limit) = match hit {
+            db::threads::QuotaHit::PerUser(n) => (format!("this user already has {n} threads; delete some first"), n),
+            db::threads::QuotaHit::PerKey(n) => (format!("this key already has {n} threads; delete some first"), n),
+        };
+        ApiError::QuotaExceeded { message, limit: limit as u64 }
+    })?;
     Ok((StatusCode::CREATED, Json(thread.into())))
 }
 
