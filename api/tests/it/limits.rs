@@ -1,8 +1,10 @@
-//! Rate limits shared through Redis by every API instance, and per-key overrides.
+//! Rate limits shared through Redis by every API instance, per-key overrides, and quotas.
+
+use std::time::{Duration, Instant};
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
 
 use crate::harness::Stack;
@@ -236,11 +238,43 @@ async fn concurrent_uploads_cannot_overshoot_a_knowledge_base_quota(pool: PgPool
     let s = Stack::start_with(pool.clone(), &[("CHATQ_QUOTA_KB_DOCUMENTS", "2")]).await;
     let (_, kb) = s.admin(Method::POST, "/v1/knowledge-bases", Some(json!({"name": "docs"}))).await;
     let kb = kb["id"].as_str().unwrap().to_string();
-    let requests = (0..6u8).map(|i| upload_request(&s, &kb, &[(&format!("{i}.txt"), vec![b'a' + i; 10])])).collect();
-    let statuses = all_at_once(requests).await;
+
+    // A gate: while this connection holds a SHARE lock on `documents`, every upload stops at its
+    // insert; released at once, they all count the base at the same moment.
+    let mut gate = PgConnection::connect_with(&pool.connect_options()).await.unwrap();
+    let mut gate = gate.begin().await.unwrap();
+    sqlx::query("LOCK TABLE documents IN SHARE MODE").execute(&mut *gate).await.unwrap();
+    // As many uploads as the test pool has connections (5), each holding one at the gate.
+    let uploads = 5;
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..uploads {
+        set.spawn(upload_request(&s, &kb, &[(&format!("{i}.txt"), vec![b'a' + i; 10])]).send());
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'documents'::regclass
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&mut *gate)
+        .await
+        .unwrap();
+        if waiting == i64::from(uploads) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "only {waiting} uploads reached the gate");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.commit().await.unwrap();
+
+    let mut statuses = Vec::new();
+    while let Some(resp) = set.join_next().await {
+        statuses.push(resp.unwrap().unwrap().status());
+    }
+    statuses.sort();
     let accepted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
     let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
-    assert_eq!((accepted, refused), (2, 4), "{statuses:?}");
+    assert_eq!((accepted, refused), (2, 3), "{statuses:?}");
     let documents: i64 = sqlx::query_scalar("SELECT count(*) FROM documents").fetch_one(&pool).await.unwrap();
     assert_eq!(documents, 2);
     s.shutdown().await;
