@@ -50,6 +50,9 @@ pub enum ApiErrorCode {
     /// 429: too many event streams (SSE or long-polls) open at once, for the end user, the
     /// key or the server; close one or retry after `Retry-After`.
     TooManyStreams,
+    /// 429: a quota (threads of a user or key, documents or bytes of a knowledge base) is used
+    /// up; waiting does not help, deleting does.
+    QuotaExceeded,
     /// 503: a dependency is unavailable; retry shortly.
     ServiceUnavailable,
     /// 503: the request took longer than the server's request timeout; retry shortly. 408: the
@@ -73,7 +76,9 @@ pub struct ErrorBody {
     pub code: ApiErrorCode,
     /// Human-readable explanation; may change.
     pub message: String,
-    /// Structured details (for example the limit of a 429), or `null`.
+    /// Structured details, or `null`: `problems: [{field, message}]` (see `Problem`) for
+    /// `invalid_request` and `invalid_query`, the limit of a 429 or of a field's 413, the active
+    /// run of a 409.
     pub details: Value,
 }
 
@@ -92,6 +97,9 @@ pub enum ApiError {
     /// The request is malformed (400) with a specific code.
     #[error("{message}")]
     BadRequest { code: ApiErrorCode, message: String },
+    /// The request is malformed (400) with a specific code and details (the problems found).
+    #[error("{message}")]
+    BadRequestWithDetails { code: ApiErrorCode, message: String, details: Value },
     /// The request is well-formed but invalid (422).
     #[error("{message}")]
     Invalid { message: String, details: Value },
@@ -101,12 +109,19 @@ pub enum ApiError {
     /// Body or message too large (413).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A field over its configured size (413 `payload_too_large`); `field` and `limit` go into
+    /// the details.
+    #[error("{message}")]
+    FieldTooLarge { field: &'static str, message: String, limit: u64 },
     /// Wrong content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
     /// A rate limit or quota was reached (429), with the limit's state for the headers.
     #[error("{message}")]
     RateLimited { code: ApiErrorCode, message: String, limit: u64, remaining: u64, reset_secs: u64 },
+    /// A quota is used up (429 `quota_exceeded`); `limit` goes into the details.
+    #[error("{message}")]
+    QuotaExceeded { message: String, limit: u64 },
     /// A dependency (Postgres, Redis) is unavailable (503).
     #[error("{0}")]
     Unavailable(&'static str),
@@ -133,11 +148,17 @@ impl ApiError {
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ApiErrorCode::Forbidden, Value::Null),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, ApiErrorCode::NotFound, Value::Null),
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, *code, Value::Null),
+            ApiError::BadRequestWithDetails { code, details, .. } => (StatusCode::BAD_REQUEST, *code, details.clone()),
             ApiError::Invalid { details, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidRequest, details.clone())
             }
             ApiError::Conflict { code, details, .. } => (StatusCode::CONFLICT, *code, details.clone()),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::PayloadTooLarge, Value::Null),
+            ApiError::FieldTooLarge { field, limit, .. } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                ApiErrorCode::PayloadTooLarge,
+                serde_json::json!({ "field": field, "limit": limit }),
+            ),
             ApiError::UnsupportedMediaType(_) => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, ApiErrorCode::UnsupportedMediaType, Value::Null)
             }
@@ -146,6 +167,9 @@ impl ApiError {
                 *code,
                 serde_json::json!({ "limit": limit, "retry_after_seconds": reset_secs }),
             ),
+            ApiError::QuotaExceeded { limit, .. } => {
+                (StatusCode::TOO_MANY_REQUESTS, ApiErrorCode::QuotaExceeded, serde_json::json!({ "limit": limit }))
+            }
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, ApiErrorCode::ServiceUnavailable, Value::Null)
             }
@@ -199,7 +223,7 @@ impl From<sqlx::Error> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         match rejection {
-            JsonRejection::JsonDataError(e) => ApiError::invalid(e.body_text()),
+            JsonRejection::JsonDataError(e) => ApiError::invalid_fields(vec![crate::extract::json_data_problem(&e)]),
             JsonRejection::JsonSyntaxError(e) => {
                 ApiError::BadRequest { code: ApiErrorCode::InvalidJson, message: e.body_text() }
             }
@@ -258,6 +282,7 @@ mod tests {
             (ApiErrorCode::UnsupportedMediaType, "unsupported_media_type"),
             (ApiErrorCode::ServiceUnavailable, "service_unavailable"),
             (ApiErrorCode::BudgetExhausted, "budget_exhausted"),
+            (ApiErrorCode::QuotaExceeded, "quota_exceeded"),
         ];
         for (code, name) in names {
             assert_eq!(serde_json::to_value(code).unwrap(), name);

@@ -13,6 +13,7 @@ pub mod routes;
 pub mod state;
 pub mod stream_limits;
 pub mod user_token;
+pub mod validate;
 
 use std::future::Future;
 
@@ -27,7 +28,7 @@ pub use state::AppState;
 /// The complete router: every route, the OpenAPI document at `/openapi.json`, the error
 /// envelope for unknown routes, body limits and timeouts, metrics and request tracing.
 pub fn app(state: AppState) -> Router {
-    let (router, openapi) = routes::router().split_for_parts();
+    let (router, openapi) = routes::api();
     let openapi = std::sync::Arc::new(openapi);
     let request_timeout = state.config.http.request_timeout;
     router

@@ -178,6 +178,21 @@ pub struct LimitsConfig {
     /// Bytes one key may upload to knowledge bases per day (UTC); 0 = unlimited
     /// (`CHATQ_RATE_UPLOAD_BYTES_PER_DAY`).
     pub upload_bytes_per_day: u64,
+    /// Threads one end user of a key may have, so one user token cannot fill the database;
+    /// 0 = unlimited (`CHATQ_QUOTA_THREADS_PER_USER`).
+    pub threads_per_user: u64,
+    /// Threads one key may have over all its end users; 0 = unlimited
+    /// (`CHATQ_QUOTA_THREADS_PER_KEY`).
+    pub threads_per_key: u64,
+    /// Longest thread title, in characters (`CHATQ_QUOTA_THREAD_TITLE_CHARS`).
+    pub thread_title_chars: usize,
+    /// Largest thread `metadata`, in bytes of JSON (`CHATQ_QUOTA_THREAD_METADATA_BYTES`).
+    pub thread_metadata_bytes: usize,
+    /// Live documents one knowledge base may hold; 0 = unlimited (`CHATQ_QUOTA_KB_DOCUMENTS`).
+    pub kb_documents: u64,
+    /// Bytes of live documents one knowledge base may hold; 0 = unlimited
+    /// (`CHATQ_QUOTA_KB_BYTES`).
+    pub kb_bytes: u64,
 }
 
 /// The worker process.
@@ -348,6 +363,12 @@ impl Config {
                 key_runs_per_min: r.parse("CHATQ_RATE_KEY_RUNS_PER_MIN", "0"),
                 user_active_runs: r.parse("CHATQ_RATE_USER_ACTIVE_RUNS", "3"),
                 upload_bytes_per_day: r.parse("CHATQ_RATE_UPLOAD_BYTES_PER_DAY", "1073741824"),
+                threads_per_user: r.parse("CHATQ_QUOTA_THREADS_PER_USER", "1000"),
+                threads_per_key: r.parse("CHATQ_QUOTA_THREADS_PER_KEY", "100000"),
+                thread_title_chars: r.parse("CHATQ_QUOTA_THREAD_TITLE_CHARS", "500"),
+                thread_metadata_bytes: r.parse("CHATQ_QUOTA_THREAD_METADATA_BYTES", "16384"),
+                kb_documents: r.parse("CHATQ_QUOTA_KB_DOCUMENTS", "10000"),
+                kb_bytes: r.parse("CHATQ_QUOTA_KB_BYTES", "1073741824"),
             },
             worker: WorkerConfig {
                 listen: r.parse("CHATQ_WORKER_LISTEN", "127.0.0.1:9091"),
@@ -446,6 +467,8 @@ impl Config {
             ("CHATQ_INGEST_CONCURRENCY", self.worker.ingest_concurrency),
             ("CHATQ_MAX_UPLOAD_FILE_BYTES", limits.max_upload_file_bytes),
             ("CHATQ_MAX_UPLOAD_REQUEST_BYTES", limits.max_upload_request_bytes),
+            ("CHATQ_QUOTA_THREAD_TITLE_CHARS", limits.thread_title_chars),
+            ("CHATQ_QUOTA_THREAD_METADATA_BYTES", limits.thread_metadata_bytes),
             ("CHATQ_EMBEDDING_DIMS", knowledge.embedding_dims),
             ("CHATQ_EMBEDDING_BATCH_INPUTS", knowledge.embedding_batch_inputs),
             ("CHATQ_EMBEDDING_BATCH_TOKENS", knowledge.embedding_batch_tokens),

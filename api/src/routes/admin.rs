@@ -18,6 +18,7 @@ use crate::{
     error::{ApiError, ApiErrorCode},
     extract::{Json, Path},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -31,6 +32,10 @@ pub struct CleanupIn {
     /// Count what would be deleted and delete nothing.
     #[serde(default)]
     pub dry_run: bool,
+}
+
+impl Validate for CleanupIn {
+    fn validate(&self, _: &mut Problems) {}
 }
 
 /// A maintenance job.

@@ -19,6 +19,7 @@ use crate::{
     error::ApiError,
     extract::{Json, Path, Query},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -34,15 +35,20 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct AssistantIn {
     /// Display name (1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// System prompt.
     #[serde(default)]
+    #[schema(max_length = 65536)]
     pub instructions: String,
     /// Model name, e.g. `gpt-4o-mini`.
+    #[schema(min_length = 1, max_length = 200)]
     pub model: String,
     /// Sampling temperature, 0 to 2.
+    #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
     /// Cap on answer length in tokens.
+    #[schema(minimum = 1)]
     pub max_output_tokens: Option<i32>,
     /// Knowledge bases the assistant answers from.
     #[serde(default)]
@@ -50,8 +56,10 @@ pub struct AssistantIn {
     /// `off` (default) or `input`: check user messages with the moderation endpoint.
     pub moderation: Option<ModerationMode>,
     /// Delete threads after this many days without activity (default: global setting).
+    #[schema(minimum = 1, maximum = 36500)]
     pub retention_days: Option<i32>,
-    /// Free-form JSON object.
+    /// Free-form JSON object (at most 16 KiB as JSON).
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -60,18 +68,21 @@ pub struct AssistantIn {
 #[serde(deny_unknown_fields)]
 pub struct AssistantPatch {
     /// Display name.
+    #[schema(min_length = 1, max_length = 200)]
     pub name: Option<String>,
     /// System prompt.
+    #[schema(max_length = 65536)]
     pub instructions: Option<String>,
     /// Model name.
+    #[schema(min_length = 1, max_length = 200)]
     pub model: Option<String>,
     /// Sampling temperature (`null` = provider default).
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<f32>)]
+    #[schema(value_type = Option<f32>, minimum = 0, maximum = 2)]
     pub temperature: Option<Option<f32>>,
     /// Cap on answer length (`null` = none).
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1)]
     pub max_output_tokens: Option<Option<i32>>,
     /// Knowledge bases (replaces the list).
     pub knowledge_base_ids: Option<Vec<Uuid>>,
@@ -79,9 +90,10 @@ pub struct AssistantPatch {
     pub moderation: Option<ModerationMode>,
     /// Retention in days (`null` = global setting).
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i32>)]
+    #[schema(value_type = Option<i32>, minimum = 1, maximum = 36500)]
     pub retention_days: Option<Option<i32>>,
-    /// Free-form JSON object.
+    /// Free-form JSON object (at most 16 KiB as JSON).
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
 }
 
@@ -171,33 +183,57 @@ impl From<db::assistants::Assistant> for AssistantOut {
     }
 }
 
-fn validate(f: &AssistantFields) -> Result<(), ApiError> {
-    let mut problems = Vec::new();
-    if f.name.trim().is_empty() || f.name.chars().count() > 200 {
-        problems.push("name must be 1 to 200 characters");
+/// Longest `retention_days`: a century, so the cleanup's date arithmetic cannot overflow.
+const MAX_RETENTION_DAYS: i32 = 36_500;
+
+/// The rules of an assistant's fields, for a new assistant and for the fields a patch sets.
+#[allow(clippy::too_many_arguments)]
+fn check_fields(
+    p: &mut Problems,
+    name: Option<&str>,
+    instructions: Option<&str>,
+    model: Option<&str>,
+    temperature: Option<f32>,
+    max_output_tokens: Option<i32>,
+    retention_days: Option<i32>,
+    metadata: Option<&Value>,
+) {
+    p.opt_text("name", name, 1, 200);
+    p.opt_text("instructions", instructions, 0, 65_536);
+    p.opt_text("model", model, 1, 200);
+    p.range("temperature", temperature, 0.0, 2.0);
+    p.range("max_output_tokens", max_output_tokens, 1, i32::MAX);
+    p.range("retention_days", retention_days, 1, MAX_RETENTION_DAYS);
+    p.json_object("metadata", metadata, 16_384);
+}
+
+impl Validate for AssistantIn {
+    fn validate(&self, p: &mut Problems) {
+        check_fields(
+            p,
+            Some(&self.name),
+            Some(&self.instructions),
+            Some(&self.model),
+            self.temperature,
+            self.max_output_tokens,
+            self.retention_days,
+            self.metadata.as_ref(),
+        );
     }
-    if f.model.trim().is_empty() || f.model.len() > 200 {
-        problems.push("model must be 1 to 200 characters");
-    }
-    if f.instructions.len() > 65_536 {
-        problems.push("instructions must be at most 64 KiB");
-    }
-    if f.temperature.is_some_and(|t| !(0.0..=2.0).contains(&t)) {
-        problems.push("temperature must be between 0 and 2");
-    }
-    if f.max_output_tokens.is_some_and(|n| n <= 0) {
-        problems.push("max_output_tokens must be positive");
-    }
-    if f.retention_days.is_some_and(|d| d <= 0) {
-        problems.push("retention_days must be positive");
-    }
-    if !f.metadata.is_object() || f.metadata.to_string().len() > 16_384 {
-        problems.push("metadata must be a JSON object of at most 16 KiB");
-    }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(ApiError::Invalid { message: problems.join("; "), details: serde_json::json!({ "problems": problems }) })
+}
+
+impl Validate for AssistantPatch {
+    fn validate(&self, p: &mut Problems) {
+        check_fields(
+            p,
+            self.name.as_deref(),
+            self.instructions.as_deref(),
+            self.model.as_deref(),
+            self.temperature.flatten(),
+            self.max_output_tokens.flatten(),
+            self.retention_days.flatten(),
+            self.metadata.as_ref(),
+        );
     }
 }
 
@@ -233,7 +269,6 @@ pub async fn create_assistant(
         metadata: input.metadata.unwrap_or_else(|| serde_json::json!({})),
         knowledge_base_ids: input.knowledge_base_ids,
     };
-    validate(&fields)?;
     let a = db::assistants::create(&state.pool, &fields).await.map_err(map_write_error)?;
     Ok((StatusCode::CREATED, Json(a.into())))
 }
@@ -306,7 +341,6 @@ pub async fn update_assistant(
         metadata: patch.metadata.unwrap_or(a.metadata),
         knowledge_base_ids: patch.knowledge_base_ids.unwrap_or(a.knowledge_base_ids),
     };
-    validate(&fields)?;
     let a = db::assistants::update(&state.pool, id, &fields)
         .await
         .map_err(map_write_error)?

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod assistants;
+pub mod error_responses;
 pub mod health;
 pub mod knowledge;
 pub mod messages;
@@ -26,7 +27,12 @@ use crate::{
 #[openapi(
     info(title = "chatq API", version = "1", description = "Self-hostable backend for AI chat assistants."),
     modifiers(&BearerAuth),
-    components(schemas(crate::error::ErrorResponse, crate::error::ErrorBody, crate::error::ApiErrorCode)),
+    components(schemas(
+        crate::error::ErrorResponse,
+        crate::error::ErrorBody,
+        crate::error::ApiErrorCode,
+        crate::validate::Problem
+    )),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -42,6 +48,13 @@ impl utoipa::Modify for BearerAuth {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// Every route and the complete OpenAPI document, its error responses included.
+pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut openapi) = router().split_for_parts();
+    error_responses::document(&mut openapi);
+    (router, openapi)
 }
 
 /// All routes with their OpenAPI description.
@@ -67,7 +80,14 @@ pub struct PageQuery {
     /// Return items after this id (the `next_after` of the previous page).
     pub after: Option<Uuid>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
+}
+
+impl crate::validate::Validate for PageQuery {
+    fn validate(&self, p: &mut crate::validate::Problems) {
+        p.range("limit", self.limit, 1, 100);
+    }
 }
 
 impl PageQuery {

@@ -57,6 +57,13 @@ pub struct EventsQuery {
     pub access_token: Option<String>,
 }
 
+impl crate::validate::Validate for EventsQuery {
+    fn validate(&self, p: &mut crate::validate::Problems) {
+        p.opt_text("format", self.format.as_deref(), 1, 16);
+        p.opt_text("access_token", self.access_token.as_deref(), 1, 4096);
+    }
+}
+
 /// One event in a JSON page.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventOut {

@@ -28,6 +28,7 @@ use crate::{
     error::{ApiError, ApiErrorCode},
     extract::{Json, Path, Query},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -38,14 +39,23 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunIn {
-    /// The user's message.
+    /// The user's message (not blank; at most `CHATQ_MAX_MESSAGE_BYTES`, else 413).
+    #[schema(min_length = 1)]
     pub input: String,
     /// Answer with this assistant instead of the thread's.
     pub assistant_id: Option<Uuid>,
     /// Your id for this message: sending it again returns the same run.
+    #[schema(min_length = 1, max_length = 200)]
     pub client_message_id: Option<String>,
     /// Answer with the run's event stream (SSE) instead of JSON.
     pub stream: Option<bool>,
+}
+
+impl Validate for RunIn {
+    fn validate(&self, p: &mut Problems) {
+        p.text("input", &self.input, 1, 0);
+        p.opt_text("client_message_id", self.client_message_id.as_deref(), 1, MAX_CLIENT_ID);
+    }
 }
 
 /// Token counts of a finished run.
@@ -211,17 +221,11 @@ pub async fn create_run(
         }
     };
     let idempotency_key = header_str(&headers, "idempotency-key")?;
-    if input.input.trim().is_empty() {
-        return Err(ApiError::invalid("input must not be empty"));
-    }
     if input.input.len() > state.config.limits.max_message_bytes {
         return Err(ApiError::PayloadTooLarge(format!(
             "input must be at most {} bytes",
             state.config.limits.max_message_bytes
         )));
-    }
-    if input.client_message_id.as_ref().is_some_and(|c| c.is_empty() || c.len() > MAX_CLIENT_ID) {
-        return Err(ApiError::invalid(format!("client_message_id must be 1 to {MAX_CLIENT_ID} characters")));
     }
     let thread =
         db::threads::get(&state.pool, thread_id, &principal.owner()).await?.ok_or(ApiError::NotFound("thread"))?;

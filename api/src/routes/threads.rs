@@ -15,6 +15,7 @@ use crate::{
     error::ApiError,
     extract::{Json, Path, Query},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -28,11 +29,23 @@ pub struct ThreadIn {
     /// Default assistant of the thread's runs.
     pub assistant_id: Option<Uuid>,
     /// The end user the thread belongs to (your own user id; 1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     pub user: Option<String>,
-    /// Display title.
+    /// Display title (at most `CHATQ_QUOTA_THREAD_TITLE_CHARS` characters, 500 by default;
+    /// 413 beyond).
     pub title: Option<String>,
-    /// Free-form JSON object.
+    /// Free-form JSON object (at most `CHATQ_QUOTA_THREAD_METADATA_BYTES` as JSON, 16 KiB by
+    /// default; 413 beyond).
+    #[schema(value_type = Option<Object>)]
     pub metadata: Option<Value>,
+}
+
+impl Validate for ThreadIn {
+    fn validate(&self, p: &mut Problems) {
+        p.opt_text("user", self.user.as_deref(), 1, 200);
+        p.opt_text("title", self.title.as_deref(), 0, 0);
+        p.json_object("metadata", self.metadata.as_ref(), 0);
+    }
 }
 
 /// A thread.
@@ -76,16 +89,28 @@ impl From<db::threads::Thread> for ThreadOut {
 #[serde(deny_unknown_fields)]
 pub struct ThreadListQuery {
     /// Only this end user's threads.
+    #[param(min_length = 1, max_length = 200)]
     pub user: Option<String>,
     /// Return threads after this id.
     pub after: Option<Uuid>,
     /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
     pub limit: Option<i64>,
 }
 
-/// Create a thread for an end user.
+impl Validate for ThreadListQuery {
+    fn validate(&self, p: &mut Problems) {
+        p.opt_text("user", self.user.as_deref(), 1, 200);
+        p.range("limit", self.limit, 1, 100);
+    }
+}
+
+/// Create a thread for an end user. An end user may have `CHATQ_QUOTA_THREADS_PER_USER`
+/// threads and a key `CHATQ_QUOTA_THREADS_PER_KEY`; past either, 429 `quota_exceeded` until
+/// threads are deleted.
 #[utoipa::path(post, path = "/v1/threads", tag = "threads", request_body = ThreadIn,
-    responses((status = 201, body = ThreadOut), (status = 422)))]
+    responses((status = 201, body = ThreadOut), (status = 403), (status = 413, description = "title or metadata too large"),
+              (status = 422), (status = 429, description = "quota_exceeded: the user's or the key's thread quota")))]
 pub async fn create_thread(
     State(state): State<AppState>,
     principal: Principal,
@@ -99,15 +124,17 @@ pub async fn create_thread(
         (Some(own), _) => Some(own.clone()),
         (None, asked) => asked,
     };
-    if user.as_ref().is_some_and(|u| u.is_empty() || u.chars().count() > 200) {
-        return Err(ApiError::invalid("user must be 1 to 200 characters"));
-    }
-    if input.title.as_ref().is_some_and(|t| t.chars().count() > 500) {
-        return Err(ApiError::invalid("title must be at most 500 characters"));
+    let limits = &state.config.limits;
+    if input.title.as_ref().is_some_and(|t| t.chars().count() > limits.thread_title_chars) {
+        let max = limits.thread_title_chars;
+        let message = format!("title must be at most {max} characters");
+        return Err(ApiError::FieldTooLarge { field: "title", message, limit: max as u64 });
     }
     let metadata = input.metadata.unwrap_or_else(|| serde_json::json!({}));
-    if !metadata.is_object() || metadata.to_string().len() > 16_384 {
-        return Err(ApiError::invalid("metadata must be a JSON object of at most 16 KiB"));
+    if metadata.to_string().len() > limits.thread_metadata_bytes {
+        let max = limits.thread_metadata_bytes;
+        let message = format!("metadata must be at most {max} bytes as JSON");
+        return Err(ApiError::FieldTooLarge { field: "metadata", message, limit: max as u64 });
     }
     if let Some(id) = input.assistant_id
         && !principal.may_choose_assistant(id)
@@ -119,15 +146,26 @@ pub async fn create_thread(
     {
         return Err(ApiError::invalid("assistant_id names an assistant that does not exist"));
     }
-    let thread = db::threads::create(
+    let quota = |n: u64| (n > 0).then(|| i64::try_from(n).unwrap_or(i64::MAX));
+    let quota =
+        db::threads::ThreadQuota { per_user: quota(limits.threads_per_user), per_key: quota(limits.threads_per_key) };
+    let created = db::threads::create_within_quota(
         &state.pool,
         principal.key_id,
         user.as_deref(),
         input.assistant_id,
         input.title.as_deref(),
         &metadata,
+        quota,
     )
     .await?;
+    let thread = created.map_err(|hit| {
+        let (message, limit) = match hit {
+            db::threads::QuotaHit::PerUser(n) => (format!("this user already has {n} threads; delete some first"), n),
+            db::threads::QuotaHit::PerKey(n) => (format!("this key already has {n} threads; delete some first"), n),
+        };
+        ApiError::QuotaExceeded { message, limit: limit as u64 }
+    })?;
     Ok((StatusCode::CREATED, Json(thread.into())))
 }
 

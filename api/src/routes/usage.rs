@@ -15,6 +15,7 @@ use crate::{
     error::{ApiError, ApiErrorCode},
     extract::{Json, Query},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -31,6 +32,14 @@ pub struct UsageQuery {
     pub to: Option<String>,
     /// Comma-separated: `day`, `model`, `assistant`, `kind`, `api_key` (default: none, totals only).
     pub group_by: Option<String>,
+}
+
+impl Validate for UsageQuery {
+    fn validate(&self, p: &mut Problems) {
+        p.opt_text("from", self.from.as_deref(), 1, 64);
+        p.opt_text("to", self.to.as_deref(), 1, 64);
+        p.opt_text("group_by", self.group_by.as_deref(), 0, 200);
+    }
 }
 
 /// Figures of a group or of the totals.

@@ -9,7 +9,14 @@ use utoipa::ToSchema;
 use utoipa_axum::{router::OpenApiRouter, routes};
 use uuid::Uuid;
 
-use crate::{auth::Principal, error::ApiError, extract::Json, state::AppState, user_token};
+use crate::{
+    auth::Principal,
+    error::ApiError,
+    extract::Json,
+    state::AppState,
+    user_token,
+    validate::{Problems, Validate},
+};
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(create_user_token)).routes(routes!(revoke_user_tokens))
@@ -26,14 +33,27 @@ const MAX_ASSISTANTS: usize = 20;
 #[serde(deny_unknown_fields)]
 pub struct UserTokenIn {
     /// Your id of the end user (1-200 characters), as in a thread's `user`.
+    #[schema(min_length = 1, max_length = 200)]
     pub user: String,
     /// Lifetime in seconds, 1 to 86400 (default 3600).
+    #[schema(minimum = 1, maximum = 86400)]
     pub ttl_seconds: Option<i64>,
     /// The assistants (at most 20) the token may start threads with, pick for a run and read
     /// the public view of. Without any, the token can only continue threads your backend
     /// created for the user with an assistant set.
     #[serde(default)]
+    #[schema(max_items = 20)]
     pub assistants: Vec<Uuid>,
+}
+
+impl Validate for UserTokenIn {
+    fn validate(&self, p: &mut Problems) {
+        p.text("user", &self.user, 1, 200);
+        p.range("ttl_seconds", self.ttl_seconds, 1, MAX_TTL_SECONDS);
+        if self.assistants.len() > MAX_ASSISTANTS {
+            p.add("assistants", format!("at most {MAX_ASSISTANTS} ids"));
+        }
+    }
 }
 
 /// A user token.
@@ -63,16 +83,7 @@ pub async fn create_user_token(
     if principal.role != Role::Client {
         return Err(ApiError::Forbidden("user tokens are issued with a client key"));
     }
-    if input.user.is_empty() || input.user.chars().count() > 200 {
-        return Err(ApiError::invalid("user must be 1 to 200 characters"));
-    }
     let ttl = input.ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
-    if !(1..=MAX_TTL_SECONDS).contains(&ttl) {
-        return Err(ApiError::invalid(format!("ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")));
-    }
-    if input.assistants.len() > MAX_ASSISTANTS {
-        return Err(ApiError::invalid(format!("assistants must list at most {MAX_ASSISTANTS} ids")));
-    }
     let mut assistants = input.assistants;
     assistants.sort();
     assistants.dedup();
@@ -100,7 +111,14 @@ pub async fn create_user_token(
 #[serde(deny_unknown_fields)]
 pub struct RevokeIn {
     /// Your id of the end user (1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     pub user: String,
+}
+
+impl Validate for RevokeIn {
+    fn validate(&self, p: &mut Problems) {
+        p.text("user", &self.user, 1, 200);
+    }
 }
 
 /// A revocation in force.
@@ -124,9 +142,6 @@ pub async fn revoke_user_tokens(
 ) -> Result<Json<RevokeOut>, ApiError> {
     if principal.end_user.is_some() || principal.role != Role::Client {
         return Err(ApiError::Forbidden("user tokens are revoked with the client key that issued them"));
-    }
-    if input.user.is_empty() || input.user.chars().count() > 200 {
-        return Err(ApiError::invalid("user must be 1 to 200 characters"));
     }
     let revoked_before = db::token_revocations::revoke(&state.pool, principal.key_id, &input.user, Utc::now()).await?;
     state.revocations.remember((principal.key_id, input.user.clone()), Some(revoked_before.timestamp_millis()));

@@ -55,3 +55,66 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
     assert!(doc["components"]["schemas"]["RunErrorCode"]["enum"].as_array().is_some_and(|codes| !codes.is_empty()));
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_openapi_document_states_the_rules_the_api_enforces(pool: PgPool) {
+    use serde_json::{Value, json};
+    let s = Stack::start(pool).await;
+    let (_, doc) = s.call(Method::GET, "/openapi.json", None, None).await;
+    let schemas = &doc["components"]["schemas"];
+
+    // Lengths, ranges, enums and required fields of request bodies.
+    let thread_in = &schemas["ThreadIn"]["properties"];
+    assert_eq!(thread_in["user"]["maxLength"], 200, "{thread_in}");
+    assert_eq!(thread_in["user"]["minLength"], 1);
+    let assistant_in = &schemas["AssistantIn"];
+    assert_eq!(assistant_in["properties"]["temperature"]["maximum"], 2.0, "{assistant_in}");
+    assert_eq!(assistant_in["properties"]["retention_days"]["maximum"], 36500);
+    assert_eq!(assistant_in["properties"]["name"]["maxLength"], 200);
+    assert_eq!(assistant_in["required"], json!(["name", "model"]));
+    assert_eq!(schemas["UserTokenIn"]["properties"]["ttl_seconds"]["maximum"], 86400);
+    assert_eq!(schemas["SearchIn"]["properties"]["k"]["maximum"], 50);
+    assert_eq!(schemas["RunIn"]["required"], json!(["input"]));
+    assert_eq!(schemas["ModerationMode"]["enum"], json!(["off", "input"]));
+    let limit = doc["paths"]["/v1/threads/{id}/messages"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .cloned()
+        .unwrap();
+    assert_eq!((limit["schema"]["minimum"].clone(), limit["schema"]["maximum"].clone()), (json!(1), json!(100)));
+
+    // The upload has a request schema: parts named `files`, binary.
+    let upload = &doc["paths"]["/v1/knowledge-bases/{id}/documents"]["post"]["requestBody"]["content"];
+    assert_eq!(upload["multipart/form-data"]["schema"]["$ref"], "#/components/schemas/UploadForm", "{upload}");
+    assert_eq!(schemas["UploadForm"]["required"], json!(["files"]));
+    assert_eq!(schemas["UploadForm"]["properties"]["files"]["items"]["format"], "binary", "{}", schemas["UploadForm"]);
+
+    // Every error response of every operation is the error envelope; every operation
+    // documents 500, those with credentials 401, those with a JSON body 422.
+    let envelope = |response: &Value| -> Value {
+        let name = response["$ref"].as_str().unwrap_or_default().trim_start_matches("#/components/responses/");
+        doc["components"]["responses"][name]["content"]["application/json"]["schema"]["$ref"].clone()
+    };
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                // `/readyz` answers 503 with its readiness report, not an error.
+                if (status.starts_with('4') || status.starts_with('5')) && path != "/readyz" {
+                    assert_eq!(envelope(response), "#/components/schemas/ErrorResponse", "{method} {path} {status}");
+                }
+            }
+            assert!(responses.contains_key("500"), "{method} {path} documents no 500");
+            if op["security"] != json!([{}]) {
+                assert!(responses.contains_key("401"), "{method} {path} documents no 401");
+            }
+            if op["requestBody"]["content"]["application/json"].is_object() {
+                assert!(responses.contains_key("422"), "{method} {path} documents no 422");
+            }
+        }
+    }
+    assert!(schemas["Problem"]["properties"]["field"].is_object());
+    s.shutdown().await;
+}

@@ -231,6 +231,34 @@ pub async fn insert_document(tx: &mut Transaction<'_, Postgres>, d: &NewDocument
     Ok(Stored::Queued(id))
 }
 
+/// What a knowledge base holds: live documents and their bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KbUsage {
+    /// Live documents.
+    pub documents: i64,
+    /// Their bytes.
+    pub bytes: i64,
+}
+
+/// What the knowledge base holds in `tx`, counting the documents `tx` inserted. Locks the
+/// base's row until `tx` ends, so two uploads cannot both fit under a quota only one fits: the
+/// second one counts after the first has committed. `FOR NO KEY UPDATE`, because the upload's
+/// own inserts already hold `FOR KEY SHARE` on the row (their foreign keys), which `FOR UPDATE`
+/// would conflict with, deadlocking two concurrent uploads.
+pub async fn lock_kb_usage(tx: &mut Transaction<'_, Postgres>, kb_id: Uuid) -> Result<KbUsage, sqlx::Error> {
+    sqlx::query!(r#"SELECT 1 AS "locked!" FROM knowledge_bases WHERE id = $1 FOR NO KEY UPDATE"#, kb_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    sqlx::query_as!(
+        KbUsage,
+        r#"SELECT count(*) AS "documents!", coalesce(sum(size_bytes), 0)::bigint AS "bytes!" FROM documents
+           WHERE knowledge_base_id = $1 AND deleted_at IS NULL"#,
+        kb_id,
+    )
+    .fetch_one(&mut **tx)
+    .await
+}
+
 /// A live document.
 pub async fn get_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
     sqlx::query_as!(

@@ -115,3 +115,85 @@ pub async fn delete(pool: &PgPool, id: Uuid, owner: &Owner) -> Result<bool, sqlx
     .rows_affected();
     Ok(n > 0)
 }
+
+/// The most threads an owner may have; `None` is unlimited.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ThreadQuota {
+    /// Threads of one end user of the key (threads without a user count as one user).
+    pub per_user: Option<i64>,
+    /// Threads of the key over all its end users.
+    pub per_key: Option<i64>,
+}
+
+/// Which quota a new thread would break, and its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaHit {
+    /// The end user has `per_user` threads already.
+    PerUser(i64),
+    /// The key has `per_key` threads already.
+    PerKey(i64),
+}
+
+/// Creates a thread unless its end user or its key already holds as many as `quota` allows.
+/// Creations for one key are serialised by a transaction-scoped advisory lock on the key, so
+/// concurrent requests cannot all pass the count and then all insert.
+pub async fn create_within_quota(
+    pool: &PgPool,
+    api_key_id: Uuid,
+    end_user: Option<&str>,
+    assistant_id: Option<Uuid>,
+    title: Option<&str>,
+    metadata: &Value,
+    quota: ThreadQuota,
+) -> Result<Result<Thread, QuotaHit>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        r#"SELECT 1 AS "locked!" FROM pg_advisory_xact_lock(hashtextextended('chatq.threads:' || $1::uuid::text, 0))"#,
+        api_key_id,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    // Counting stops at the limit, so a check reads at most `limit` index entries.
+    if let Some(limit) = quota.per_user {
+        let count = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM (SELECT 1 FROM threads
+               WHERE api_key_id = $1 AND (end_user = $2 OR ($2::text IS NULL AND end_user IS NULL)) LIMIT $3) t"#,
+            api_key_id,
+            end_user,
+            limit,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if count >= limit {
+            return Ok(Err(QuotaHit::PerUser(limit)));
+        }
+    }
+    if let Some(limit) = quota.per_key {
+        let count = sqlx::query_scalar!(
+            r#"SELECT count(*) AS "count!" FROM (SELECT 1 FROM threads WHERE api_key_id = $1 LIMIT $2) t"#,
+            api_key_id,
+            limit,
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if count >= limit {
+            return Ok(Err(QuotaHit::PerKey(limit)));
+        }
+    }
+    let thread = sqlx::query_as!(
+        Thread,
+        "INSERT INTO threads (id, api_key_id, end_user, assistant_id, title, metadata)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, api_key_id, end_user, assistant_id, title, metadata, created_at, last_activity_at",
+        crate::new_id(),
+        api_key_id,
+        end_user,
+        assistant_id,
+        title,
+        metadata,
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Ok(thread))
+}

@@ -16,6 +16,7 @@ use crate::{
     extract::{Json, Path, Query},
     routes::{List, PageQuery},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -27,10 +28,19 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct KnowledgeBaseIn {
     /// Display name (1-200 characters).
+    #[schema(min_length = 1, max_length = 200)]
     pub name: String,
     /// Free text.
     #[serde(default)]
+    #[schema(max_length = 16384)]
     pub description: String,
+}
+
+impl Validate for KnowledgeBaseIn {
+    fn validate(&self, p: &mut Problems) {
+        p.text("name", &self.name, 1, 200);
+        p.text("description", &self.description, 0, 16_384);
+    }
 }
 
 /// A knowledge base.
@@ -78,12 +88,6 @@ pub async fn create_kb(
     Json(input): Json<KnowledgeBaseIn>,
 ) -> Result<(StatusCode, Json<KnowledgeBaseOut>), ApiError> {
     principal.require_admin()?;
-    if input.name.trim().is_empty() || input.name.chars().count() > 200 {
-        return Err(ApiError::invalid("name must be 1 to 200 characters"));
-    }
-    if input.description.len() > 16_384 {
-        return Err(ApiError::invalid("description must be at most 16 KiB"));
-    }
     let c = &state.config.knowledge;
     let kb = db::knowledge::create_kb(
         &state.pool,

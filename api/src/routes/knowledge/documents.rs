@@ -132,6 +132,17 @@ pub struct UploadOut {
     pub documents: Vec<UploadedDocument>,
 }
 
+/// The multipart body of an upload: one part per file, each named `files` and carrying a
+/// file name whose extension gives its type (`.pdf`, `.md`, `.html`, `.txt`, ...).
+#[derive(ToSchema)]
+#[allow(dead_code)] // Describes the body for the OpenAPI document; the handler streams it.
+pub struct UploadForm {
+    /// The files (at most `CHATQ_MAX_UPLOAD_FILE_BYTES` each, `CHATQ_MAX_UPLOAD_REQUEST_BYTES`
+    /// in all).
+    #[schema(value_type = Vec<String>, format = Binary, min_items = 1)]
+    files: Vec<Vec<u8>>,
+}
+
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge("the upload is too large".into())
@@ -145,8 +156,9 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 /// the supported types, and queued for ingestion; content the base already holds is reported
 /// as `duplicate` and not embedded again.
 #[utoipa::path(post, path = "/v1/knowledge-bases/{id}/documents", tag = "knowledge", params(("id" = Uuid, Path)),
-    request_body(content_type = "multipart/form-data", description = "one or more parts named `files`"),
-    responses((status = 202, body = UploadOut), (status = 403), (status = 404), (status = 413), (status = 415)))]
+    request_body(content = UploadForm, content_type = "multipart/form-data", description = "one or more parts named `files`"),
+    responses((status = 202, body = UploadOut), (status = 403), (status = 404), (status = 413), (status = 415),
+              (status = 422), (status = 429, description = "quota_exceeded (the base's documents or bytes), or rate_limited (the key's daily upload bytes)")))]
 pub async fn upload_documents(
     State(state): State<AppState>,
     principal: Principal,
@@ -183,8 +195,11 @@ pub async fn upload_documents(
         }
         let filename =
             field.file_name().map(|f| f.rsplit(['/', '\\']).next().unwrap_or(f).to_string()).unwrap_or_default();
-        if filename.is_empty() || filename.len() > 255 {
-            return Err(ApiError::invalid("every file needs a file name of 1 to 255 bytes"));
+        if filename.is_empty() || filename.len() > 255 || filename.contains('\0') {
+            return Err(ApiError::invalid_fields(vec![crate::validate::Problem {
+                field: "files".into(),
+                message: "every file needs a file name of 1 to 255 bytes without the NUL character".into(),
+            }]));
         }
         let Some(media_type) = media::media_type_for(&filename) else {
             return Err(ApiError::UnsupportedMediaType(format!(
@@ -226,6 +241,7 @@ pub async fn upload_documents(
         return Err(ApiError::invalid("the upload has no parts named `files`"));
     }
     db::knowledge::set_batch_duplicates(&mut tx, batch_id, duplicates).await?;
+    within_kb_quota(&state, &mut tx, kb.id).await?;
     // Over the daily quota the transaction is dropped: nothing of this upload is stored.
     crate::ratelimit::admit_upload(&state, &principal, total as u64).await?;
     tx.commit().await?;
@@ -239,6 +255,38 @@ pub async fn upload_documents(
     }
     tracing::info!(kb.id = %kb.id, batch.id = %batch_id, files = documents.len(), duplicates, "documents uploaded");
     Ok((StatusCode::ACCEPTED, Json(UploadOut { batch_id, documents })))
+}
+
+/// Refuses the upload when the base would then hold more live documents or bytes than its
+/// quota (`CHATQ_QUOTA_KB_DOCUMENTS`, `CHATQ_QUOTA_KB_BYTES`); the caller drops `tx`, so
+/// nothing of the upload is stored.
+async fn within_kb_quota(
+    state: &AppState,
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    kb_id: Uuid,
+) -> Result<(), ApiError> {
+    let limits = &state.config.limits;
+    if limits.kb_documents == 0 && limits.kb_bytes == 0 {
+        return Ok(());
+    }
+    let usage = db::knowledge::lock_kb_usage(tx, kb_id).await?;
+    let (documents, bytes) = (usage.documents.max(0) as u64, usage.bytes.max(0) as u64);
+    if limits.kb_documents > 0 && documents > limits.kb_documents {
+        return Err(ApiError::QuotaExceeded {
+            message: format!(
+                "a knowledge base may hold {} documents; this upload would make {documents}",
+                limits.kb_documents
+            ),
+            limit: limits.kb_documents,
+        });
+    }
+    if limits.kb_bytes > 0 && bytes > limits.kb_bytes {
+        return Err(ApiError::QuotaExceeded {
+            message: format!("a knowledge base may hold {} bytes; this upload would make {bytes}", limits.kb_bytes),
+            limit: limits.kb_bytes,
+        });
+    }
+    Ok(())
 }
 
 /// List a knowledge base's documents with their status.

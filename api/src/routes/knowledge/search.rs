@@ -21,6 +21,7 @@ use crate::{
     error::ApiError,
     extract::{Json, Path},
     state::AppState,
+    validate::{Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -32,9 +33,18 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct SearchIn {
     /// The question or keywords.
+    #[schema(min_length = 1, max_length = 8192)]
     pub query: String,
     /// Results wanted, 1 to 50 (default 5).
+    #[schema(minimum = 1, maximum = 50)]
     pub k: Option<usize>,
+}
+
+impl Validate for SearchIn {
+    fn validate(&self, p: &mut Problems) {
+        p.text("query", &self.query, 1, 8192);
+        p.range("k", self.k, 1, 50);
+    }
 }
 
 /// A ranked chunk.
@@ -73,12 +83,6 @@ pub async fn search(
 ) -> Result<Json<SearchOut>, ApiError> {
     principal.require_admin()?;
     let k = input.k.unwrap_or(5);
-    if !(1..=50).contains(&k) {
-        return Err(ApiError::invalid("k must be between 1 and 50"));
-    }
-    if input.query.trim().is_empty() || input.query.len() > 8192 {
-        return Err(ApiError::invalid("query must be 1 to 8192 bytes"));
-    }
     let kb = live_kb(&state, id).await?;
     let started = Instant::now();
     let model = (kb.embedding_model.as_str(), kb.embedding_dims as usize);
