@@ -375,13 +375,14 @@ pub struct Finish {
     pub seq: i64,
     /// How it ended.
     pub outcome: Outcome,
-    /// The provider call to record, if one was made.
+    /// The provider call to record, if one was made; written even when the attempt lost the run.
     pub usage: Option<usage::NewUsage>,
 }
 
 /// Finishes a run in one transaction: run fields, the assistant message (completed or
 /// cancelled with text), the terminal event and the usage record. Returns the terminal event,
-/// or `None` when the attempt no longer owns the run (nothing is written).
+/// or `None` when the attempt no longer owns the run (then only the usage record is written).
+/// Safe to retry: the fence and the usage record's id make a second call write nothing new.
 pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let (status, text, finish_reason, code, message, tokens, cost, citations) = match &f.outcome {
@@ -432,6 +433,12 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
     .fetch_optional(&mut *tx)
     .await?;
     let Some((thread_id,)) = thread_id else {
+        // The attempt no longer owns the run (taken over, or deleted with its thread), yet its
+        // provider call was made and billed: the record is written all the same.
+        if let Some(u) = &f.usage {
+            usage::insert(&mut *tx, u).await?;
+            tx.commit().await?;
+        }
         return Ok(None);
     };
     let keep_message = status == RunStatus::Completed || (status == RunStatus::Cancelled && !text.is_empty());

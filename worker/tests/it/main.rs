@@ -8,3 +8,4 @@ mod crash;
 mod housekeeping;
 mod reconciler;
 mod support;
+mod usage;

@@ -65,6 +65,7 @@ impl<'a> Attempt<'a> {
         ctx.sink.flush().await;
         if let Some(usage) = &usage {
             db::usage::insert(&ctx.pool, usage).await?;
+            count_usage(ctx, usage);
         }
         let delay =
             crate::retry::delay(self.attempt, ctx.config.runs.retry_base, ctx.config.runs.retry_max, e.retry_after);
@@ -91,11 +92,15 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
-    /// Gives the run back on shutdown: queued again at once, for another worker. The next
-    /// attempt starts over after a `run.reset`.
-    pub(super) async fn release(self) -> Result<(), sqlx::Error> {
+    /// Gives the run back on shutdown: queued again at once, for another worker, with the
+    /// call made so far recorded. The next attempt starts over after a `run.reset`.
+    pub(super) async fn release(self, usage: Option<NewUsage>) -> Result<(), sqlx::Error> {
         let ctx = self.ctx;
         ctx.sink.flush().await;
+        if let Some(usage) = &usage {
+            db::usage::insert(&ctx.pool, usage).await?;
+            count_usage(ctx, usage);
+        }
         let reason = "The worker answering was restarted; the answer starts again.";
         if db::runs::requeue(&ctx.pool, self.run_id, self.attempt, 0.0, reason).await? {
             let task_id = format!("{}-s{}", self.run_id, self.attempt);
@@ -135,18 +140,15 @@ impl<'a> Attempt<'a> {
             .when(db::is_unavailable)
             .notify(|e, _| tracing::warn!(error = %e, "cannot finish run yet; retrying"))
             .await?;
+        // Counted once the usage record is committed, with its value, so the counters add up
+        // to `usage_records`. The record is written even when the run changed owner.
+        if let Some(u) = &finish.usage {
+            count_usage(ctx, u);
+        }
         match event {
             Some(event) => {
                 ctx.sink.publish(&event).await;
                 ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code]).inc();
-                // Counted once the usage record is committed, with its value, so the counters
-                // add up to `usage_records` (an unknown model is counted apart, never as free).
-                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome.is_ok()) {
-                    match u.cost_usd {
-                        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
-                        None => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
-                    }
-                }
                 ctx.metrics
                     .run_duration
                     .with_label_values(&[status.as_str()])
@@ -154,9 +156,22 @@ impl<'a> Attempt<'a> {
                 tracing::info!(status = %status, "run finished");
             }
             None => {
-                tracing::warn!("run changed owner before finishing; nothing written")
+                tracing::warn!("run changed owner before finishing; only its usage was recorded")
             }
         }
         Ok(())
+    }
+}
+
+/// Counts a committed chat usage record in the token and cost metrics. A billed call of an
+/// unknown model is counted apart, never as free.
+pub(super) fn count_usage(ctx: &WorkerCtx, u: &NewUsage) {
+    for (kind, n) in [("input", u.input_tokens), ("cached_input", u.cached_input_tokens), ("output", u.output_tokens)] {
+        ctx.metrics.tokens.with_label_values(&[&u.model, kind]).inc_by(n.max(0) as u64);
+    }
+    match u.cost_usd {
+        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
+        None if u.outcome.is_ok() || u.estimated => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
+        None => {}
     }
 }
