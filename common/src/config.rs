@@ -205,13 +205,23 @@ pub struct KnowledgeConfig {
     pub retrieval_top_k: usize,
     /// Token budget of the sources in a prompt (`CHATQ_RETRIEVAL_MAX_TOKENS`).
     pub retrieval_max_tokens: usize,
-    /// Wall-clock limit of one PDF extraction child process (`CHATQ_EXTRACT_TIMEOUT_SECS`).
+    /// Wall-clock limit of one extraction child process (PDF and HTML), after which it is
+    /// killed and the document fails with `extraction_timeout` (`CHATQ_EXTRACT_TIMEOUT_SECS`).
     pub extract_timeout: Duration,
-    /// Address-space limit of the PDF extraction child in MiB (`CHATQ_EXTRACT_MEMORY_MB`).
+    /// Address-space limit of the extraction child in MiB (`CHATQ_EXTRACT_MEMORY_MB`).
     pub extract_memory_mb: u64,
-    /// Binary run as `<bin> extract-pdf` for PDF text; default: the running worker binary
-    /// (`CHATQ_EXTRACTOR_BIN`).
+    /// Most bytes read from the extraction child's output (the extracted text as JSON); a
+    /// document whose text is larger fails with `extraction_output_too_large` instead of
+    /// filling the worker's memory (`CHATQ_EXTRACT_MAX_OUTPUT_BYTES`).
+    pub extract_max_output_bytes: u64,
+    /// Binary run as `<bin> extract-pdf` / `<bin> extract-html`; default: the running worker
+    /// binary (`CHATQ_EXTRACTOR_BIN`).
     pub extractor_bin: Option<PathBuf>,
+    /// Ingestion attempts of one document; a document whose attempts were all interrupted
+    /// (the worker died or lost the job, e.g. on a file that crashes it) fails with
+    /// `ingestion_attempts_exhausted` instead of being tried again forever
+    /// (`CHATQ_INGEST_MAX_ATTEMPTS`).
+    pub ingest_max_attempts: i32,
 }
 
 /// What is deleted when, and the cleanup job that deletes it.
@@ -322,7 +332,9 @@ impl Config {
                 retrieval_max_tokens: r.parse("CHATQ_RETRIEVAL_MAX_TOKENS", "3000"),
                 extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
                 extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
+                extract_max_output_bytes: r.parse("CHATQ_EXTRACT_MAX_OUTPUT_BYTES", "33554432"),
                 extractor_bin: r.optional("CHATQ_EXTRACTOR_BIN").map(PathBuf::from),
+                ingest_max_attempts: r.parse("CHATQ_INGEST_MAX_ATTEMPTS", "3"),
             },
             retention: RetentionConfig {
                 thread_days: r.parse("CHATQ_RETENTION_DAYS", "30"),
@@ -366,6 +378,7 @@ impl Config {
             ("CHATQ_EMBEDDING_BATCH_TOKENS", knowledge.embedding_batch_tokens),
             ("CHATQ_CHUNK_TOKENS", knowledge.chunk_tokens),
             ("CHATQ_RETRIEVAL_TOP_K", knowledge.retrieval_top_k),
+            ("CHATQ_EXTRACT_MAX_OUTPUT_BYTES", knowledge.extract_max_output_bytes as usize),
         ] {
             if value == 0 {
                 errors.push(format!("{name} must be greater than 0"));
@@ -390,6 +403,9 @@ impl Config {
         }
         if !(1..=25).contains(&self.runs.max_attempts) {
             errors.push("CHATQ_RUN_MAX_ATTEMPTS must be between 1 and 25".into());
+        }
+        if !(1..=25).contains(&knowledge.ingest_max_attempts) {
+            errors.push("CHATQ_INGEST_MAX_ATTEMPTS must be between 1 and 25".into());
         }
         if knowledge.chunk_overlap_tokens >= knowledge.chunk_tokens {
             errors.push("CHATQ_CHUNK_OVERLAP_TOKENS must be smaller than CHATQ_CHUNK_TOKENS".into());

@@ -128,6 +128,8 @@ domain_enum! {
         PdfExtractionCrashed,
         /// Extraction took longer than its limit.
         ExtractionTimeout,
+        /// The extracted text is larger than the extractor's output limit.
+        ExtractionOutputTooLarge,
         /// The HTML nests elements deeper than the converter allows.
         HtmlTooDeeplyNested,
         /// The HTML cannot be converted.
@@ -138,6 +140,8 @@ domain_enum! {
         EmbeddingFailed,
         /// The uploaded bytes of the document are gone.
         MissingContent,
+        /// Ingestion was interrupted (worker died, job lost) as many times as it may be tried.
+        IngestionAttemptsExhausted,
     }
 }
 

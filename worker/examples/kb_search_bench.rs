@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             anyhow::bail!("unexpected duplicate")
         };
         tx.commit().await?;
-        let doc = db::knowledge::claim_document(&pool, doc_id).await?.expect("claimable");
+        let doc = db::knowledge::claim_document(&pool, doc_id, 1).await?.expect("claimable");
         let count = per_doc.min(n - d * per_doc);
         let chunks: Vec<db::knowledge::NewChunk> = (0..count)
             .map(|_| {

@@ -248,7 +248,7 @@ fn health_router(ctx: WorkerCtx) -> Router {
 }
 
 async fn readyz(State(ctx): State<WorkerCtx>) -> impl IntoResponse {
-    let pg = sqlx::query("SELECT 1").execute(&ctx.pool).await.is_ok();
+    let pg = chatq_common::db::ping(&ctx.pool).await.is_ok();
     let mut conn = ctx.redis.clone();
     let redis = redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok();
     let body = serde_json::json!({

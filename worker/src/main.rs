@@ -3,9 +3,11 @@
 use chatq_common::config::Config;
 
 fn main() -> anyhow::Result<std::process::ExitCode> {
-    // Hidden subcommand: the sandboxed PDF text extractor the worker runs as a child process.
-    if std::env::args().nth(1).as_deref() == Some("extract-pdf") {
-        return Ok(chatq_worker::ingest::child_main());
+    // Hidden subcommands: the sandboxed extractors the worker runs as child processes.
+    if let Some(command) = std::env::args().nth(1)
+        && let Some(code) = chatq_worker::ingest::child_main(&command)
+    {
+        return Ok(code);
     }
     tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(serve())?;
     Ok(std::process::ExitCode::SUCCESS)

@@ -3,13 +3,14 @@
 //! job may be lost. For chat runs that is queued runs Redis forgot (flush, failed push) and runs
 //! whose worker died (lease lapsed); runs whose workers died `CHATQ_RUN_MAX_ATTEMPTS` times are
 //! failed, so a run that crashes every worker (a poison input) stops after a bounded number of
-//! attempts. For documents it is queued or long-`processing` documents. Duplicate deliveries
+//! attempts. For documents it is queued or long-`processing` documents, and documents whose
+//! attempts were all interrupted `CHATQ_INGEST_MAX_ATTEMPTS` times are failed. Duplicate deliveries
 //! are harmless: the claim decides. Recoveries are counted in
 //! `chatq_reconciler_recoveries_total{action}`.
 
 use chatq_common::{
     db,
-    domain::RunStatus,
+    domain::{DocumentStatus, RunStatus},
     jobs::{self, ChatRun, IngestDocument},
 };
 use tokio_util::sync::CancellationToken;
@@ -76,10 +77,18 @@ pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> 
 }
 
 /// Documents whose ingestion job was lost: queued for a minute, or `processing` well past the
-/// extraction timeout.
+/// extraction timeout. Those whose `CHATQ_INGEST_MAX_ATTEMPTS` attempts were all interrupted are
+/// failed instead, so a file that kills its worker is not tried forever.
 pub(crate) async fn recover_documents(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     let processing_after = ctx.config.knowledge.extract_timeout.as_secs_f64() + 600.0;
-    let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, 500).await?;
+    let max_attempts = ctx.config.knowledge.ingest_max_attempts;
+    let failed = db::knowledge::fail_exhausted_documents(&ctx.pool, max_attempts, processing_after, 500).await?;
+    for id in &failed {
+        tracing::warn!(document.id = %id, attempts = max_attempts, "document failed: its ingestion was interrupted too many times");
+    }
+    ctx.metrics.documents_ingested.with_label_values(&[DocumentStatus::Failed]).inc_by(failed.len() as u64);
+    ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);
+    let docs = db::knowledge::take_stale_documents(&ctx.pool, 60.0, processing_after, max_attempts, 500).await?;
     let storage = jobs::storage::<IngestDocument>(ctx.redis.clone(), &ctx.queues);
     let mut pushed = 0;
     for id in docs {
@@ -91,5 +100,5 @@ pub(crate) async fn recover_documents(ctx: &WorkerCtx) -> Result<usize, sqlx::Er
             Err(e) => tracing::warn!(document.id = %id, error = %e, "reconciler cannot push document"),
         }
     }
-    Ok(pushed)
+    Ok(pushed + failed.len())
 }

@@ -41,7 +41,7 @@ pub async fn healthz() -> &'static str {
 #[utoipa::path(get, path = "/readyz", tag = "health", security(()),
     responses((status = 200, body = Readiness), (status = 503, body = Readiness)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let postgres = match sqlx::query("SELECT 1").execute(&state.pool).await {
+    let postgres = match chatq_common::db::ping(&state.pool).await {
         Ok(_) => "ok".to_string(),
         Err(e) => format!("error: {e}"),
     };

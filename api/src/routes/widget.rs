@@ -172,15 +172,10 @@ async fn demo_page(State(state): State<AppState>, Query(q): Query<DemoQuery>) ->
     if !state.config.api.demo {
         return Err(ApiError::NotFound("route"));
     }
-    let assistant =
-        match q.assistant {
-            Some(id) => Some(id),
-            None => sqlx::query_scalar(
-                "SELECT id FROM assistants WHERE name = 'Demo' AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1",
-            )
-            .fetch_optional(&state.pool)
-            .await?,
-        };
+    let assistant = match q.assistant {
+        Some(id) => Some(id),
+        None => db::assistants::newest_id_named(&state.pool, "Demo").await?,
+    };
     let widget = match assistant {
         Some(id) => format!(
             r#"<chatq-chat mode="inline" heading="chatq demo" assistant-name="Demo assistant" token-url="/demo/token" assistant="{id}"></chatq-chat>"#
@@ -235,13 +230,7 @@ async fn demo_token(State(state): State<AppState>, headers: HeaderMap) -> Result
         .token_secret
         .as_ref()
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("CHATQ_TOKEN_SECRET is not set")))?;
-    let existing: Option<Uuid> = sqlx::query_scalar(
-        "SELECT id FROM api_keys WHERE name = $1 AND role = 'client' AND revoked_at IS NULL ORDER BY created_at LIMIT 1",
-    )
-    .bind(DEMO_KEY_NAME)
-    .fetch_optional(&state.pool)
-    .await?;
-    let key_id = match existing {
+    let key_id = match db::keys::oldest_active_client_named(&state.pool, DEMO_KEY_NAME).await? {
         Some(id) => id,
         None => db::keys::create(&state.pool, Role::Client, DEMO_KEY_NAME).await?.1.id,
     };

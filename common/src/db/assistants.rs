@@ -2,15 +2,14 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use super::Page;
 use crate::domain::ModerationMode;
 
 /// A persona: instructions, model and settings.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Assistant {
     /// Id.
     pub id: Uuid,
@@ -61,78 +60,74 @@ pub struct AssistantFields {
     pub knowledge_base_ids: Vec<Uuid>,
 }
 
-const COLUMNS: &str = "a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens, a.moderation,
-    a.retention_days, a.metadata, a.created_at, a.updated_at,
-    COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
-              FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS knowledge_base_ids";
-
 /// Creates an assistant.
 pub async fn create(pool: &PgPool, f: &AssistantFields) -> Result<Assistant, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let id = crate::new_id();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO assistants (id, name, instructions, model, temperature, max_output_tokens, moderation,
                                  retention_days, metadata)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        id,
+        f.name,
+        f.instructions,
+        f.model,
+        f.temperature,
+        f.max_output_tokens,
+        f.moderation as _,
+        f.retention_days,
+        f.metadata,
     )
-    .bind(id)
-    .bind(&f.name)
-    .bind(&f.instructions)
-    .bind(&f.model)
-    .bind(f.temperature)
-    .bind(f.max_output_tokens)
-    .bind(f.moderation)
-    .bind(f.retention_days)
-    .bind(&f.metadata)
     .execute(&mut *tx)
     .await?;
     set_knowledge_bases(&mut tx, id, &f.knowledge_base_ids).await?;
-    let a = get_in(&mut tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
+    let a = get(&mut *tx, id).await?.ok_or(sqlx::Error::RowNotFound)?;
     tx.commit().await?;
     Ok(a)
 }
 
 async fn set_knowledge_bases(tx: &mut Transaction<'_, Postgres>, id: Uuid, kbs: &[Uuid]) -> Result<(), sqlx::Error> {
-    sqlx::query("DELETE FROM assistant_knowledge_bases WHERE assistant_id = $1").bind(id).execute(&mut **tx).await?;
-    sqlx::query(
+    sqlx::query!("DELETE FROM assistant_knowledge_bases WHERE assistant_id = $1", id).execute(&mut **tx).await?;
+    sqlx::query!(
         "INSERT INTO assistant_knowledge_bases (assistant_id, knowledge_base_id)
          SELECT $1, kb FROM UNNEST($2::uuid[]) AS kb ON CONFLICT DO NOTHING",
+        id,
+        kbs,
     )
-    .bind(id)
-    .bind(kbs)
     .execute(&mut **tx)
     .await?;
     Ok(())
 }
 
-async fn get_in(tx: &mut Transaction<'_, Postgres>, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
-    sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM assistants a WHERE a.id = $1 AND a.deleted_at IS NULL"
-    )))
-    .bind(id)
-    .fetch_optional(&mut **tx)
-    .await
-}
-
 /// A live (not deleted) assistant.
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
-    sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM assistants a WHERE a.id = $1 AND a.deleted_at IS NULL"
-    )))
-    .bind(id)
-    .fetch_optional(pool)
+pub async fn get<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
+    sqlx::query_as!(
+        Assistant,
+        r#"SELECT a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens,
+           a.moderation AS "moderation: ModerationMode", a.retention_days, a.metadata, a.created_at, a.updated_at,
+           COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
+                     FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS "knowledge_base_ids!"
+         FROM assistants a WHERE a.id = $1 AND a.deleted_at IS NULL"#,
+        id
+    )
+    .fetch_optional(exec)
     .await
 }
 
 /// Live assistants in creation order after the cursor.
 pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page<Assistant>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM assistants a
+    let rows = sqlx::query_as!(
+        Assistant,
+        r#"SELECT a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens,
+           a.moderation AS "moderation: ModerationMode", a.retention_days, a.metadata, a.created_at, a.updated_at,
+           COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
+                     FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS "knowledge_base_ids!"
+         FROM assistants a
          WHERE a.deleted_at IS NULL AND ($1::uuid IS NULL OR a.id > $1)
-         ORDER BY a.id LIMIT $2"
-    )))
-    .bind(after)
-    .bind(limit + 1)
+         ORDER BY a.id LIMIT $2"#,
+        after,
+        limit + 1,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Page::from_overfetch(rows, limit))
@@ -141,20 +136,20 @@ pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page
 /// Replaces the fields of a live assistant.
 pub async fn update(pool: &PgPool, id: Uuid, f: &AssistantFields) -> Result<Option<Assistant>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let updated = sqlx::query(
+    let updated = sqlx::query!(
         "UPDATE assistants SET name = $2, instructions = $3, model = $4, temperature = $5, max_output_tokens = $6,
                 moderation = $7, retention_days = $8, metadata = $9
          WHERE id = $1 AND deleted_at IS NULL",
+        id,
+        f.name,
+        f.instructions,
+        f.model,
+        f.temperature,
+        f.max_output_tokens,
+        f.moderation as _,
+        f.retention_days,
+        f.metadata,
     )
-    .bind(id)
-    .bind(&f.name)
-    .bind(&f.instructions)
-    .bind(&f.model)
-    .bind(f.temperature)
-    .bind(f.max_output_tokens)
-    .bind(f.moderation)
-    .bind(f.retention_days)
-    .bind(&f.metadata)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -162,25 +157,41 @@ pub async fn update(pool: &PgPool, id: Uuid, f: &AssistantFields) -> Result<Opti
         return Ok(None);
     }
     set_knowledge_bases(&mut tx, id, &f.knowledge_base_ids).await?;
-    let a = get_in(&mut tx, id).await?;
+    let a = get(&mut *tx, id).await?;
     tx.commit().await?;
     Ok(a)
 }
 
 /// Soft-deletes an assistant: existing threads and runs keep their history.
 pub async fn delete(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query("UPDATE assistants SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL")
-        .bind(id)
+    let n = sqlx::query!("UPDATE assistants SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL", id)
         .execute(pool)
         .await?
         .rows_affected();
     Ok(n > 0)
 }
 
+/// The id of the newest live assistant called `name` (the demo page's default assistant).
+pub async fn newest_id_named(pool: &PgPool, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT id FROM assistants WHERE name = $1 AND deleted_at IS NULL ORDER BY created_at DESC LIMIT 1",
+        name,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
 /// An assistant even if deleted since (a run submitted before the delete still answers).
 pub async fn get_including_deleted(pool: &PgPool, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
-    sqlx::query_as::<_, Assistant>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM assistants a WHERE a.id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        Assistant,
+        r#"SELECT a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens,
+           a.moderation AS "moderation: ModerationMode", a.retention_days, a.metadata, a.created_at, a.updated_at,
+           COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
+                     FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS "knowledge_base_ids!"
+         FROM assistants a WHERE a.id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
 }

@@ -5,7 +5,6 @@ use uuid::Uuid;
 
 use crate::events::{EventKind, RunEvent};
 
-#[derive(sqlx::FromRow)]
 struct Row {
     run_id: Uuid,
     seq: i64,
@@ -28,14 +27,16 @@ impl Row {
 
 /// Inserts one event unconditionally (submit and finish transactions).
 pub async fn insert<'e>(exec: impl PgExecutor<'e>, e: &RunEvent) -> Result<(), sqlx::Error> {
-    sqlx::query("INSERT INTO run_events (run_id, seq, attempt, kind, data) VALUES ($1, $2, $3, $4, $5)")
-        .bind(e.run_id)
-        .bind(e.seq)
-        .bind(e.attempt)
-        .bind(e.kind.as_str())
-        .bind(&e.data)
-        .execute(exec)
-        .await?;
+    sqlx::query!(
+        "INSERT INTO run_events (run_id, seq, attempt, kind, data) VALUES ($1, $2, $3, $4, $5)",
+        e.run_id,
+        e.seq,
+        e.attempt,
+        e.kind.as_str(),
+        e.data,
+    )
+    .execute(exec)
+    .await?;
     Ok(())
 }
 
@@ -51,18 +52,18 @@ pub async fn insert_batch_fenced(tx: &mut Transaction<'_, Postgres>, events: &[R
     let attempts: Vec<i32> = events.iter().map(|e| e.attempt).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
     let data: Vec<serde_json::Value> = events.iter().map(|e| e.data.clone()).collect();
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "INSERT INTO run_events (run_id, seq, attempt, kind, data)
          SELECT u.run_id, u.seq, u.attempt, u.kind, u.data
          FROM UNNEST($1::uuid[], $2::bigint[], $3::int[], $4::text[], $5::jsonb[]) AS u(run_id, seq, attempt, kind, data)
          JOIN runs r ON r.id = u.run_id AND r.attempt = u.attempt AND r.status = 'in_progress'
          ON CONFLICT (run_id, seq) DO NOTHING",
+        &run_ids,
+        &seqs,
+        &attempts,
+        &kinds as _,
+        &data,
     )
-    .bind(&run_ids)
-    .bind(&seqs)
-    .bind(&attempts)
-    .bind(&kinds)
-    .bind(&data)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -71,12 +72,13 @@ pub async fn insert_batch_fenced(tx: &mut Transaction<'_, Postgres>, events: &[R
 
 /// Events of a run after `after_seq`, in order, at most `limit`.
 pub async fn list_after(pool: &PgPool, run_id: Uuid, after_seq: i64, limit: i64) -> Result<Vec<RunEvent>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, Row>(
+    let rows = sqlx::query_as!(
+        Row,
         "SELECT run_id, seq, attempt, kind, data FROM run_events WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        run_id,
+        after_seq,
+        limit,
     )
-    .bind(run_id)
-    .bind(after_seq)
-    .bind(limit)
     .fetch_all(pool)
     .await?;
     Ok(rows.into_iter().filter_map(Row::into_event).collect())

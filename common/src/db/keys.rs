@@ -1,13 +1,13 @@
 //! `api_keys`: admin and client keys, stored as SHA-256.
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::keys::{self, Role};
 
 /// A stored key (never the key itself).
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ApiKey {
     /// Id, referenced by threads and runs.
     pub id: Uuid,
@@ -27,21 +27,20 @@ pub struct ApiKey {
     pub monthly_budget_usd: Option<f64>,
 }
 
-const COLUMNS: &str = "id, name, role, key_prefix, created_at, revoked_at, runs_per_minute,
-    monthly_budget_usd::float8 AS monthly_budget_usd";
-
 /// Creates a key and returns it with its row; the key is not recoverable later.
 pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, ApiKey), sqlx::Error> {
     let key = keys::generate(role);
-    let row = sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
-        "INSERT INTO api_keys (id, name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)
-         RETURNING {COLUMNS}"
-    )))
-    .bind(crate::new_id())
-    .bind(name)
-    .bind(role)
-    .bind(keys::hash(&key))
-    .bind(keys::display_prefix(&key))
+    let row = sqlx::query_as!(
+        ApiKey,
+        r#"INSERT INTO api_keys (id, name, role, key_hash, key_prefix) VALUES ($1, $2, $3, $4, $5)
+         RETURNING id, name, role AS "role: Role", key_prefix, created_at, revoked_at, runs_per_minute,
+           monthly_budget_usd::float8 AS monthly_budget_usd"#,
+        crate::new_id(),
+        name,
+        role as _,
+        &keys::hash(&key)[..],
+        keys::display_prefix(&key),
+    )
     .fetch_one(pool)
     .await?;
     Ok((key, row))
@@ -49,10 +48,12 @@ pub async fn create(pool: &PgPool, role: Role, name: &str) -> Result<(String, Ap
 
 /// The live (not revoked) key with this hash.
 pub async fn find_active_by_hash(pool: &PgPool, hash: &[u8]) -> Result<Option<ApiKey>, sqlx::Error> {
-    sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"
-    )))
-    .bind(hash)
+    sqlx::query_as!(
+        ApiKey,
+        r#"SELECT id, name, role AS "role: Role", key_prefix, created_at, revoked_at, runs_per_minute,
+           monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys WHERE key_hash = $1 AND revoked_at IS NULL"#,
+        hash
+    )
     .fetch_optional(pool)
     .await
 }
@@ -64,32 +65,46 @@ pub async fn set_limits(
     runs_per_minute: Option<i32>,
     monthly_budget_usd: Option<f64>,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE api_keys SET runs_per_minute = $2, monthly_budget_usd = $3::float8::numeric WHERE id = $1")
-        .bind(id)
-        .bind(runs_per_minute)
-        .bind(monthly_budget_usd)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "UPDATE api_keys SET runs_per_minute = $2, monthly_budget_usd = $3::float8::numeric WHERE id = $1",
+        id,
+        runs_per_minute,
+        monthly_budget_usd,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Cost in USD recorded for a key since the start of the current month (UTC).
 pub async fn spend_this_month(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT COALESCE(sum(cost_usd), 0)::float8 FROM usage_records
-         WHERE api_key_id = $1 AND at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'",
+    sqlx::query_scalar!(
+        r#"SELECT COALESCE(sum(cost_usd), 0)::float8 AS "spend!" FROM usage_records
+         WHERE api_key_id = $1 AND at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'"#,
+        id,
     )
-    .bind(id)
     .fetch_one(pool)
     .await
 }
 
 /// The live (not revoked) key with this id: a user token stops working with its issuing key.
 pub async fn find_active_by_id(pool: &PgPool, id: Uuid) -> Result<Option<ApiKey>, sqlx::Error> {
-    sqlx::query_as::<_, ApiKey>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM api_keys WHERE id = $1 AND revoked_at IS NULL"
-    )))
-    .bind(id)
+    sqlx::query_as!(
+        ApiKey,
+        r#"SELECT id, name, role AS "role: Role", key_prefix, created_at, revoked_at, runs_per_minute,
+           monthly_budget_usd::float8 AS monthly_budget_usd FROM api_keys WHERE id = $1 AND revoked_at IS NULL"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// The id of the oldest live client key called `name` (the demo page's shared key).
+pub async fn oldest_active_client_named(pool: &PgPool, name: &str) -> Result<Option<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "SELECT id FROM api_keys WHERE name = $1 AND role = 'client' AND revoked_at IS NULL ORDER BY created_at LIMIT 1",
+        name,
+    )
     .fetch_optional(pool)
     .await
 }

@@ -3,14 +3,14 @@
 //! them to the predicate of the partial index `documents_pending_idx`.
 
 use chrono::{DateTime, Utc};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, QueryBuilder, Transaction};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
 use uuid::Uuid;
 
 use super::Page;
 use crate::domain::{DocumentErrorCode, DocumentStatus};
 
 /// A knowledge base with its live document count.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct KnowledgeBase {
     /// Id.
     pub id: Uuid,
@@ -30,10 +30,6 @@ pub struct KnowledgeBase {
     pub created_at: DateTime<Utc>,
 }
 
-const KB_COLUMNS: &str = "kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version,
-    (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.deleted_at IS NULL) AS document_count,
-    kb.created_at";
-
 /// Creates a knowledge base.
 pub async fn create_kb(
     pool: &PgPool,
@@ -43,14 +39,14 @@ pub async fn create_kb(
     dims: i32,
 ) -> Result<KnowledgeBase, sqlx::Error> {
     let id = crate::new_id();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO knowledge_bases (id, name, description, embedding_model, embedding_dims) VALUES ($1, $2, $3, $4, $5)",
+        id,
+        name,
+        description,
+        model,
+        dims,
     )
-    .bind(id)
-    .bind(name)
-    .bind(description)
-    .bind(model)
-    .bind(dims)
     .execute(pool)
     .await?;
     Ok(get_kb(pool, id).await?.expect("just inserted"))
@@ -58,22 +54,30 @@ pub async fn create_kb(
 
 /// A live knowledge base.
 pub async fn get_kb(pool: &PgPool, id: Uuid) -> Result<Option<KnowledgeBase>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {KB_COLUMNS} FROM knowledge_bases kb WHERE kb.id = $1 AND kb.deleted_at IS NULL"
-    )))
-    .bind(id)
+    sqlx::query_as!(
+        KnowledgeBase,
+        r#"SELECT kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version,
+           (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.deleted_at IS NULL)
+             AS "document_count!",
+           kb.created_at FROM knowledge_bases kb WHERE kb.id = $1 AND kb.deleted_at IS NULL"#,
+        id,
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// Live knowledge bases, oldest first.
 pub async fn list_kbs(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page<KnowledgeBase>, sqlx::Error> {
-    let rows = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {KB_COLUMNS} FROM knowledge_bases kb
-         WHERE kb.deleted_at IS NULL AND ($1::uuid IS NULL OR kb.id > $1) ORDER BY kb.id LIMIT $2"
-    )))
-    .bind(after)
-    .bind(limit + 1)
+    let rows = sqlx::query_as!(
+        KnowledgeBase,
+        r#"SELECT kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version,
+           (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.deleted_at IS NULL)
+             AS "document_count!",
+           kb.created_at FROM knowledge_bases kb
+         WHERE kb.deleted_at IS NULL AND ($1::uuid IS NULL OR kb.id > $1) ORDER BY kb.id LIMIT $2"#,
+        after,
+        limit + 1,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Page::from_overfetch(rows, limit))
@@ -83,29 +87,27 @@ pub async fn list_kbs(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<
 /// deleted and assistants stop using it. Returns whether it existed.
 pub async fn delete_kb(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let hit = sqlx::query(
+    let hit = sqlx::query!(
         "UPDATE knowledge_bases SET deleted_at = now(), embeddings_version = embeddings_version + 1
          WHERE id = $1 AND deleted_at IS NULL",
+        id,
     )
-    .bind(id)
     .execute(&mut *tx)
     .await?
     .rows_affected()
         == 1;
     if hit {
-        sqlx::query("DELETE FROM chunks WHERE knowledge_base_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE documents SET deleted_at = now() WHERE knowledge_base_id = $1 AND deleted_at IS NULL")
-            .bind(id)
+        sqlx::query!("DELETE FROM chunks WHERE knowledge_base_id = $1", id).execute(&mut *tx).await?;
+        sqlx::query!("UPDATE documents SET deleted_at = now() WHERE knowledge_base_id = $1 AND deleted_at IS NULL", id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
+        sqlx::query!(
             "DELETE FROM document_blobs b USING documents d WHERE b.document_id = d.id AND d.knowledge_base_id = $1",
+            id,
         )
-        .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM assistant_knowledge_bases WHERE knowledge_base_id = $1")
-            .bind(id)
+        sqlx::query!("DELETE FROM assistant_knowledge_bases WHERE knowledge_base_id = $1", id)
             .execute(&mut *tx)
             .await?;
     }
@@ -114,7 +116,7 @@ pub async fn delete_kb(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
 }
 
 /// A document and its ingestion state.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Document {
     /// Id.
     pub id: Uuid,
@@ -148,16 +150,10 @@ pub struct Document {
     pub updated_at: DateTime<Utc>,
 }
 
-const DOC_COLUMNS: &str =
-    "id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256, status, error_code,
-    error_message, chunk_count, token_count, attempt, created_at, updated_at";
-
 /// Starts an upload batch inside the upload transaction.
 pub async fn create_batch(tx: &mut Transaction<'_, Postgres>, kb_id: Uuid) -> Result<Uuid, sqlx::Error> {
     let id = crate::new_id();
-    sqlx::query("INSERT INTO ingestion_batches (id, knowledge_base_id) VALUES ($1, $2)")
-        .bind(id)
-        .bind(kb_id)
+    sqlx::query!("INSERT INTO ingestion_batches (id, knowledge_base_id) VALUES ($1, $2)", id, kb_id)
         .execute(&mut **tx)
         .await?;
     Ok(id)
@@ -169,9 +165,7 @@ pub async fn set_batch_duplicates(
     batch_id: Uuid,
     duplicates: i32,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE ingestion_batches SET duplicate_count = $2 WHERE id = $1")
-        .bind(batch_id)
-        .bind(duplicates)
+    sqlx::query!("UPDATE ingestion_batches SET duplicate_count = $2 WHERE id = $1", batch_id, duplicates)
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -207,33 +201,31 @@ pub enum Stored {
 /// content (the unique live SHA-256 per base decides, also between concurrent uploads).
 pub async fn insert_document(tx: &mut Transaction<'_, Postgres>, d: &NewDocument<'_>) -> Result<Stored, sqlx::Error> {
     let id = crate::new_id();
-    let inserted: Option<Uuid> = sqlx::query_scalar(
+    let inserted = sqlx::query_scalar!(
         "INSERT INTO documents (id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (knowledge_base_id, sha256) WHERE deleted_at IS NULL DO NOTHING RETURNING id",
+        id,
+        d.kb_id,
+        d.batch_id,
+        d.filename,
+        d.media_type,
+        d.bytes.len() as i64,
+        d.sha256,
     )
-    .bind(id)
-    .bind(d.kb_id)
-    .bind(d.batch_id)
-    .bind(d.filename)
-    .bind(d.media_type)
-    .bind(d.bytes.len() as i64)
-    .bind(d.sha256)
     .fetch_optional(&mut **tx)
     .await?;
     if inserted.is_none() {
-        let existing: Uuid = sqlx::query_scalar(
+        let existing = sqlx::query_scalar!(
             "SELECT id FROM documents WHERE knowledge_base_id = $1 AND sha256 = $2 AND deleted_at IS NULL",
+            d.kb_id,
+            d.sha256,
         )
-        .bind(d.kb_id)
-        .bind(d.sha256)
         .fetch_one(&mut **tx)
         .await?;
         return Ok(Stored::Duplicate(existing));
     }
-    sqlx::query("INSERT INTO document_blobs (document_id, bytes) VALUES ($1, $2)")
-        .bind(id)
-        .bind(d.bytes)
+    sqlx::query!("INSERT INTO document_blobs (document_id, bytes) VALUES ($1, $2)", id, d.bytes)
         .execute(&mut **tx)
         .await?;
     Ok(Stored::Queued(id))
@@ -241,10 +233,16 @@ pub async fn insert_document(tx: &mut Transaction<'_, Postgres>, d: &NewDocument
 
 /// A live document.
 pub async fn get_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!("SELECT {DOC_COLUMNS} FROM documents WHERE id = $1 AND deleted_at IS NULL")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        Document,
+        r#"SELECT id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256,
+           status AS "status: DocumentStatus",
+           error_code AS "error_code: DocumentErrorCode", error_message, chunk_count, token_count, attempt, created_at,
+           updated_at FROM documents WHERE id = $1 AND deleted_at IS NULL"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Live documents of a base, oldest first.
@@ -254,13 +252,17 @@ pub async fn list_documents(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Page<Document>, sqlx::Error> {
-    let rows = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {DOC_COLUMNS} FROM documents
-         WHERE knowledge_base_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
-    )))
-    .bind(kb_id)
-    .bind(after)
-    .bind(limit + 1)
+    let rows = sqlx::query_as!(
+        Document,
+        r#"SELECT id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256,
+           status AS "status: DocumentStatus",
+           error_code AS "error_code: DocumentErrorCode", error_message, chunk_count, token_count, attempt, created_at,
+           updated_at FROM documents
+         WHERE knowledge_base_id = $1 AND deleted_at IS NULL AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"#,
+        kb_id,
+        after,
+        limit + 1,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Page::from_overfetch(rows, limit))
@@ -269,15 +271,15 @@ pub async fn list_documents(
 /// Deletes a document: its chunks leave retrieval at once. Returns whether it existed.
 pub async fn delete_document(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let kb: Option<Uuid> = sqlx::query_scalar(
+    let kb = sqlx::query_scalar!(
         "UPDATE documents SET deleted_at = now() WHERE id = $1 AND deleted_at IS NULL RETURNING knowledge_base_id",
+        id,
     )
-    .bind(id)
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(kb) = kb {
-        sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM document_blobs WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query!("DELETE FROM chunks WHERE document_id = $1", id).execute(&mut *tx).await?;
+        sqlx::query!("DELETE FROM document_blobs WHERE document_id = $1", id).execute(&mut *tx).await?;
         bump_version(&mut tx, kb).await?;
     }
     tx.commit().await?;
@@ -285,15 +287,14 @@ pub async fn delete_document(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Erro
 }
 
 async fn bump_version(tx: &mut Transaction<'_, Postgres>, kb_id: Uuid) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE knowledge_bases SET embeddings_version = embeddings_version + 1 WHERE id = $1")
-        .bind(kb_id)
+    sqlx::query!("UPDATE knowledge_bases SET embeddings_version = embeddings_version + 1 WHERE id = $1", kb_id)
         .execute(&mut **tx)
         .await?;
     Ok(())
 }
 
 /// An upload batch with its duplicate count.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Batch {
     /// Id.
     pub id: Uuid,
@@ -305,18 +306,23 @@ pub struct Batch {
 
 /// A batch and its live documents.
 pub async fn get_batch(pool: &PgPool, id: Uuid) -> Result<Option<(Batch, Vec<Document>)>, sqlx::Error> {
-    let batch: Option<Batch> = sqlx::query_as(
+    let batch = sqlx::query_as!(
+        Batch,
         "SELECT b.id, b.knowledge_base_id, b.duplicate_count FROM ingestion_batches b
          JOIN knowledge_bases kb ON kb.id = b.knowledge_base_id AND kb.deleted_at IS NULL WHERE b.id = $1",
+        id,
     )
-    .bind(id)
     .fetch_optional(pool)
     .await?;
     let Some(batch) = batch else { return Ok(None) };
-    let docs = sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {DOC_COLUMNS} FROM documents WHERE batch_id = $1 AND deleted_at IS NULL ORDER BY id"
-    )))
-    .bind(id)
+    let docs = sqlx::query_as!(
+        Document,
+        r#"SELECT id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256,
+           status AS "status: DocumentStatus",
+           error_code AS "error_code: DocumentErrorCode", error_message, chunk_count, token_count, attempt, created_at,
+           updated_at FROM documents WHERE batch_id = $1 AND deleted_at IS NULL ORDER BY id"#,
+        id,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Some((batch, docs)))
@@ -325,21 +331,58 @@ pub async fn get_batch(pool: &PgPool, id: Uuid) -> Result<Option<(Batch, Vec<Doc
 // ---- ingestion ----
 
 /// Claims a document for ingestion: `queued` (or `processing` left by a crashed attempt)
-/// becomes `processing` with the next attempt number. `None`: deleted, ready or failed.
-pub async fn claim_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE documents SET status = $2, attempt = attempt + 1, error_code = NULL, error_message = NULL
-         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') RETURNING {DOC_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(DocumentStatus::Processing)
+/// becomes `processing` with the next attempt number. `None`: deleted, ready, failed, or its
+/// `max_attempts` attempts are used up ([`fail_exhausted_documents`] fails it).
+pub async fn claim_document(pool: &PgPool, id: Uuid, max_attempts: i32) -> Result<Option<Document>, sqlx::Error> {
+    sqlx::query_as!(
+        Document,
+        r#"UPDATE documents SET status = $2, attempt = attempt + 1, error_code = NULL, error_message = NULL
+         WHERE id = $1 AND deleted_at IS NULL AND status IN ('queued', 'processing') AND attempt < $3
+         RETURNING id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256,
+           status AS "status: DocumentStatus",
+           error_code AS "error_code: DocumentErrorCode", error_message, chunk_count, token_count, attempt, created_at,
+           updated_at"#,
+        id,
+        DocumentStatus::Processing as _,
+        max_attempts,
+    )
     .fetch_optional(pool)
+    .await
+}
+
+/// The error code of a document whose ingestion attempts were all interrupted.
+pub const EXHAUSTED_CODE: DocumentErrorCode = DocumentErrorCode::IngestionAttemptsExhausted;
+
+/// Fails documents left `processing` for `processing_secs` after their last allowed attempt
+/// (every attempt's worker died or lost the job): status `failed` with [`EXHAUSTED_CODE`] and
+/// a message naming the attempts. Returns their ids.
+pub async fn fail_exhausted_documents(
+    pool: &PgPool,
+    max_attempts: i32,
+    processing_secs: f64,
+    limit: i64,
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar!(
+        "UPDATE documents SET status = $4, error_code = $5,
+                error_message = format('ingestion was interrupted %s times (the worker stopped or lost the job while processing this file); it is not tried again', attempt)
+         WHERE id IN (
+             SELECT id FROM documents WHERE deleted_at IS NULL AND status = 'processing' AND attempt >= $1
+                 AND updated_at < now() - make_interval(secs => $2)
+             ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+         RETURNING id",
+        max_attempts,
+        processing_secs,
+        limit,
+        DocumentStatus::Failed as _,
+        EXHAUSTED_CODE as _,
+    )
+    .fetch_all(pool)
     .await
 }
 
 /// The uploaded bytes of a document.
 pub async fn document_bytes(pool: &PgPool, id: Uuid) -> Result<Option<Vec<u8>>, sqlx::Error> {
-    sqlx::query_scalar("SELECT bytes FROM document_blobs WHERE document_id = $1").bind(id).fetch_optional(pool).await
+    sqlx::query_scalar!("SELECT bytes FROM document_blobs WHERE document_id = $1", id).fetch_optional(pool).await
 }
 
 /// Marks the attempt failed; does nothing if another attempt took over or it was deleted.
@@ -350,15 +393,15 @@ pub async fn fail_document(
     code: DocumentErrorCode,
     message: &str,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query(
+    let r = sqlx::query!(
         "UPDATE documents SET status = $5, error_code = $3, error_message = $4
          WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
+        id,
+        attempt,
+        code as _,
+        message,
+        DocumentStatus::Failed as _,
     )
-    .bind(id)
-    .bind(attempt)
-    .bind(code)
-    .bind(message)
-    .bind(DocumentStatus::Failed)
     .execute(pool)
     .await?;
     Ok(r.rows_affected() == 1)
@@ -387,15 +430,15 @@ pub struct NewChunk {
 pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk]) -> Result<bool, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let tokens: i64 = chunks.iter().map(|c| c.token_count as i64).sum();
-    let hit = sqlx::query(
+    let hit = sqlx::query!(
         "UPDATE documents SET status = $5, chunk_count = $3, token_count = $4, error_code = NULL, error_message = NULL
          WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
+        doc.id,
+        doc.attempt,
+        chunks.len() as i32,
+        tokens.min(i32::MAX as i64) as i32,
+        DocumentStatus::Ready as _,
     )
-    .bind(doc.id)
-    .bind(doc.attempt)
-    .bind(chunks.len() as i32)
-    .bind(tokens.min(i32::MAX as i64) as i32)
-    .bind(DocumentStatus::Ready)
     .execute(&mut *tx)
     .await?
     .rows_affected()
@@ -404,7 +447,9 @@ pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk
         tx.rollback().await?;
         return Ok(false);
     }
-    sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(doc.id).execute(&mut *tx).await?;
+    sqlx::query!("DELETE FROM chunks WHERE document_id = $1", doc.id).execute(&mut *tx).await?;
+    // Built at run time: one multi-row INSERT per 200 chunks, and the number of rows (hence of
+    // placeholders) varies with the document.
     for (n, part) in chunks.chunks(200).enumerate() {
         let mut qb = QueryBuilder::<Postgres>::new(
             "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, location, embedding) ",
@@ -432,47 +477,48 @@ pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk
 
 /// `(id, embeddings_version)` of the live bases among `ids`.
 pub async fn kb_versions(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT id, embeddings_version FROM knowledge_bases WHERE id = ANY($1) AND deleted_at IS NULL")
-        .bind(ids)
-        .fetch_all(pool)
-        .await
+    let rows = sqlx::query!(
+        "SELECT id, embeddings_version FROM knowledge_bases WHERE id = ANY($1) AND deleted_at IS NULL",
+        ids,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.embeddings_version)).collect())
 }
 
 /// Every chunk id and embedding of a base, with the base's version read in the same snapshot.
 pub async fn load_vectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid, Vec<f32>)>), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-    let version: i64 = sqlx::query_scalar("SELECT embeddings_version FROM knowledge_bases WHERE id = $1")
-        .bind(kb_id)
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let version = sqlx::query_scalar!("SELECT embeddings_version FROM knowledge_bases WHERE id = $1", kb_id)
         .fetch_optional(&mut *tx)
         .await?
         .unwrap_or(-1);
-    let rows = sqlx::query_as("SELECT id, embedding FROM chunks WHERE knowledge_base_id = $1")
-        .bind(kb_id)
+    let rows = sqlx::query!("SELECT id, embedding FROM chunks WHERE knowledge_base_id = $1", kb_id)
         .fetch_all(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok((version, rows))
+    Ok((version, rows.into_iter().map(|r| (r.id, r.embedding)).collect()))
 }
 
 /// Full-text candidates: chunk ids of live documents in `kb_ids`, best first. The query's
 /// lexemes are OR-ed (`plainto_tsquery` ANDs them, which misses most natural questions).
 pub async fn keyword_search(pool: &PgPool, kb_ids: &[Uuid], query: &str, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "WITH q AS (SELECT replace(plainto_tsquery('english', $2)::text, ' & ', ' | ')::tsquery AS tsq)
          SELECT c.id FROM chunks c, q
          WHERE c.knowledge_base_id = ANY($1) AND c.tsv @@ q.tsq
          ORDER BY ts_rank_cd(c.tsv, q.tsq, 32) DESC, c.id LIMIT $3",
+        kb_ids,
+        query,
+        limit,
     )
-    .bind(kb_ids)
-    .bind(query)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }
 
 /// A retrieved chunk with what a citation needs.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct ChunkHit {
     /// Chunk id.
     pub id: Uuid,
@@ -491,13 +537,14 @@ pub struct ChunkHit {
 /// The chunks among `ids` whose documents and bases are live (deleted ones drop out here even
 /// before a worker's vector cache notices).
 pub async fn chunks_by_ids(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<ChunkHit>, sqlx::Error> {
-    sqlx::query_as(
+    sqlx::query_as!(
+        ChunkHit,
         "SELECT c.id, c.document_id, d.filename, c.location, c.content, c.token_count
          FROM chunks c JOIN documents d ON d.id = c.document_id AND d.deleted_at IS NULL
          JOIN knowledge_bases kb ON kb.id = c.knowledge_base_id AND kb.deleted_at IS NULL
          WHERE c.id = ANY($1)",
+        ids,
     )
-    .bind(ids)
     .fetch_all(pool)
     .await
 }
@@ -509,19 +556,21 @@ pub async fn take_stale_documents(
     pool: &PgPool,
     queued_secs: f64,
     processing_secs: f64,
+    max_attempts: i32,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "UPDATE documents SET updated_at = now() WHERE id IN (
              SELECT id FROM documents WHERE deleted_at IS NULL AND (
                  (status = 'queued' AND updated_at < now() - make_interval(secs => $1))
-                 OR (status = 'processing' AND updated_at < now() - make_interval(secs => $2)))
+                 OR (status = 'processing' AND attempt < $4 AND updated_at < now() - make_interval(secs => $2)))
              ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
          RETURNING id",
+        queued_secs,
+        processing_secs,
+        limit,
+        max_attempts,
     )
-    .bind(queued_secs)
-    .bind(processing_secs)
-    .bind(limit)
     .fetch_all(pool)
     .await
 }

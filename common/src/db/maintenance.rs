@@ -5,13 +5,13 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::domain::{DocumentStatus, MaintenanceKind, MaintenanceStatus};
 
 /// A maintenance job and what it did.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Job {
     /// Id.
     pub id: Uuid,
@@ -30,8 +30,6 @@ pub struct Job {
     /// When it ended.
     pub finished_at: Option<DateTime<Utc>>,
 }
-
-const JOB_COLUMNS: &str = "id, kind, status, dry_run, stats, requested_by, created_at, finished_at";
 
 /// A trigger's outcome: a new job, or the one already queued or running (at most one per kind).
 #[derive(Debug, Clone)]
@@ -71,28 +69,25 @@ pub async fn request(
 ) -> Result<Requested, RequestError> {
     // The active job may finish between the insert and the select: try again then.
     for _ in 0..5 {
-        let created: Option<Job> = sqlx::query_as(AssertSqlSafe(format!(
-            "INSERT INTO maintenance_jobs (id, kind, status, dry_run, requested_by) VALUES ($1, $2, $5, $3, $4)
+        let created = sqlx::query_as!(
+            Job,
+            r#"INSERT INTO maintenance_jobs (id, kind, status, dry_run, requested_by) VALUES ($1, $2, $5, $3, $4)
              ON CONFLICT (kind) WHERE status IN ('queued', 'running') DO NOTHING
-             RETURNING {JOB_COLUMNS}"
-        )))
-        .bind(crate::new_id())
-        .bind(kind)
-        .bind(dry_run)
-        .bind(requested_by)
-        .bind(MaintenanceStatus::Queued)
+             RETURNING id, kind AS "kind: MaintenanceKind", status AS "status: MaintenanceStatus", dry_run, stats,
+           requested_by,
+           created_at, finished_at"#,
+            crate::new_id(),
+            kind as _,
+            dry_run,
+            requested_by,
+            MaintenanceStatus::Queued as _,
+        )
         .fetch_optional(pool)
         .await?;
         if let Some(job) = created {
             return Ok(Requested::New(job));
         }
-        let active: Option<Job> = sqlx::query_as(AssertSqlSafe(format!(
-            "SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE kind = $1 AND status IN ('queued', 'running')"
-        )))
-        .bind(kind)
-        .fetch_optional(pool)
-        .await?;
-        if let Some(job) = active {
+        if let Some(job) = active(pool, kind).await? {
             return Ok(Requested::Existing(job));
         }
     }
@@ -101,18 +96,26 @@ pub async fn request(
 
 /// A job by id.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!("SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        Job,
+        r#"SELECT id, kind AS "kind: MaintenanceKind", status AS "status: MaintenanceStatus", dry_run, stats,
+           requested_by,
+           created_at, finished_at FROM maintenance_jobs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// The active job of `kind`, if any.
 pub async fn active(pool: &PgPool, kind: MaintenanceKind) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT {JOB_COLUMNS} FROM maintenance_jobs WHERE kind = $1 AND status IN ('queued', 'running')"
-    )))
-    .bind(kind)
+    sqlx::query_as!(
+        Job,
+        r#"SELECT id, kind AS "kind: MaintenanceKind", status AS "status: MaintenanceStatus", dry_run, stats,
+           requested_by,
+           created_at, finished_at FROM maintenance_jobs WHERE kind = $1 AND status IN ('queued', 'running')"#,
+        kind as _,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -120,34 +123,39 @@ pub async fn active(pool: &PgPool, kind: MaintenanceKind) -> Result<Option<Job>,
 /// Takes the cleanup lock for the lifetime of `tx`: `false` when another process holds it. The
 /// lock is transaction-scoped, so a crashed runner releases it with its connection.
 pub async fn try_lock(tx: &mut Transaction<'_, Postgres>, key: i64) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(key).fetch_one(&mut **tx).await
+    sqlx::query_scalar!(r#"SELECT pg_try_advisory_xact_lock($1) AS "locked!""#, key).fetch_one(&mut **tx).await
 }
 
 /// Marks a queued (or abandoned running) job as running; `None` when it already ended.
 pub async fn start(pool: &PgPool, id: Uuid) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "UPDATE maintenance_jobs SET status = $2 WHERE id = $1 AND status IN ('queued', 'running')
-         RETURNING {JOB_COLUMNS}"
-    )))
-    .bind(id)
-    .bind(MaintenanceStatus::Running)
+    sqlx::query_as!(
+        Job,
+        r#"UPDATE maintenance_jobs SET status = $2 WHERE id = $1 AND status IN ('queued', 'running')
+         RETURNING id, kind AS "kind: MaintenanceKind", status AS "status: MaintenanceStatus", dry_run, stats,
+           requested_by,
+           created_at, finished_at"#,
+        id,
+        MaintenanceStatus::Running as _,
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// Records the end of a job with its stats.
 pub async fn finish(pool: &PgPool, id: Uuid, status: MaintenanceStatus, stats: &Value) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE maintenance_jobs SET status = $2, stats = $3, finished_at = now() WHERE id = $1")
-        .bind(id)
-        .bind(status)
-        .bind(stats)
-        .execute(pool)
-        .await?;
+    sqlx::query!(
+        "UPDATE maintenance_jobs SET status = $2, stats = $3, finished_at = now() WHERE id = $1",
+        id,
+        status as _,
+        stats,
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
 /// Rows removed (or, in a dry run, that would be) by the thread retention.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ThreadCounts {
     /// Threads.
     pub threads: i64,
@@ -168,26 +176,20 @@ impl std::ops::AddAssign for ThreadCounts {
     }
 }
 
-/// Whether thread `t` is past its retention: no activity for its assistant's `retention_days`,
-/// else the global days (placeholder `global`), and no active run. `min` is the smallest
-/// retention in force, a prefilter that lets Postgres use `threads_last_activity_idx`.
-/// The arguments are bind placeholders (`$1`), never values.
-fn thread_expired(global: &str, min: &str) -> String {
-    format!(
-        "t.last_activity_at < now() - make_interval(days => {min})
-         AND t.last_activity_at < now() - make_interval(days =>
-             COALESCE((SELECT a.retention_days FROM assistants a WHERE a.id = t.assistant_id), {global}))
-         AND NOT EXISTS (SELECT 1 FROM runs ar WHERE ar.thread_id = t.id AND ar.status IN ('queued', 'in_progress'))"
-    )
-}
-
 /// The smallest retention in days in force: the global one or any assistant's.
 pub async fn min_retention_days(pool: &PgPool, global_days: i32) -> Result<i32, sqlx::Error> {
-    sqlx::query_scalar("SELECT LEAST($1, (SELECT min(retention_days) FROM assistants))::int4")
-        .bind(global_days)
-        .fetch_one(pool)
-        .await
+    sqlx::query_scalar!(
+        r#"SELECT LEAST($1, (SELECT min(retention_days) FROM assistants))::int4 AS "days!""#,
+        global_days
+    )
+    .fetch_one(pool)
+    .await
 }
+
+// A thread `t` is past its retention when it had no activity for its assistant's
+// `retention_days`, else the global days, and has no active run; the smallest retention in
+// force is a prefilter that lets Postgres use `threads_last_activity_idx`. The counts and the
+// delete below spell out the same predicate.
 
 /// Counts what the thread retention would delete.
 pub async fn count_expired_threads(
@@ -195,17 +197,22 @@ pub async fn count_expired_threads(
     global_days: i32,
     min_days: i32,
 ) -> Result<ThreadCounts, sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "WITH t AS (SELECT t.id FROM threads t WHERE {})
-         SELECT (SELECT count(*) FROM t) AS threads,
-                (SELECT count(*) FROM messages m WHERE m.thread_id IN (SELECT id FROM t)) AS messages,
-                (SELECT count(*) FROM runs r WHERE r.thread_id IN (SELECT id FROM t)) AS runs,
+    sqlx::query_as!(
+        ThreadCounts,
+        r#"WITH t AS (SELECT t.id FROM threads t
+           WHERE t.last_activity_at < now() - make_interval(days => $2)
+             AND t.last_activity_at < now() - make_interval(days =>
+                 COALESCE((SELECT a.retention_days FROM assistants a WHERE a.id = t.assistant_id), $1))
+             AND NOT EXISTS (SELECT 1 FROM runs ar
+                           WHERE ar.thread_id = t.id AND ar.status IN ('queued', 'in_progress')))
+         SELECT (SELECT count(*) FROM t) AS "threads!",
+                (SELECT count(*) FROM messages m WHERE m.thread_id IN (SELECT id FROM t)) AS "messages!",
+                (SELECT count(*) FROM runs r WHERE r.thread_id IN (SELECT id FROM t)) AS "runs!",
                 (SELECT count(*) FROM run_events e JOIN runs r ON r.id = e.run_id
-                  WHERE r.thread_id IN (SELECT id FROM t)) AS run_events",
-        thread_expired("$1", "$2")
-    )))
-    .bind(global_days)
-    .bind(min_days)
+                  WHERE r.thread_id IN (SELECT id FROM t)) AS "run_events!""#,
+        global_days,
+        min_days,
+    )
     .fetch_one(pool)
     .await
 }
@@ -219,27 +226,31 @@ pub async fn delete_expired_threads(
     limit: i64,
 ) -> Result<ThreadCounts, sqlx::Error> {
     // The counting subqueries see the snapshot before the delete, so they count the cascade.
-    sqlx::query_as(AssertSqlSafe(format!(
-        "WITH t AS (SELECT t.id FROM threads t WHERE {} LIMIT $3 FOR UPDATE SKIP LOCKED),
+    sqlx::query_as!(
+        ThreadCounts,
+        r#"WITH t AS (SELECT t.id FROM threads t
+           WHERE t.last_activity_at < now() - make_interval(days => $2)
+             AND t.last_activity_at < now() - make_interval(days =>
+                 COALESCE((SELECT a.retention_days FROM assistants a WHERE a.id = t.assistant_id), $1))
+             AND NOT EXISTS (SELECT 1 FROM runs ar
+                           WHERE ar.thread_id = t.id AND ar.status IN ('queued', 'in_progress'))
+           LIMIT $3 FOR UPDATE SKIP LOCKED),
               d AS (DELETE FROM threads WHERE id IN (SELECT id FROM t) RETURNING id)
-         SELECT (SELECT count(*) FROM d) AS threads,
-                (SELECT count(*) FROM messages m WHERE m.thread_id IN (SELECT id FROM t)) AS messages,
-                (SELECT count(*) FROM runs r WHERE r.thread_id IN (SELECT id FROM t)) AS runs,
+         SELECT (SELECT count(*) FROM d) AS "threads!",
+                (SELECT count(*) FROM messages m WHERE m.thread_id IN (SELECT id FROM t)) AS "messages!",
+                (SELECT count(*) FROM runs r WHERE r.thread_id IN (SELECT id FROM t)) AS "runs!",
                 (SELECT count(*) FROM run_events e JOIN runs r ON r.id = e.run_id
-                  WHERE r.thread_id IN (SELECT id FROM t)) AS run_events",
-        thread_expired("$1", "$2")
-    )))
-    .bind(global_days)
-    .bind(min_days)
-    .bind(limit)
+                  WHERE r.thread_id IN (SELECT id FROM t)) AS "run_events!""#,
+        global_days,
+        min_days,
+        limit,
+    )
     .fetch_one(pool)
     .await
 }
 
-/// Events of runs finished before `now() - $1 seconds`, except the terminal event (a replay
-/// still ends properly), in threads the retention keeps.
-const OLD_EVENT: &str = "e.kind NOT IN ('run.completed', 'run.failed', 'run.cancelled')
-    AND e.run_id IN (SELECT r.id FROM runs r WHERE r.completed_at < now() - make_interval(secs => $1))";
+// Old events: those of runs finished more than `event_secs` ago, except the terminal event (a
+// replay still ends properly). The count and the delete spell out the same predicate.
 
 /// Counts the events the event retention would drop, leaving out those of threads the thread
 /// retention deletes first (so a dry run reports what a real run deletes).
@@ -249,60 +260,81 @@ pub async fn count_old_events(
     global_days: i32,
     min_days: i32,
 ) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT count(*) FROM run_events e WHERE {OLD_EVENT}
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM run_events e
+         WHERE e.kind NOT IN ('run.completed', 'run.failed', 'run.cancelled')
+           AND e.run_id IN (SELECT r.id FROM runs r WHERE r.completed_at < now() - make_interval(secs => $1))
            AND NOT EXISTS (SELECT 1 FROM runs x JOIN threads t ON t.id = x.thread_id
-                           WHERE x.id = e.run_id AND {})",
-        thread_expired("$2", "$3")
-    )))
-    .bind(event_secs)
-    .bind(global_days)
-    .bind(min_days)
+                           WHERE x.id = e.run_id
+                             AND t.last_activity_at < now() - make_interval(days => $3)
+                             AND t.last_activity_at < now() - make_interval(days =>
+                                 COALESCE((SELECT a.retention_days FROM assistants a WHERE a.id = t.assistant_id), $2))
+                             AND NOT EXISTS (SELECT 1 FROM runs ar
+                           WHERE ar.thread_id = t.id AND ar.status IN ('queued', 'in_progress')))"#,
+        event_secs,
+        global_days,
+        min_days,
+    )
     .fetch_one(pool)
     .await
 }
 
 /// Deletes up to `limit` old events; returns how many went.
 pub async fn delete_old_events(pool: &PgPool, event_secs: f64, limit: i64) -> Result<i64, sqlx::Error> {
-    let n = sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM run_events WHERE ctid IN (SELECT e.ctid FROM run_events e WHERE {OLD_EVENT} LIMIT $2)"
-    )))
-    .bind(event_secs)
-    .bind(limit)
+    let n = sqlx::query!(
+        "DELETE FROM run_events WHERE ctid IN (
+           SELECT e.ctid FROM run_events e
+           WHERE e.kind NOT IN ('run.completed', 'run.failed', 'run.cancelled')
+           AND e.run_id IN (SELECT r.id FROM runs r WHERE r.completed_at < now() - make_interval(secs => $1))
+           LIMIT $2)",
+        event_secs,
+        limit,
+    )
     .execute(pool)
     .await?
     .rows_affected();
     Ok(n as i64)
 }
 
-/// Chunks and blobs of deleted documents (or of documents in deleted knowledge bases).
-const DELETED_DOCUMENT: &str = "SELECT d.id FROM documents d JOIN knowledge_bases k ON k.id = d.knowledge_base_id
-    WHERE d.deleted_at IS NOT NULL OR k.deleted_at IS NOT NULL";
+// Deleted documents: deleted themselves or in a deleted knowledge base. The count and the
+// deletes spell out the same subquery.
 
 /// Counts chunks and blobs of deleted documents.
 pub async fn count_deleted_document_data(pool: &PgPool) -> Result<(i64, i64), sqlx::Error> {
-    sqlx::query_as(AssertSqlSafe(format!(
-        "SELECT (SELECT count(*) FROM chunks WHERE document_id IN ({DELETED_DOCUMENT})),
-                (SELECT count(*) FROM document_blobs WHERE document_id IN ({DELETED_DOCUMENT}))"
-    )))
+    let row = sqlx::query!(
+        r#"SELECT (SELECT count(*) FROM chunks WHERE document_id IN (
+                     SELECT d.id FROM documents d JOIN knowledge_bases k ON k.id = d.knowledge_base_id
+                     WHERE d.deleted_at IS NOT NULL OR k.deleted_at IS NOT NULL)) AS "chunks!",
+                  (SELECT count(*) FROM document_blobs WHERE document_id IN (
+                     SELECT d.id FROM documents d JOIN knowledge_bases k ON k.id = d.knowledge_base_id
+                     WHERE d.deleted_at IS NOT NULL OR k.deleted_at IS NOT NULL)) AS "blobs!""#
+    )
     .fetch_one(pool)
-    .await
+    .await?;
+    Ok((row.chunks, row.blobs))
 }
 
 /// Deletes up to `limit` chunks, then up to `limit` blobs, of deleted documents.
 pub async fn delete_deleted_document_data(pool: &PgPool, limit: i64) -> Result<(i64, i64), sqlx::Error> {
-    let chunks = sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM chunks WHERE id IN (SELECT id FROM chunks WHERE document_id IN ({DELETED_DOCUMENT}) LIMIT $1)"
-    )))
-    .bind(limit)
+    let chunks = sqlx::query!(
+        "DELETE FROM chunks WHERE id IN (
+           SELECT id FROM chunks WHERE document_id IN (
+             SELECT d.id FROM documents d JOIN knowledge_bases k ON k.id = d.knowledge_base_id
+             WHERE d.deleted_at IS NOT NULL OR k.deleted_at IS NOT NULL)
+           LIMIT $1)",
+        limit,
+    )
     .execute(pool)
     .await?
     .rows_affected();
-    let blobs = sqlx::query(AssertSqlSafe(format!(
-        "DELETE FROM document_blobs WHERE document_id IN
-            (SELECT document_id FROM document_blobs WHERE document_id IN ({DELETED_DOCUMENT}) LIMIT $1)"
-    )))
-    .bind(limit)
+    let blobs = sqlx::query!(
+        "DELETE FROM document_blobs WHERE document_id IN (
+           SELECT document_id FROM document_blobs WHERE document_id IN (
+             SELECT d.id FROM documents d JOIN knowledge_bases k ON k.id = d.knowledge_base_id
+             WHERE d.deleted_at IS NOT NULL OR k.deleted_at IS NOT NULL)
+           LIMIT $1)",
+        limit,
+    )
     .execute(pool)
     .await?
     .rows_affected();
@@ -311,7 +343,11 @@ pub async fn delete_deleted_document_data(pool: &PgPool, limit: i64) -> Result<(
 
 /// Documents by status (deleted ones left out), for the ingestion gauge.
 pub async fn documents_by_status(pool: &PgPool) -> Result<Vec<(DocumentStatus, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT status, count(*) FROM documents WHERE deleted_at IS NULL GROUP BY status")
-        .fetch_all(pool)
-        .await
+    let rows = sqlx::query!(
+        r#"SELECT status AS "status: DocumentStatus", count(*) AS "count!" FROM documents
+         WHERE deleted_at IS NULL GROUP BY status"#
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.status, r.count)).collect())
 }

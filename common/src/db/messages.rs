@@ -3,7 +3,6 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -11,7 +10,7 @@ use super::Page;
 use crate::domain::MessageRole;
 
 /// One message of a thread.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Message {
     /// Id (time-ordered: history order).
     pub id: Uuid,
@@ -31,8 +30,6 @@ pub struct Message {
     pub created_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, thread_id, role, content, run_id, client_message_id, citations, created_at";
-
 /// History of a thread, oldest first, after the cursor.
 pub async fn list(
     pool: &PgPool,
@@ -40,12 +37,15 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Page<Message>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, Message>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM messages WHERE thread_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
-    )))
-    .bind(thread_id)
-    .bind(after)
-    .bind(limit + 1)
+    let rows = sqlx::query_as!(
+        Message,
+        r#"SELECT id, thread_id, role AS "role: MessageRole", content, run_id, client_message_id, citations, created_at
+         FROM messages
+         WHERE thread_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"#,
+        thread_id,
+        after,
+        limit + 1,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Page::from_overfetch(rows, limit))
@@ -59,29 +59,35 @@ pub async fn recent_until(
     until: Uuid,
     limit: i64,
 ) -> Result<Vec<Message>, sqlx::Error> {
-    sqlx::query_as::<_, Message>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM messages WHERE thread_id = $1 AND id <= $2 ORDER BY id DESC LIMIT $3"
-    )))
-    .bind(thread_id)
-    .bind(until)
-    .bind(limit)
+    sqlx::query_as!(
+        Message,
+        r#"SELECT id, thread_id, role AS "role: MessageRole", content, run_id, client_message_id, citations, created_at
+         FROM messages
+         WHERE thread_id = $1 AND id <= $2 ORDER BY id DESC LIMIT $3"#,
+        thread_id,
+        until,
+        limit,
+    )
     .fetch_all(pool)
     .await
 }
 
 /// One message.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Message>, sqlx::Error> {
-    sqlx::query_as::<_, Message>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM messages WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        Message,
+        r#"SELECT id, thread_id, role AS "role: MessageRole", content, run_id, client_message_id, citations, created_at
+         FROM messages WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// Citations of a run's answer (empty when there is no answer yet).
 pub async fn answer_citations(pool: &PgPool, run_id: Uuid) -> Result<Value, sqlx::Error> {
-    let c: Option<(Value,)> = sqlx::query_as("SELECT citations FROM messages WHERE run_id = $1 AND role = 'assistant'")
-        .bind(run_id)
+    let c = sqlx::query_scalar!("SELECT citations FROM messages WHERE run_id = $1 AND role = 'assistant'", run_id)
         .fetch_optional(pool)
         .await?;
-    Ok(c.map(|c| c.0).unwrap_or_else(|| Value::Array(Vec::new())))
+    Ok(c.unwrap_or_else(|| Value::Array(Vec::new())))
 }

@@ -1,5 +1,7 @@
-//! SQL, one file per table group. Queries are written by hand with binds; constraint names
-//! from the migrations are exposed so callers can map violations to API errors.
+//! SQL, one file per table group. Queries are written by hand as `sqlx::query!` macros, checked
+//! at compile time against the committed `.sqlx/` data (regenerate it with `ops/sqlx-prepare`);
+//! the few statements whose shape is only known at run time say why next to them. Constraint
+//! names from the migrations are exposed so callers can map violations to API errors.
 
 pub mod assistants;
 pub mod events;
@@ -39,6 +41,12 @@ pub async fn create_database_if_missing(config: &Config) -> Result<(), sqlx::Err
     if !sqlx::Postgres::database_exists(url).await? {
         sqlx::Postgres::create_database(url).await?;
     }
+    Ok(())
+}
+
+/// Whether Postgres answers (readiness probes).
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query_scalar!("SELECT 1 AS ping").fetch_one(pool).await?;
     Ok(())
 }
 

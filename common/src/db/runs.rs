@@ -5,7 +5,6 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
-use sqlx::AssertSqlSafe;
 use sqlx::{PgPool, Postgres, Transaction};
 use uuid::Uuid;
 
@@ -23,7 +22,7 @@ pub const IDEMPOTENCY_KEY: &str = "runs_idempotency_key_key";
 pub const CLIENT_MESSAGE_ID: &str = "messages_client_message_id_key";
 
 /// A run as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Run {
     /// Id.
     pub id: Uuid,
@@ -81,7 +80,6 @@ pub struct Run {
     pub cancel_requested_at: Option<DateTime<Utc>>,
     /// Set by [`claim`] only: the status the run had before this claim (`queued` after a
     /// retry, `in_progress` when the previous worker died), for the `run.reset` reason.
-    #[sqlx(default)]
     pub previous_status: Option<RunStatus>,
 }
 
@@ -91,17 +89,6 @@ impl Run {
         self.status.is_terminal()
     }
 }
-
-/// [`COLUMNS`] qualified with the alias `r`, for statements that join.
-const R_COLUMNS: &str = "r.id, r.thread_id, r.assistant_id, r.api_key_id, r.user_message_id, r.status, r.attempt,
-    r.lease_owner, r.lease_expires_at, r.next_attempt_at, r.waiting_reason, r.idempotency_key, r.model, r.output_text,
-    r.last_seq, r.finish_reason, r.error_code, r.error_message, r.input_tokens, r.cached_input_tokens, r.output_tokens,
-    r.cost_usd::float8 AS cost_usd, r.created_at, r.started_at, r.first_token_at, r.completed_at, r.cancel_requested_at";
-
-const COLUMNS: &str = "id, thread_id, assistant_id, api_key_id, user_message_id, status, attempt, lease_owner,
-    lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text, last_seq, finish_reason,
-    error_code, error_message, input_tokens, cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd,
-    created_at, started_at, first_token_at, completed_at, cancel_requested_at";
 
 /// A run to submit.
 #[derive(Debug, Clone)]
@@ -129,76 +116,105 @@ pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error>
     let mut tx = pool.begin().await?;
     let run_id = crate::new_id();
     let message_id = crate::new_id();
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO messages (id, thread_id, role, content, run_id, client_message_id) VALUES ($1, $2, $6, $3, $4, $5)",
+        message_id,
+        new.thread_id,
+        new.input,
+        run_id,
+        new.client_message_id,
+        MessageRole::User as _,
     )
-    .bind(message_id)
-    .bind(new.thread_id)
-    .bind(new.input)
-    .bind(run_id)
-    .bind(new.client_message_id)
-    .bind(MessageRole::User)
     .execute(&mut *tx)
     .await?;
-    let run = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "INSERT INTO runs (id, thread_id, assistant_id, api_key_id, user_message_id, idempotency_key, model, last_seq)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 1) RETURNING {COLUMNS}"
-    )))
-    .bind(run_id)
-    .bind(new.thread_id)
-    .bind(new.assistant_id)
-    .bind(new.api_key_id)
-    .bind(message_id)
-    .bind(new.idempotency_key)
-    .bind(new.model)
+    let run = sqlx::query_as!(
+        Run,
+        r#"INSERT INTO runs (id, thread_id, assistant_id, api_key_id, user_message_id, idempotency_key, model, last_seq)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1)
+         RETURNING id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
+           cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
+           completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus""#,
+        run_id,
+        new.thread_id,
+        new.assistant_id,
+        new.api_key_id,
+        message_id,
+        new.idempotency_key,
+        new.model,
+    )
     .fetch_one(&mut *tx)
     .await?;
     events::insert(&mut *tx, &RunEvent::queued(run_id)).await?;
-    sqlx::query("UPDATE threads SET last_activity_at = now() WHERE id = $1")
-        .bind(new.thread_id)
-        .execute(&mut *tx)
-        .await?;
+    touch_thread(&mut tx, new.thread_id).await?;
     tx.commit().await?;
     Ok(run)
 }
 
 /// One run.
 pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as::<_, Run>(AssertSqlSafe(format!("SELECT {COLUMNS} FROM runs WHERE id = $1")))
-        .bind(id)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
+           cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
+           completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
+         FROM runs WHERE id = $1"#,
+        id
+    )
+    .fetch_optional(pool)
+    .await
 }
 
 /// The run a key created with this `Idempotency-Key`.
 pub async fn find_by_idempotency_key(pool: &PgPool, api_key_id: Uuid, key: &str) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM runs WHERE api_key_id = $1 AND idempotency_key = $2"
-    )))
-    .bind(api_key_id)
-    .bind(key)
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
+           cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
+           completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
+         FROM runs WHERE api_key_id = $1 AND idempotency_key = $2"#,
+        api_key_id,
+        key
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// The run started by the user message with this client id.
 pub async fn find_by_client_message_id(pool: &PgPool, thread_id: Uuid, cmid: &str) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM runs WHERE user_message_id =
-           (SELECT id FROM messages WHERE thread_id = $1 AND client_message_id = $2)"
-    )))
-    .bind(thread_id)
-    .bind(cmid)
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
+           cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
+           completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
+         FROM runs WHERE user_message_id =
+           (SELECT id FROM messages WHERE thread_id = $1 AND client_message_id = $2)"#,
+        thread_id,
+        cmid,
+    )
     .fetch_optional(pool)
     .await
 }
 
 /// The queued or in-progress run of a thread.
 pub async fn active_for_thread(pool: &PgPool, thread_id: Uuid) -> Result<Option<Run>, sqlx::Error> {
-    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM runs WHERE thread_id = $1 AND status IN ('queued', 'in_progress')"
-    )))
-    .bind(thread_id)
+    sqlx::query_as!(
+        Run,
+        r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
+           cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
+           completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
+         FROM runs WHERE thread_id = $1 AND status IN ('queued', 'in_progress')"#,
+        thread_id
+    )
     .fetch_optional(pool)
     .await
 }
@@ -210,12 +226,18 @@ pub async fn list_for_thread(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Page<Run>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM runs WHERE thread_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"
-    )))
-    .bind(thread_id)
-    .bind(after)
-    .bind(limit + 1)
+    let rows = sqlx::query_as!(
+        Run,
+        r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
+           cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
+           completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
+         FROM runs WHERE thread_id = $1 AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT $3"#,
+        thread_id,
+        after,
+        limit + 1,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Page::from_overfetch(rows, limit))
@@ -226,20 +248,26 @@ pub async fn list_for_thread(
 /// when the run is terminal, not due, or leased by a live worker.
 pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Result<Option<Run>, sqlx::Error> {
     // `old` is read before the update: it tells a retry (queued) from a crash (in_progress).
-    sqlx::query_as::<_, Run>(AssertSqlSafe(format!(
-        "UPDATE runs r SET status = $4, attempt = r.attempt + 1, lease_owner = $2,
+    sqlx::query_as!(
+        Run,
+        r#"UPDATE runs r SET status = $4, attempt = r.attempt + 1, lease_owner = $2,
                 lease_expires_at = now() + make_interval(secs => $3), started_at = COALESCE(r.started_at, now()),
                 next_attempt_at = NULL, waiting_reason = NULL, output_text = ''
          FROM (SELECT id, status AS previous_status FROM runs WHERE id = $1) old
          WHERE r.id = $1 AND old.id = r.id
            AND ((r.status = 'queued' AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= now()))
                 OR (r.status = 'in_progress' AND r.lease_expires_at < now()))
-         RETURNING {R_COLUMNS}, old.previous_status"
-    )))
-    .bind(id)
-    .bind(owner)
-    .bind(lease_secs)
-    .bind(RunStatus::InProgress)
+         RETURNING r.id, r.thread_id, r.assistant_id, r.api_key_id, r.user_message_id, r.status AS "status: RunStatus",
+           r.attempt, r.lease_owner, r.lease_expires_at, r.next_attempt_at, r.waiting_reason, r.idempotency_key,
+           r.model, r.output_text, r.last_seq, r.finish_reason, r.error_code AS "error_code: RunErrorCode",
+           r.error_message, r.input_tokens, r.cached_input_tokens, r.output_tokens, r.cost_usd::float8 AS cost_usd,
+           r.created_at, r.started_at, r.first_token_at, r.completed_at, r.cancel_requested_at,
+           old.previous_status AS "previous_status: RunStatus""#,
+        id,
+        owner,
+        lease_secs,
+        RunStatus::InProgress as _,
+    )
     .fetch_optional(pool)
     .await
 }
@@ -253,16 +281,16 @@ pub async fn requeue(
     delay_secs: f64,
     reason: &str,
 ) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE runs SET status = $5, lease_owner = NULL, lease_expires_at = NULL,
                 next_attempt_at = now() + make_interval(secs => $3), waiting_reason = $4, enqueued_at = now()
          WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+        id,
+        attempt,
+        delay_secs,
+        reason,
+        RunStatus::Queued as _,
     )
-    .bind(id)
-    .bind(attempt)
-    .bind(delay_secs)
-    .bind(reason)
-    .bind(RunStatus::Queued)
     .execute(pool)
     .await?
     .rows_affected();
@@ -271,13 +299,13 @@ pub async fn requeue(
 
 /// Extends the lease of an attempt; `false` when the attempt no longer owns the run.
 pub async fn renew_lease(pool: &PgPool, id: Uuid, attempt: i32, lease_secs: f64) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE runs SET lease_expires_at = now() + make_interval(secs => $3)
          WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+        id,
+        attempt,
+        lease_secs,
     )
-    .bind(id)
-    .bind(attempt)
-    .bind(lease_secs)
     .execute(pool)
     .await?
     .rows_affected();
@@ -310,18 +338,18 @@ pub async fn apply_progress(tx: &mut Transaction<'_, Postgres>, items: &[Progres
     let appends: Vec<&str> = items.iter().map(|p| p.append.as_str()).collect();
     let seqs: Vec<i64> = items.iter().map(|p| p.last_seq).collect();
     let firsts: Vec<Option<DateTime<Utc>>> = items.iter().map(|p| p.first_token_at).collect();
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE runs r SET output_text = r.output_text || u.append, last_seq = u.last_seq,
                 first_token_at = COALESCE(r.first_token_at, u.first_token_at)
          FROM UNNEST($1::uuid[], $2::int[], $3::text[], $4::bigint[], $5::timestamptz[])
               AS u(id, attempt, append, last_seq, first_token_at)
          WHERE r.id = u.id AND r.attempt = u.attempt AND r.status = 'in_progress' AND r.last_seq < u.last_seq",
+        &ids,
+        &attempts,
+        &appends as _,
+        &seqs,
+        &firsts as _,
     )
-    .bind(&ids)
-    .bind(&attempts)
-    .bind(&appends)
-    .bind(&seqs)
-    .bind(&firsts)
     .execute(&mut **tx)
     .await?
     .rows_affected();
@@ -411,28 +439,28 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
             (RunStatus::Cancelled, partial_text.as_str(), None, None, None, None, None, json!([]))
         }
     };
-    let thread_id: Option<(Uuid,)> = sqlx::query_as(
+    let thread_id = sqlx::query_scalar!(
         "UPDATE runs SET status = $3, output_text = $4, finish_reason = $5, error_code = $6, error_message = $7,
                 input_tokens = $8, cached_input_tokens = $9, output_tokens = $10, cost_usd = $11::float8::numeric,
                 completed_at = now(), lease_owner = NULL, lease_expires_at = NULL, last_seq = $12
          WHERE id = $1 AND attempt = $2 AND status = 'in_progress'
          RETURNING thread_id",
+        f.run_id,
+        f.attempt,
+        status as _,
+        text,
+        finish_reason,
+        code as _,
+        message,
+        tokens.map(|t| t.0 as i32),
+        tokens.map(|t| t.1 as i32),
+        tokens.map(|t| t.2 as i32),
+        cost,
+        f.seq,
     )
-    .bind(f.run_id)
-    .bind(f.attempt)
-    .bind(status)
-    .bind(text)
-    .bind(finish_reason)
-    .bind(code)
-    .bind(message)
-    .bind(tokens.map(|t| t.0 as i32))
-    .bind(tokens.map(|t| t.1 as i32))
-    .bind(tokens.map(|t| t.2 as i32))
-    .bind(cost)
-    .bind(f.seq)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((thread_id,)) = thread_id else {
+    let Some(thread_id) = thread_id else {
         // The attempt no longer owns the run (taken over, or deleted with its thread), yet its
         // provider call was made and billed: the record is written all the same.
         if let Some(u) = &f.usage {
@@ -443,15 +471,15 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
     };
     let keep_message = status == RunStatus::Completed || (status == RunStatus::Cancelled && !text.is_empty());
     if keep_message {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO messages (id, thread_id, role, content, run_id, citations) VALUES ($1, $2, $6, $3, $4, $5)",
+            crate::new_id(),
+            thread_id,
+            text,
+            f.run_id,
+            &citations,
+            MessageRole::Assistant as _,
         )
-        .bind(crate::new_id())
-        .bind(thread_id)
-        .bind(text)
-        .bind(f.run_id)
-        .bind(&citations)
-        .bind(MessageRole::Assistant)
         .execute(&mut *tx)
         .await?;
     }
@@ -474,7 +502,7 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
     if let Some(u) = &f.usage {
         usage::insert(&mut *tx, u).await?;
     }
-    sqlx::query("UPDATE threads SET last_activity_at = now() WHERE id = $1").bind(thread_id).execute(&mut *tx).await?;
+    touch_thread(&mut tx, thread_id).await?;
     tx.commit().await?;
     Ok(Some(event))
 }
@@ -488,7 +516,7 @@ pub async fn take_stale(
     max_attempts: i32,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
+    sqlx::query_scalar!(
         "UPDATE runs SET enqueued_at = now() WHERE id IN (
             SELECT id FROM runs
             WHERE ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
@@ -496,10 +524,10 @@ pub async fn take_stale(
               AND enqueued_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id",
+        stale_secs,
+        limit,
+        max_attempts,
     )
-    .bind(stale_secs)
-    .bind(limit)
-    .bind(max_attempts)
     .fetch_all(pool)
     .await
 }
@@ -515,32 +543,33 @@ pub const EXHAUSTED_MESSAGE: &str =
 /// and the terminal event appended to the log. Returns the terminal events to publish.
 pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Result<Vec<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<(Uuid, i32)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT id, attempt FROM runs
          WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        max_attempts,
+        limit,
     )
-    .bind(max_attempts)
-    .bind(limit)
     .fetch_all(&mut *tx)
     .await?;
     let mut out = Vec::with_capacity(rows.len());
-    for (id, attempt) in rows {
+    for row in rows {
+        let (id, attempt) = (row.id, row.attempt);
         // After the highest stored event: the dead worker may have flushed some.
-        let seq: i64 = sqlx::query_scalar("SELECT COALESCE(max(seq), 0) + 1 FROM run_events WHERE run_id = $1")
-            .bind(id)
-            .fetch_one(&mut *tx)
-            .await?;
-        sqlx::query(
+        let seq =
+            sqlx::query_scalar!(r#"SELECT COALESCE(max(seq), 0) + 1 AS "seq!" FROM run_events WHERE run_id = $1"#, id)
+                .fetch_one(&mut *tx)
+                .await?;
+        sqlx::query!(
             "UPDATE runs SET status = $5, error_code = $2, error_message = $3, completed_at = now(),
                     lease_owner = NULL, lease_expires_at = NULL, last_seq = $4
              WHERE id = $1",
+            id,
+            EXHAUSTED_CODE as _,
+            EXHAUSTED_MESSAGE,
+            seq,
+            RunStatus::Failed as _,
         )
-        .bind(id)
-        .bind(EXHAUSTED_CODE)
-        .bind(EXHAUSTED_MESSAGE)
-        .bind(seq)
-        .bind(RunStatus::Failed)
         .execute(&mut *tx)
         .await?;
         let event = RunEvent {
@@ -559,12 +588,12 @@ pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Res
 
 /// Active (queued or in-progress) runs of one end user of a key.
 pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM runs r JOIN threads t ON t.id = r.thread_id
-         WHERE r.status IN ('queued', 'in_progress') AND t.api_key_id = $1 AND t.end_user = $2",
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM runs r JOIN threads t ON t.id = r.thread_id
+         WHERE r.status IN ('queued', 'in_progress') AND t.api_key_id = $1 AND t.end_user = $2"#,
+        api_key_id,
+        end_user,
     )
-    .bind(api_key_id)
-    .bind(end_user)
     .fetch_one(pool)
     .await
 }
@@ -572,13 +601,13 @@ pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) ->
 /// Makes a queued run wait (the provider is down): due after `delay_secs`, with a reason
 /// clients can see. The attempt count is not touched: waiting is not an attempt.
 pub async fn defer(pool: &PgPool, id: Uuid, delay_secs: f64, reason: &str) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE runs SET next_attempt_at = now() + make_interval(secs => $2), waiting_reason = $3, enqueued_at = now()
          WHERE id = $1 AND status = 'queued'",
+        id,
+        delay_secs,
+        reason,
     )
-    .bind(id)
-    .bind(delay_secs)
-    .bind(reason)
     .execute(pool)
     .await?
     .rows_affected();
@@ -589,35 +618,36 @@ pub async fn defer(pool: &PgPool, id: Uuid, delay_secs: f64, reason: &str) -> Re
 /// `run.cancelled` event. `None` when the run is not queued (a worker has it, or it finished).
 pub async fn cancel_queued(pool: &PgPool, id: Uuid) -> Result<Option<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let row: Option<(i64, i32, Uuid)> = sqlx::query_as(
+    let row = sqlx::query!(
         "UPDATE runs SET status = $2, cancel_requested_at = COALESCE(cancel_requested_at, now()),
                 completed_at = now(), next_attempt_at = NULL, waiting_reason = NULL, lease_owner = NULL,
                 lease_expires_at = NULL,
                 last_seq = GREATEST(last_seq, (SELECT COALESCE(max(seq), 0) FROM run_events WHERE run_id = $1)) + 1
          WHERE id = $1 AND status = 'queued'
          RETURNING last_seq, attempt, thread_id",
+        id,
+        RunStatus::Cancelled as _,
     )
-    .bind(id)
-    .bind(RunStatus::Cancelled)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((seq, attempt, thread_id)) = row else {
+    let Some(row) = row else {
         return Ok(None);
     };
-    let event = RunEvent { run_id: id, seq, attempt, kind: EventKind::Cancelled, data: json!({}) };
+    let event =
+        RunEvent { run_id: id, seq: row.last_seq, attempt: row.attempt, kind: EventKind::Cancelled, data: json!({}) };
     events::insert(&mut *tx, &event).await?;
-    sqlx::query("UPDATE threads SET last_activity_at = now() WHERE id = $1").bind(thread_id).execute(&mut *tx).await?;
+    touch_thread(&mut tx, row.thread_id).await?;
     tx.commit().await?;
     Ok(Some(event))
 }
 
 /// Flags an active run for cancellation; `true` when this call set the flag.
 pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "UPDATE runs SET cancel_requested_at = now()
          WHERE id = $1 AND cancel_requested_at IS NULL AND status IN ('queued', 'in_progress')",
+        id,
     )
-    .bind(id)
     .execute(pool)
     .await?
     .rows_affected();
@@ -627,9 +657,14 @@ pub async fn request_cancel(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error
 /// Whether cancellation of the run was requested (the worker's fallback when it missed the
 /// Redis signal).
 pub async fn cancel_requested(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Error> {
-    let flag: Option<bool> = sqlx::query_scalar("SELECT cancel_requested_at IS NOT NULL FROM runs WHERE id = $1")
-        .bind(id)
+    let flag = sqlx::query_scalar!(r#"SELECT cancel_requested_at IS NOT NULL AS "flag!" FROM runs WHERE id = $1"#, id)
         .fetch_optional(pool)
         .await?;
     Ok(flag.unwrap_or(false))
+}
+
+/// Marks the thread active now (its retention counts from its last message or run).
+async fn touch_thread(tx: &mut Transaction<'_, Postgres>, thread_id: Uuid) -> Result<(), sqlx::Error> {
+    sqlx::query!("UPDATE threads SET last_activity_at = now() WHERE id = $1", thread_id).execute(&mut **tx).await?;
+    Ok(())
 }

@@ -2,7 +2,6 @@
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
-use sqlx::AssertSqlSafe;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -18,7 +17,7 @@ pub struct Owner {
 }
 
 /// A conversation.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct Thread {
     /// Id.
     pub id: Uuid,
@@ -38,8 +37,6 @@ pub struct Thread {
     pub last_activity_at: DateTime<Utc>,
 }
 
-const COLUMNS: &str = "id, api_key_id, end_user, assistant_id, title, metadata, created_at, last_activity_at";
-
 /// Creates a thread.
 pub async fn create(
     pool: &PgPool,
@@ -49,29 +46,32 @@ pub async fn create(
     title: Option<&str>,
     metadata: &Value,
 ) -> Result<Thread, sqlx::Error> {
-    sqlx::query_as::<_, Thread>(AssertSqlSafe(format!(
+    sqlx::query_as!(
+        Thread,
         "INSERT INTO threads (id, api_key_id, end_user, assistant_id, title, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
-    )))
-    .bind(crate::new_id())
-    .bind(api_key_id)
-    .bind(end_user)
-    .bind(assistant_id)
-    .bind(title)
-    .bind(metadata)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         RETURNING id, api_key_id, end_user, assistant_id, title, metadata, created_at, last_activity_at",
+        crate::new_id(),
+        api_key_id,
+        end_user,
+        assistant_id,
+        title,
+        metadata,
+    )
     .fetch_one(pool)
     .await
 }
 
 /// The thread if `owner` may see it.
 pub async fn get(pool: &PgPool, id: Uuid, owner: &Owner) -> Result<Option<Thread>, sqlx::Error> {
-    sqlx::query_as::<_, Thread>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM threads
-         WHERE id = $1 AND ($2::uuid IS NULL OR api_key_id = $2) AND ($3::text IS NULL OR end_user = $3)"
-    )))
-    .bind(id)
-    .bind(owner.api_key_id)
-    .bind(owner.end_user.as_deref())
+    sqlx::query_as!(
+        Thread,
+        "SELECT id, api_key_id, end_user, assistant_id, title, metadata, created_at, last_activity_at FROM threads
+         WHERE id = $1 AND ($2::uuid IS NULL OR api_key_id = $2) AND ($3::text IS NULL OR end_user = $3)",
+        id,
+        owner.api_key_id,
+        owner.end_user.as_deref(),
+    )
     .fetch_optional(pool)
     .await
 }
@@ -84,17 +84,18 @@ pub async fn list(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Page<Thread>, sqlx::Error> {
-    let rows = sqlx::query_as::<_, Thread>(AssertSqlSafe(format!(
-        "SELECT {COLUMNS} FROM threads
+    let rows = sqlx::query_as!(
+        Thread,
+        "SELECT id, api_key_id, end_user, assistant_id, title, metadata, created_at, last_activity_at FROM threads
          WHERE ($1::uuid IS NULL OR api_key_id = $1) AND ($2::text IS NULL OR end_user = $2)
            AND ($3::text IS NULL OR end_user = $3) AND ($4::uuid IS NULL OR id > $4)
-         ORDER BY id LIMIT $5"
-    )))
-    .bind(owner.api_key_id)
-    .bind(owner.end_user.as_deref())
-    .bind(user)
-    .bind(after)
-    .bind(limit + 1)
+         ORDER BY id LIMIT $5",
+        owner.api_key_id,
+        owner.end_user.as_deref(),
+        user,
+        after,
+        limit + 1,
+    )
     .fetch_all(pool)
     .await?;
     Ok(Page::from_overfetch(rows, limit))
@@ -102,13 +103,13 @@ pub async fn list(
 
 /// Deletes a thread with its messages, runs and events.
 pub async fn delete(pool: &PgPool, id: Uuid, owner: &Owner) -> Result<bool, sqlx::Error> {
-    let n = sqlx::query(
+    let n = sqlx::query!(
         "DELETE FROM threads
          WHERE id = $1 AND ($2::uuid IS NULL OR api_key_id = $2) AND ($3::text IS NULL OR end_user = $3)",
+        id,
+        owner.api_key_id,
+        owner.end_user.as_deref(),
     )
-    .bind(id)
-    .bind(owner.api_key_id)
-    .bind(owner.end_user.as_deref())
     .execute(pool)
     .await?
     .rows_affected();

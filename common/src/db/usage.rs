@@ -42,26 +42,26 @@ pub struct NewUsage {
 
 /// Inserts a usage record; a record whose id is already stored is left as it is.
 pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    sqlx::query!(
         "INSERT INTO usage_records (id, kind, model, api_key_id, assistant_id, run_id, document_id, input_tokens,
                                     cached_input_tokens, output_tokens, cost_usd, outcome, latency_ms, estimated)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8::numeric, $12, $13, $14)
          ON CONFLICT (id) DO NOTHING",
+        u.id,
+        u.kind as _,
+        u.model,
+        u.api_key_id,
+        u.assistant_id,
+        u.run_id,
+        u.document_id,
+        u.input_tokens as i32,
+        u.cached_input_tokens as i32,
+        u.output_tokens as i32,
+        u.cost_usd,
+        u.outcome as _,
+        u.latency_ms as i32,
+        u.estimated,
     )
-    .bind(u.id)
-    .bind(u.kind)
-    .bind(&u.model)
-    .bind(u.api_key_id)
-    .bind(u.assistant_id)
-    .bind(u.run_id)
-    .bind(u.document_id)
-    .bind(u.input_tokens as i32)
-    .bind(u.cached_input_tokens as i32)
-    .bind(u.output_tokens as i32)
-    .bind(u.cost_usd)
-    .bind(u.outcome)
-    .bind(u.latency_ms as i32)
-    .bind(u.estimated)
     .execute(exec)
     .await?;
     Ok(())
@@ -69,7 +69,9 @@ pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), s
 
 /// Usage records of one run (tests and reports).
 pub async fn count_for_run(pool: &PgPool, run_id: Uuid) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT count(*) FROM usage_records WHERE run_id = $1").bind(run_id).fetch_one(pool).await
+    sqlx::query_scalar!(r#"SELECT count(*) AS "count!" FROM usage_records WHERE run_id = $1"#, run_id)
+        .fetch_one(pool)
+        .await
 }
 
 /// A dimension `/v1/usage` can group by.
@@ -165,6 +167,8 @@ pub async fn report(
     group_by: &[GroupBy],
 ) -> Result<Vec<UsageRow>, sqlx::Error> {
     use sqlx::Row;
+    // Built at run time: the selected and grouped columns depend on `group_by` (constant SQL
+    // expressions from [`GroupBy::expr`], never user text), so no query! macro can hold it.
     let keys: Vec<String> = group_by.iter().enumerate().map(|(i, g)| format!("{} AS k{i}", g.expr())).collect();
     let positions: Vec<String> = (1..=group_by.len()).map(|i| i.to_string()).collect();
     let (select_keys, group) = if group_by.is_empty() {

@@ -1,5 +1,5 @@
-//! Turning an uploaded document into text: one module per format (the PDF one runs the parser
-//! in a sandboxed child process), dispatched on the media type here, then [`chunk`]ed into
+//! Turning an uploaded document into text: one module per format (PDF and HTML run their
+//! parsers in the [`sandbox`] child process), dispatched on the media type here, then [`chunk`]ed into
 //! token-sized pieces that know where they come from. `jobs::ingest` embeds and stores them.
 
 use chatq_common::domain::DocumentErrorCode;
@@ -8,11 +8,12 @@ pub mod chunk;
 pub mod html;
 pub mod markdown;
 pub mod pdf;
+pub mod sandbox;
 pub mod text;
 
 pub use self::{
     chunk::{Piece, chunk},
-    pdf::{ChildLimits, child_main},
+    sandbox::{ChildLimits, child_main},
 };
 
 /// A document that cannot be ingested: a stable code and a message for people.
@@ -74,7 +75,7 @@ pub async fn extract(media_type: &str, bytes: Vec<u8>, limits: &ChildLimits) -> 
         "application/pdf" => pdf::extract(bytes, limits).await?,
         "text/markdown" => markdown::extract(bytes)?,
         "text/plain" => text::extract(bytes)?,
-        "text/html" => html::extract(bytes).await?,
+        "text/html" => html::extract(bytes, limits).await?,
         other => {
             return Err(ExtractError::new(DocumentErrorCode::UnsupportedMediaType, format!("cannot ingest {other}")));
         }

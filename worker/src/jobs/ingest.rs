@@ -48,8 +48,9 @@ pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), Box
 /// Ingests one document if it can be claimed.
 #[tracing::instrument(skip_all, fields(document.id = %document_id, attempt = tracing::field::Empty))]
 pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Error> {
-    let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id).await? else {
-        tracing::debug!("document not claimable (done, failed or deleted); skipping");
+    let max_attempts = ctx.config.knowledge.ingest_max_attempts;
+    let Some(doc) = db::knowledge::claim_document(&ctx.pool, document_id, max_attempts).await? else {
+        tracing::debug!("document not claimable (done, failed, deleted or out of attempts); skipping");
         return Ok(());
     };
     tracing::Span::current().record("attempt", doc.attempt);
@@ -72,6 +73,7 @@ pub async fn execute(ctx: &WorkerCtx, document_id: Uuid) -> Result<(), sqlx::Err
         bin: ctx.config.knowledge.extractor_bin.clone().or_else(|| std::env::current_exe().ok()).unwrap_or_default(),
         timeout: ctx.config.knowledge.extract_timeout,
         memory_mb: ctx.config.knowledge.extract_memory_mb,
+        max_output_bytes: ctx.config.knowledge.extract_max_output_bytes,
     };
     let extracted = match ingest::extract(&doc.media_type, bytes, &limits).await {
         Ok(e) => e,

@@ -6,6 +6,7 @@ mod chat_run;
 mod cleanup;
 mod crash;
 mod housekeeping;
+mod ingest;
 mod reconciler;
 mod support;
 mod usage;

@@ -27,8 +27,8 @@ impl Setup {
         Self::with_env(pool, &[]).await
     }
 
-    /// A setup whose configuration has `overrides` (environment variable, value).
-    pub async fn with_env(pool: PgPool, overrides: &[(&str, &str)]) -> Self {
+    /// A setup whose configuration also has the variables `extra`.
+    pub async fn with_env(pool: PgPool, extra: &[(&str, &str)]) -> Self {
         chatq_common::telemetry::init("test");
         let (_, fake) = chatq_fake_openai::spawn(FakeConfig::default()).await.expect("fake server starts");
         let prefix = format!("t{}", Uuid::now_v7().simple());
@@ -44,7 +44,7 @@ impl Setup {
         if let Ok(url) = std::env::var("REDIS_URL") {
             env.insert("REDIS_URL".into(), url);
         }
-        env.extend(overrides.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         let config = Config::from_lookup(|k| env.get(k).cloned()).expect("valid test config");
         let (_, key) = db::keys::create(&pool, Role::Client, "test-client").await.unwrap();
         let fields = db::assistants::AssistantFields {

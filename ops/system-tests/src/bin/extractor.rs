@@ -1,11 +1,10 @@
-//! `chatq-test-extractor extract-pdf`: the worker's sandboxed PDF text extractor, as the
-//! in-process worker of the system tests runs it (`CHATQ_EXTRACTOR_BIN`).
+//! `chatq-test-extractor extract-pdf|extract-html`: the worker's sandboxed text extractors, as
+//! the in-process worker of the system tests runs them (`CHATQ_EXTRACTOR_BIN`).
 
 fn main() -> std::process::ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("extract-pdf") {
-        chatq_worker::ingest::child_main()
-    } else {
-        eprintln!("usage: chatq-test-extractor extract-pdf < file.pdf");
+    let command = std::env::args().nth(1).unwrap_or_default();
+    chatq_worker::ingest::child_main(&command).unwrap_or_else(|| {
+        eprintln!("usage: chatq-test-extractor extract-pdf|extract-html < file");
         std::process::ExitCode::from(2)
-    }
+    })
 }
