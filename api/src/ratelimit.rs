@@ -16,6 +16,8 @@ use crate::{
 
 /// Checks every limit a new run is subject to, and counts it. The checks without side effects
 /// (active runs, budget) come first, so a refused run does not use up the per-minute quota.
+/// The active-run check is made again, atomically with the insert, by
+/// [`db::runs::submit_for_user`] (with [`max_active_runs`]); this early one spares the quota.
 pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option<&str>) -> Result<(), ApiError> {
     let config = &state.config;
     if let Some(user) = end_user
@@ -23,13 +25,7 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
     {
         let active = db::runs::active_for_user(&state.pool, principal.key_id, user).await?;
         if active >= i64::from(config.limits.user_active_runs) {
-            return Err(ApiError::RateLimited {
-                code: ApiErrorCode::RateLimited,
-                message: format!("this user already has {active} runs in progress; wait for one to finish"),
-                limit: u64::from(config.limits.user_active_runs),
-                remaining: 0,
-                reset_secs: 1,
-            });
+            return Err(too_many_active(state, db::runs::TooManyActive { active }));
         }
     }
     if let Some(budget) = principal.monthly_budget_usd {
@@ -58,6 +54,23 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         count(state, scope, u64::from(config.limits.user_runs_per_min), "runs per minute for this user").await?;
     }
     Ok(())
+}
+
+/// The most active runs an end user may have, `None` without a limit.
+pub fn max_active_runs(state: &AppState) -> Option<i64> {
+    let max = i64::from(state.config.limits.user_active_runs);
+    (max > 0).then_some(max)
+}
+
+/// The 429 answering a run refused by its end user's active-run limit.
+pub fn too_many_active(state: &AppState, refusal: db::runs::TooManyActive) -> ApiError {
+    ApiError::RateLimited {
+        code: ApiErrorCode::RateLimited,
+        message: format!("this user already has {} runs in progress; wait for one to finish", refusal.active),
+        limit: u64::from(state.config.limits.user_active_runs),
+        remaining: 0,
+        reset_secs: 1,
+    }
 }
 
 /// Counts an upload of `bytes` against the key's daily quota (UTC day); refuses it, without

@@ -85,3 +85,29 @@ async fn a_per_key_limit_overrides_the_global_one(pool: PgPool) {
     assert_eq!(body["error"]["details"]["limit"], 1);
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn concurrent_submits_of_one_user_admit_exactly_the_allowed_active_runs(pool: PgPool) {
+    let limits = [("CHATQ_RATE_USER_ACTIVE_RUNS", "1"), ("CHATQ_RATE_USER_RUNS_PER_MIN", "0")];
+    let s = Stack::start_with(pool, &limits).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let mut submits = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let thread = s.create_thread(&assistant, "alice").await;
+        let req = s.http.post(format!("{}/v1/threads/{thread}/runs", s.api_url)).bearer_auth(&s.client_key);
+        submits.spawn(req.json(&json!({"input": "hi"})).send());
+    }
+    let mut statuses = Vec::new();
+    while let Some(resp) = submits.join_next().await {
+        statuses.push(resp.unwrap().unwrap().status());
+    }
+    let admitted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((admitted, refused), (1, 15), "{statuses:?}");
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status IN ('queued', 'in_progress')")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(active, 1);
+    s.shutdown().await;
+}

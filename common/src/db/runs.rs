@@ -109,11 +109,46 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
+/// A run refused because its end user has `active` active (queued or in-progress) runs, the
+/// most allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManyActive {
+    /// Active runs of the end user.
+    pub active: i64,
+}
+
+/// [`submit`] for `end_user`, who may have at most `max_active` active runs. The count and the
+/// insert are one transaction serialised per end user (an advisory lock on key and user), so N
+/// concurrent submits admit exactly as many runs as the limit allows.
+pub async fn submit_for_user(
+    pool: &PgPool,
+    new: &NewRun<'_>,
+    end_user: &str,
+    max_active: i64,
+) -> Result<Result<Run, TooManyActive>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || '/' || $2, 0))",
+        new.api_key_id,
+        end_user
+    )
+    .execute(&mut *tx)
+    .await?;
+    let active = active_for_user(&mut *tx, new.api_key_id, end_user).await?;
+    if active >= max_active {
+        return Ok(Err(TooManyActive { active }));
+    }
+    insert_submitted(tx, new).await.map(Ok)
+}
+
 /// In one transaction: the user message, the queued run and its `run.queued` event.
 /// Unique violations surface as errors naming [`ONE_ACTIVE_PER_THREAD`], [`IDEMPOTENCY_KEY`]
 /// or [`CLIENT_MESSAGE_ID`].
 pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    insert_submitted(pool.begin().await?, new).await
+}
+
+async fn insert_submitted(mut tx: Transaction<'_, Postgres>, new: &NewRun<'_>) -> Result<Run, sqlx::Error> {
     let run_id = crate::new_id();
     let message_id = crate::new_id();
     sqlx::query!(
@@ -587,14 +622,18 @@ pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Res
 }
 
 /// Active (queued or in-progress) runs of one end user of a key.
-pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) -> Result<i64, sqlx::Error> {
+pub async fn active_for_user<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    api_key_id: Uuid,
+    end_user: &str,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM runs r JOIN threads t ON t.id = r.thread_id
          WHERE r.status IN ('queued', 'in_progress') AND t.api_key_id = $1 AND t.end_user = $2"#,
         api_key_id,
         end_user,
     )
-    .fetch_one(pool)
+    .fetch_one(exec)
     .await
 }
 
