@@ -278,10 +278,16 @@ pub async fn list_for_thread(
     Ok(Page::from_overfetch(rows, limit))
 }
 
-/// Claims a run for `owner`: a queued run that is due, or an in-progress run whose lease
-/// lapsed (its worker died). Increments `attempt`, which fences every later write. `None`
-/// when the run is terminal, not due, or leased by a live worker.
-pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Result<Option<Run>, sqlx::Error> {
+/// Claims a run for `owner`: a queued run that is due, or, when `take_over`, an in-progress run
+/// whose lease lapsed (its worker died). Increments `attempt`, which fences every later write.
+/// `None` when the run is terminal, not due, or leased by a live worker.
+pub async fn claim(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+    lease_secs: f64,
+    take_over: bool,
+) -> Result<Option<Run>, sqlx::Error> {
     // `old` is read before the update: it tells a retry (queued) from a crash (in_progress).
     sqlx::query_as!(
         Run,
@@ -291,7 +297,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Res
          FROM (SELECT id, status AS previous_status FROM runs WHERE id = $1) old
          WHERE r.id = $1 AND old.id = r.id
            AND ((r.status = 'queued' AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= now()))
-                OR (r.status = 'in_progress' AND r.lease_expires_at < now()))
+                OR ($5 AND r.status = 'in_progress' AND r.lease_expires_at < now()))
          RETURNING r.id, r.thread_id, r.assistant_id, r.api_key_id, r.user_message_id, r.status AS "status: RunStatus",
            r.attempt, r.lease_owner, r.lease_expires_at, r.next_attempt_at, r.waiting_reason, r.idempotency_key,
            r.model, r.output_text, r.last_seq, r.finish_reason, r.error_code AS "error_code: RunErrorCode",
@@ -302,6 +308,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Res
         owner,
         lease_secs,
         RunStatus::InProgress as _,
+        take_over,
     )
     .fetch_optional(pool)
     .await
@@ -544,24 +551,28 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
 
 /// Marks runs whose job may be lost as re-enqueued and returns them: queued runs that are due,
 /// and in-progress runs whose lease lapsed (their worker died) with fewer than `max_attempts`
-/// attempts, not pushed for `stale_secs`.
+/// attempts, not pushed for `stale_secs`. Runs in `held` are being worked on whatever their
+/// lease in Postgres says.
 pub async fn take_stale(
     pool: &PgPool,
     stale_secs: f64,
     max_attempts: i32,
+    held: &[Uuid],
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
         "UPDATE runs SET enqueued_at = now() WHERE id IN (
             SELECT id FROM runs
             WHERE ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt < $3))
+                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt < $3
+                       AND NOT (id = ANY($4))))
               AND enqueued_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id",
         stale_secs,
         limit,
         max_attempts,
+        held,
     )
     .fetch_all(pool)
     .await
@@ -575,15 +586,22 @@ pub const EXHAUSTED_MESSAGE: &str =
 
 /// Fails in-progress runs whose lease lapsed after `max_attempts` attempts (each attempt's
 /// worker died): status `failed` with [`EXHAUSTED_CODE`], the partial output kept on the run,
-/// and the terminal event appended to the log. Returns the terminal events to publish.
-pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Result<Vec<RunEvent>, sqlx::Error> {
+/// and the terminal event appended to the log. Runs in `held` are left alone: their worker is
+/// alive. Returns the terminal events to publish.
+pub async fn fail_exhausted(
+    pool: &PgPool,
+    max_attempts: i32,
+    held: &[Uuid],
+    limit: i64,
+) -> Result<Vec<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query!(
         "SELECT id, attempt FROM runs
-         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1
+         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1 AND NOT (id = ANY($3))
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         max_attempts,
         limit,
+        held,
     )
     .fetch_all(&mut *tx)
     .await?;

@@ -113,8 +113,10 @@ impl<'a> Attempt<'a> {
     }
 
     /// Flushes this run's events, then writes the final state in one transaction and
-    /// publishes the terminal event. Retries for about 10 s (100 ms doubling) while Postgres
-    /// is unavailable.
+    /// publishes the terminal event. While Postgres is unavailable the outcome is kept here and
+    /// the write retried (100 ms doubling to 2 s) for up to `CHATQ_FINISH_RETRY_SECS`; the lease
+    /// renewer keeps the run's Redis lease meanwhile, so no other worker takes the run over and
+    /// asks the provider again.
     pub(super) async fn finish(
         self,
         outcome: Outcome,
@@ -132,12 +134,13 @@ impl<'a> Attempt<'a> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_factor(2.0)
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(7);
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times();
+        let give_up_at = Instant::now() + ctx.config.runs.finish_retry;
         let event = (|| db::runs::finish(&ctx.pool, &finish))
             .retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(db::is_unavailable)
+            .when(|e| db::is_unavailable(e) && Instant::now() < give_up_at)
             .notify(|e, _| tracing::warn!(error = %e, "cannot finish run yet; retrying"))
             .await?;
         // Counted once the usage record is committed, with its value, so the counters add up

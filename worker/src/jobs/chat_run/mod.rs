@@ -20,6 +20,7 @@ use chatq_common::{
     jobs::{self, ChatRun},
     pricing::TokenUsage,
     provider::{ChatRequest, ErrorClass, ProviderError},
+    redis_formats::run_lease,
     retrieval, tokens,
 };
 use chrono::Utc;
@@ -233,11 +234,21 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
 
 /// Claims the run. A job delivered a little before the run's `next_attempt_at` (apalis
 /// schedules by the whole second) waits for it, or is pushed again when it is further away,
-/// so an early delivery never loses the retry.
+/// so an early delivery never loses the retry. An in-progress run whose Postgres lease lapsed
+/// is taken over only when its Redis lease lapsed too: its worker may be waiting for Postgres
+/// to write the answer.
 async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
     let lease = ctx.config.runs.lease.as_secs_f64();
+    let take_over = match run_lease::is_held(&ctx.redis, ctx.queues.prefix(), run_id).await {
+        Ok(held) => !held,
+        // Without Redis the Postgres lease alone decides, as it always may.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the run's Redis lease");
+            true
+        }
+    };
     for _ in 0..2 {
-        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
+        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease, take_over).await? {
             return Ok(Some(run));
         }
         let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
