@@ -133,3 +133,31 @@ async fn a_run_whose_thread_is_deleted_mid_stream_is_still_billed(pool: PgPool) 
     assert!(r.input_tokens > 0 && r.output_tokens > 0, "{r:?}");
     s.shutdown();
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_run_whose_lease_is_lost_mid_stream_is_still_billed(pool: PgPool) {
+    let s = Setup::with_env(pool.clone(), &[("CHATQ_RUN_LEASE_SECS", "3")]).await;
+    let id = s.submit("alice", "essay [[fake tokens=400 delay_ms=20]]").await;
+    let ctx = s.ctx().await;
+    let worker = tokio::spawn({
+        let ctx = ctx.clone();
+        async move { chat_run::execute(&ctx, id).await }
+    });
+    wait_for_words(&pool, id, 3).await;
+    // Another worker claims the run (its attempt fences this one out): the next renewal fails.
+    sqlx::query("UPDATE runs SET attempt = attempt + 1, lease_owner = 'worker-b' WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    worker.await.unwrap().unwrap();
+
+    let records = records(&pool, id).await;
+    assert_eq!(records.len(), 1, "one record for the abandoned call: {records:?}");
+    let r = &records[0];
+    assert_eq!(r.outcome, "lease_lost");
+    assert!(r.estimated, "the provider sent no usage, so the tokens are estimated");
+    assert!(r.input_tokens > 0 && r.output_tokens >= 3, "{r:?}");
+    assert!(db::keys::spend_this_month(&pool, s.key_id).await.unwrap() > 0.0, "the budget counts it");
+    s.shutdown();
+}
