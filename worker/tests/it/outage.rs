@@ -41,8 +41,9 @@ async fn an_answer_finished_during_a_postgres_outage_is_committed_once_when_post
     let run = db::runs::get(&pool, id).await.unwrap().unwrap();
     assert_eq!((run.status, run.attempt), (RunStatus::InProgress, 1), "the run was taken over");
 
-    // Longer than a finish would have waited without keeping the answer (about 13 s).
-    tokio::time::sleep_until(cut_at + Duration::from_secs(20)).await;
+    // The outage lasts 60 s, the longest a finish is promised to survive (and longer than the
+    // 13 s of retries, plus their waits for a connection, a finish used to make).
+    tokio::time::sleep_until(cut_at + Duration::from_secs(60)).await;
     assert!(!worker.is_finished(), "the worker gave up on the answer during the outage");
     proxy.restore();
     tokio::time::timeout(Duration::from_secs(30), worker)
