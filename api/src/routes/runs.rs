@@ -249,17 +249,14 @@ pub async fn create_run(
         client_message_id: input.client_message_id.as_deref(),
         idempotency_key,
     };
-    // The active-run limit is checked again in the transaction that stores the run: concurrent
-    // submits of one user all passed the early check above.
-    let submitted = match (thread.end_user.as_deref(), crate::ratelimit::max_active_runs(&state)) {
-        (Some(user), Some(max)) => db::runs::submit_for_user(&state.pool, &new, user, max).await,
-        _ => db::runs::submit(&state.pool, &new).await.map(Ok),
-    };
-    let run = match submitted {
+    // The active-run limit and the budget are checked again in the transaction that stores the
+    // run: concurrent submits all passed the early checks above.
+    let limits = crate::ratelimit::run_limits(&state, &principal, thread.end_user.as_deref());
+    let run = match db::runs::submit_within(&state.pool, &new, limits).await {
         Ok(Ok(run)) => run,
         Ok(Err(refusal)) => {
             state.metrics.runs_submitted.with_label_values(&["rate_limited"]).inc();
-            return Err(crate::ratelimit::too_many_active(&state, refusal));
+            return Err(crate::ratelimit::refused(&state, &principal, refusal));
         }
         Err(e) => match db::violated_constraint(&e) {
             Some(db::runs::ONE_ACTIVE_PER_THREAD) => {

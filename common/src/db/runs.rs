@@ -109,34 +109,58 @@ pub struct NewRun<'a> {
     pub idempotency_key: Option<&'a str>,
 }
 
-/// A run refused because its end user has `active` active (queued or in-progress) runs, the
-/// most allowed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TooManyActive {
-    /// Active runs of the end user.
-    pub active: i64,
+/// Why a run was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// The end user has `active` active (queued or in-progress) runs, the most allowed.
+    TooManyActive {
+        /// Active runs of the end user.
+        active: i64,
+    },
+    /// The key's spend this month, with its runs in flight reserved, reached its budget.
+    BudgetExhausted,
 }
 
-/// [`submit`] for `end_user`, who may have at most `max_active` active runs. The count and the
-/// insert are one transaction serialised per end user (an advisory lock on key and user), so N
-/// concurrent submits admit exactly as many runs as the limit allows.
-pub async fn submit_for_user(
+/// The limits a new run is admitted under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits<'a> {
+    /// The end user and the most active runs they may have.
+    pub active_per_user: Option<(&'a str, i64)>,
+    /// The key's monthly budget in USD.
+    pub monthly_budget_usd: Option<f64>,
+}
+
+/// [`submit`] within `limits`. The checks and the insert are one transaction serialised per end
+/// user and per key with a budget (advisory locks, taken in that order so that two submits
+/// never wait on each other in a cycle), so N concurrent submits admit exactly as many runs as
+/// the limits allow. The budget counts the key's runs in flight at
+/// [`keys::committed_this_month`](super::keys::committed_this_month).
+pub async fn submit_within(
     pool: &PgPool,
     new: &NewRun<'_>,
-    end_user: &str,
-    max_active: i64,
-) -> Result<Result<Run, TooManyActive>, sqlx::Error> {
+    limits: Limits<'_>,
+) -> Result<Result<Run, Refusal>, sqlx::Error> {
     let mut tx = pool.begin().await?;
-    sqlx::query!(
-        "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || '/' || $2, 0))",
-        new.api_key_id,
-        end_user
-    )
-    .execute(&mut *tx)
-    .await?;
-    let active = active_for_user(&mut *tx, new.api_key_id, end_user).await?;
-    if active >= max_active {
-        return Ok(Err(TooManyActive { active }));
+    if let Some((end_user, max_active)) = limits.active_per_user {
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || '/' || $2, 0))",
+            new.api_key_id,
+            end_user
+        )
+        .execute(&mut *tx)
+        .await?;
+        let active = active_for_user(&mut *tx, new.api_key_id, end_user).await?;
+        if active >= max_active {
+            return Ok(Err(Refusal::TooManyActive { active }));
+        }
+    }
+    if let Some(budget) = limits.monthly_budget_usd {
+        sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('budget/' || $1::uuid::text, 0))", new.api_key_id)
+            .execute(&mut *tx)
+            .await?;
+        if super::keys::committed_this_month(&mut *tx, new.api_key_id).await? >= budget {
+            return Ok(Err(Refusal::BudgetExhausted));
+        }
     }
     insert_submitted(tx, new).await.map(Ok)
 }
