@@ -4,7 +4,10 @@
 //! [`chatq_common::redis_formats::rate_limit`].
 
 use chatq_common::{
-    db,
+    db::{
+        self,
+        runs::{Limits, Refusal},
+    },
     redis_formats::rate_limit::{self, RunScope},
 };
 
@@ -16,6 +19,8 @@ use crate::{
 
 /// Checks every limit a new run is subject to, and counts it. The checks without side effects
 /// (active runs, budget) come first, so a refused run does not use up the per-minute quota.
+/// Both are made again, atomically with the insert, by [`db::runs::submit_within`] (with
+/// [`run_limits`]); these early checks spare the quota.
 pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option<&str>) -> Result<(), ApiError> {
     let config = &state.config;
     if let Some(user) = end_user
@@ -23,26 +28,13 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
     {
         let active = db::runs::active_for_user(&state.pool, principal.key_id, user).await?;
         if active >= i64::from(config.limits.user_active_runs) {
-            return Err(ApiError::RateLimited {
-                code: ApiErrorCode::RateLimited,
-                message: format!("this user already has {active} runs in progress; wait for one to finish"),
-                limit: u64::from(config.limits.user_active_runs),
-                remaining: 0,
-                reset_secs: 1,
-            });
+            return Err(refused(state, principal, Refusal::TooManyActive { active }));
         }
     }
-    if let Some(budget) = principal.monthly_budget_usd {
-        let spent = db::keys::spend_this_month(&state.pool, principal.key_id).await?;
-        if spent >= budget {
-            return Err(ApiError::RateLimited {
-                code: ApiErrorCode::BudgetExhausted,
-                message: format!("this key's monthly budget of ${budget:.2} is used up"),
-                limit: 0,
-                remaining: 0,
-                reset_secs: seconds_to_next_month(),
-            });
-        }
+    if let Some(budget) = principal.monthly_budget_usd
+        && db::keys::committed_this_month(&state.pool, principal.key_id).await? >= budget
+    {
+        return Err(refused(state, principal, Refusal::BudgetExhausted));
     }
     let key_limit = match principal.runs_per_minute {
         Some(n) => n.max(0) as u64,
@@ -58,6 +50,38 @@ pub async fn admit_run(state: &AppState, principal: &Principal, end_user: Option
         count(state, scope, u64::from(config.limits.user_runs_per_min), "runs per minute for this user").await?;
     }
     Ok(())
+}
+
+/// The limits [`db::runs::submit_within`] checks again in the transaction that stores a run.
+pub fn run_limits<'a>(state: &AppState, principal: &Principal, end_user: Option<&'a str>) -> Limits<'a> {
+    let max_active = i64::from(state.config.limits.user_active_runs);
+    Limits {
+        active_per_user: end_user.filter(|_| max_active > 0).map(|user| (user, max_active)),
+        monthly_budget_usd: principal.monthly_budget_usd,
+    }
+}
+
+/// The 429 answering a run refused by its end user's active-run limit or its key's budget.
+pub fn refused(state: &AppState, principal: &Principal, refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::TooManyActive { active } => ApiError::RateLimited {
+            code: ApiErrorCode::RateLimited,
+            message: format!("this user already has {active} runs in progress; wait for one to finish"),
+            limit: u64::from(state.config.limits.user_active_runs),
+            remaining: 0,
+            reset_secs: 1,
+        },
+        Refusal::BudgetExhausted => ApiError::RateLimited {
+            code: ApiErrorCode::BudgetExhausted,
+            message: format!(
+                "this key's monthly budget of ${:.2} is used up",
+                principal.monthly_budget_usd.unwrap_or_default()
+            ),
+            limit: 0,
+            remaining: 0,
+            reset_secs: seconds_to_next_month(),
+        },
+    }
 }
 
 /// Counts an upload of `bytes` against the key's daily quota (UTC day); refuses it, without

@@ -230,6 +230,9 @@ pub struct RunsConfig {
     pub reconcile_after: Duration,
     /// Token budget for the thread history sent to the model (`CHATQ_HISTORY_MAX_TOKENS`).
     pub history_max_tokens: usize,
+    /// How long a finished answer waits in memory for an unreachable Postgres before the attempt
+    /// gives up (`CHATQ_FINISH_RETRY_SECS`): outages shorter than this cost no second call.
+    pub finish_retry: Duration,
 }
 
 /// Live streaming of run events.
@@ -383,6 +386,7 @@ impl Config {
                 retry_base: Duration::from_millis(r.parse("CHATQ_RETRY_BASE_MS", "500")),
                 retry_max: Duration::from_millis(r.parse("CHATQ_RETRY_MAX_MS", "30000")),
                 reconcile_interval: Duration::from_secs(r.parse("CHATQ_RECONCILE_INTERVAL_SECS", "10")),
+                finish_retry: Duration::from_secs(r.parse("CHATQ_FINISH_RETRY_SECS", "120")),
                 reconcile_after: Duration::from_secs(r.parse("CHATQ_RECONCILE_AFTER_SECS", "30")),
                 history_max_tokens: r.parse("CHATQ_HISTORY_MAX_TOKENS", "16000"),
             },

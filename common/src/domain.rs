@@ -219,13 +219,21 @@ domain_enum! {
 }
 
 /// How a provider call ended (`usage_records.outcome`): `ok`, `flagged` (a moderation check
-/// that flagged its input) or the [`RunErrorCode`] of the failure.
+/// that flagged its input), `cancelled`, `lease_lost`, `released` or the [`RunErrorCode`] of
+/// the failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum UsageOutcome {
     /// The call succeeded.
     Ok,
     /// A moderation call succeeded and flagged its input.
     Flagged,
+    /// The run was cancelled on request while the call streamed.
+    Cancelled,
+    /// The attempt stopped mid-call because it no longer owned the run (its lease went to
+    /// another worker, or the run was deleted with its thread).
+    LeaseLost,
+    /// The worker gave the run back mid-call at shutdown.
+    Released,
     /// The call failed.
     Error(RunErrorCode),
 }
@@ -236,6 +244,9 @@ impl UsageOutcome {
         match self {
             UsageOutcome::Ok => "ok",
             UsageOutcome::Flagged => "flagged",
+            UsageOutcome::Cancelled => "cancelled",
+            UsageOutcome::LeaseLost => "lease_lost",
+            UsageOutcome::Released => "released",
             UsageOutcome::Error(code) => code.as_str(),
         }
     }

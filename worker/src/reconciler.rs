@@ -12,6 +12,7 @@ use chatq_common::{
     db,
     domain::{DocumentStatus, RunStatus},
     jobs::{self, ChatRun, IngestDocument},
+    redis_formats::run_lease,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -51,8 +52,15 @@ pub async fn tick(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
 /// Chat runs: fails those whose workers died too often, pushes again the stale ones.
 pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> {
     let max_attempts = ctx.config.runs.max_attempts;
-    let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, 500).await?;
-    let ids = db::runs::take_stale(&ctx.pool, ctx.config.runs.reconcile_after.as_secs_f64(), max_attempts, 500).await?;
+    // Runs whose worker still holds their Redis lease are being worked on, even if their
+    // Postgres lease lapsed during an outage: neither failed nor pushed again.
+    let held = run_lease::held(&ctx.redis, ctx.queues.prefix()).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read run leases from Redis; going by Postgres leases");
+        Vec::new()
+    });
+    let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, &held, 500).await?;
+    let reconcile_after = ctx.config.runs.reconcile_after.as_secs_f64();
+    let ids = db::runs::take_stale(&ctx.pool, reconcile_after, max_attempts, &held, 500).await?;
     for event in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;

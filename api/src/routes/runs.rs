@@ -265,8 +265,15 @@ pub async fn create_run(
         idempotency_key,
         idempotency_user: principal.end_user.as_deref(),
     };
-    let run = match db::runs::submit(&state.pool, &new).await {
-        Ok(run) => run,
+    // The active-run limit and the budget are checked again in the transaction that stores the
+    // run: concurrent submits all passed the early checks above.
+    let limits = crate::ratelimit::run_limits(&state, &principal, thread.end_user.as_deref());
+    let run = match db::runs::submit_within(&state.pool, &new, limits).await {
+        Ok(Ok(run)) => run,
+        Ok(Err(refusal)) => {
+            state.metrics.runs_submitted.with_label_values(&["rate_limited"]).inc();
+            return Err(crate::ratelimit::refused(&state, &principal, refusal));
+        }
         Err(e) => match db::violated_constraint(&e) {
             Some(db::runs::ONE_ACTIVE_PER_THREAD) => {
                 state.metrics.runs_submitted.with_label_values(&["busy"]).inc();

@@ -47,7 +47,7 @@ impl Validate for UsageQuery {
 pub struct UsageFigures {
     /// Provider calls.
     pub requests: i64,
-    /// Calls that failed (outcome other than `ok`).
+    /// Calls that failed (outcome other than `ok` or `cancelled`).
     pub failures: i64,
     /// `failures / requests`, 0 when there were no requests.
     pub failure_rate: f64,
@@ -63,10 +63,19 @@ pub struct UsageFigures {
     pub cost_usd: Option<f64>,
     /// `true` when some calls had no price: `cost_usd` leaves them out.
     pub unpriced: bool,
-    /// Successful calls of unpriced models.
+    /// Billed calls (successful or estimated) of unpriced models.
     pub unpriced_requests: i64,
     /// The unpriced models.
     pub unpriced_models: Vec<String>,
+    /// Calls the provider reported no usage for (cancelled, cut or abandoned mid-stream), whose
+    /// tokens chatq counted with the tokenizer. They are included in every figure above.
+    pub estimated_requests: i64,
+    /// The estimated part of `input_tokens`.
+    pub estimated_input_tokens: i64,
+    /// The estimated part of `output_tokens`.
+    pub estimated_output_tokens: i64,
+    /// The estimated part of `cost_usd`.
+    pub estimated_cost_usd: f64,
 }
 
 impl From<db::usage::UsageRow> for UsageFigures {
@@ -83,6 +92,10 @@ impl From<db::usage::UsageRow> for UsageFigures {
             unpriced: r.unpriced_requests > 0,
             unpriced_requests: r.unpriced_requests,
             unpriced_models: r.unpriced_models,
+            estimated_requests: r.estimated_requests,
+            estimated_input_tokens: r.estimated_input_tokens,
+            estimated_output_tokens: r.estimated_output_tokens,
+            estimated_cost_usd: r.estimated_cost_usd,
         }
     }
 }

@@ -279,3 +279,129 @@ async fn concurrent_uploads_cannot_overshoot_a_knowledge_base_quota(pool: PgPool
     assert_eq!(documents, 2);
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn concurrent_submits_of_one_user_admit_exactly_the_allowed_active_runs(pool: PgPool) {
+    let limits = [("CHATQ_RATE_USER_ACTIVE_RUNS", "1"), ("CHATQ_RATE_USER_RUNS_PER_MIN", "0")];
+    let s = Stack::start_with(pool, &limits).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let mut submits = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let thread = s.create_thread(&assistant, "alice").await;
+        let req = s.http.post(format!("{}/v1/threads/{thread}/runs", s.api_url)).bearer_auth(&s.client_key);
+        submits.spawn(req.json(&json!({"input": "hi"})).send());
+    }
+    let mut statuses = Vec::new();
+    while let Some(resp) = submits.join_next().await {
+        statuses.push(resp.unwrap().unwrap().status());
+    }
+    let admitted = statuses.iter().filter(|s| **s == StatusCode::ACCEPTED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((admitted, refused), (1, 15), "{statuses:?}");
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM runs WHERE status IN ('queued', 'in_progress')")
+        .fetch_one(&s.pool)
+        .await
+        .unwrap();
+    assert_eq!(active, 1);
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn concurrent_submits_against_a_budget_with_room_for_one_run_admit_exactly_one(pool: PgPool) {
+    let limits = [("CHATQ_RATE_USER_ACTIVE_RUNS", "0"), ("CHATQ_RATE_USER_RUNS_PER_MIN", "0")];
+    let s = Stack::start_with(pool.clone(), &limits).await;
+    let key_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE name = 'test-client'").fetch_one(&pool).await.unwrap();
+    // One earlier run cost $0.01 this month; the budget has room for one more such run.
+    let usage = chatq_common::db::usage::NewUsage {
+        id: chatq_common::new_id(),
+        kind: chatq_common::domain::UsageKind::Chat,
+        model: "gpt-4o-mini".into(),
+        api_key_id: Some(key_id),
+        assistant_id: None,
+        run_id: Some(chatq_common::new_id()),
+        document_id: None,
+        input_tokens: 10,
+        cached_input_tokens: 0,
+        output_tokens: 10,
+        cost_usd: Some(0.01),
+        outcome: chatq_common::domain::UsageOutcome::Ok,
+        latency_ms: 1,
+        estimated: false,
+    };
+    chatq_common::db::usage::insert(&pool, &usage).await.unwrap();
+    chatq_common::db::keys::set_limits(&pool, key_id, None, Some(0.015)).await.unwrap();
+    let assistant = s.create_assistant(json!({})).await;
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let thread = s.create_thread(&assistant, &format!("user-{i}")).await;
+        let req = s.http.post(format!("{}/v1/threads/{thread}/runs", s.api_url)).bearer_auth(&s.client_key);
+        submits.spawn(req.json(&json!({"input": "hi"})).send());
+    }
+    let mut admitted = 0;
+    let mut codes = Vec::new();
+    while let Some(resp) = submits.join_next().await {
+        let resp = resp.unwrap().unwrap();
+        if resp.status() == StatusCode::ACCEPTED {
+            admitted += 1;
+        } else {
+            let body: serde_json::Value = resp.json().await.unwrap();
+            codes.push(body["error"]["code"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert_eq!(admitted, 1, "{codes:?}");
+    assert!(codes.iter().all(|c| c == "budget_exhausted"), "{codes:?}");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_budget_is_checked_in_the_transaction_that_stores_the_run(pool: PgPool) {
+    use chatq_common::db::runs::{Limits, NewRun, Refusal, submit_within};
+    let s = Stack::start(pool.clone()).await;
+    let key_id: uuid::Uuid =
+        sqlx::query_scalar("SELECT id FROM api_keys WHERE name = 'test-client'").fetch_one(&pool).await.unwrap();
+    let usage = chatq_common::db::usage::NewUsage {
+        id: chatq_common::new_id(),
+        kind: chatq_common::domain::UsageKind::Chat,
+        model: "gpt-4o-mini".into(),
+        api_key_id: Some(key_id),
+        assistant_id: None,
+        run_id: Some(chatq_common::new_id()),
+        document_id: None,
+        input_tokens: 10,
+        cached_input_tokens: 0,
+        output_tokens: 10,
+        cost_usd: Some(0.01),
+        outcome: chatq_common::domain::UsageOutcome::Ok,
+        latency_ms: 1,
+        estimated: false,
+    };
+    chatq_common::db::usage::insert(&pool, &usage).await.unwrap();
+    let assistant = s.create_assistant(json!({})).await;
+    let assistant_id: uuid::Uuid = assistant.parse().unwrap();
+    // Sixteen submits at once, none of them checked beforehand: only the transaction decides.
+    let mut submits = tokio::task::JoinSet::new();
+    for i in 0..16 {
+        let thread_id: uuid::Uuid = s.create_thread(&assistant, &format!("user-{i}")).await.parse().unwrap();
+        let pool = pool.clone();
+        submits.spawn(async move {
+            let new = NewRun {
+                thread_id,
+                assistant_id,
+                model: "gpt-4o-mini",
+                api_key_id: key_id,
+                input: "hi",
+                client_message_id: None,
+                idempotency_key: None,
+                idempotency_user: None,
+            };
+            let limits = Limits { active_per_user: None, monthly_budget_usd: Some(0.015) };
+            submit_within(&pool, &new, limits).await.unwrap().map(|_| ())
+        });
+    }
+    let outcomes = submits.join_all().await;
+    let admitted = outcomes.iter().filter(|o| o.is_ok()).count();
+    assert_eq!(admitted, 1, "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| matches!(o, Ok(()) | Err(Refusal::BudgetExhausted))));
+    s.shutdown().await;
+}

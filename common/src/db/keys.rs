@@ -76,6 +76,26 @@ pub async fn set_limits(
     Ok(())
 }
 
+/// What a key has committed this month (UTC): its recorded cost, plus each of its runs in flight
+/// (queued or in progress) at the average cost of its runs this month. New runs are admitted
+/// against it, so that runs started together cannot all pass a budget that has room for one.
+pub async fn committed_this_month<'e>(exec: impl sqlx::PgExecutor<'e>, id: Uuid) -> Result<f64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"WITH spend AS (
+             SELECT COALESCE(sum(cost_usd), 0)::float8 AS spent,
+                    COALESCE(sum(cost_usd) FILTER (WHERE run_id IS NOT NULL), 0)::float8 AS run_cost,
+                    count(DISTINCT run_id) AS runs
+             FROM usage_records
+             WHERE api_key_id = $1 AND at >= date_trunc('month', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'),
+           in_flight AS (SELECT count(*) AS n FROM runs WHERE api_key_id = $1 AND status IN ('queued', 'in_progress'))
+           SELECT (spent + CASE WHEN runs > 0 THEN run_cost / runs ELSE 0 END * n)::float8 AS "committed!"
+           FROM spend, in_flight"#,
+        id,
+    )
+    .fetch_one(exec)
+    .await
+}
+
 /// Cost in USD recorded for a key since the start of the current month (UTC).
 pub async fn spend_this_month(pool: &PgPool, id: Uuid) -> Result<f64, sqlx::Error> {
     sqlx::query_scalar!(

@@ -61,7 +61,15 @@ pub fn violated_constraint(err: &sqlx::Error) -> Option<&str> {
 
 /// Whether the error means Postgres is unreachable or overloaded (→ 503, retry later).
 pub fn is_unavailable(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => true,
+        // Connection exceptions (class 08) and a server shutting down, restarting or terminating
+        // the connection (57P01-57P03).
+        sqlx::Error::Database(e) => {
+            e.code().is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
+    }
 }
 
 /// A page of rows plus the cursor of the next page.

@@ -112,11 +112,70 @@ pub struct NewRun<'a> {
     pub idempotency_user: Option<&'a str>,
 }
 
+/// Why a run was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Refusal {
+    /// The end user has `active` active (queued or in-progress) runs, the most allowed.
+    TooManyActive {
+        /// Active runs of the end user.
+        active: i64,
+    },
+    /// The key's spend this month, with its runs in flight reserved, reached its budget.
+    BudgetExhausted,
+}
+
+/// The limits a new run is admitted under.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits<'a> {
+    /// The end user and the most active runs they may have.
+    pub active_per_user: Option<(&'a str, i64)>,
+    /// The key's monthly budget in USD.
+    pub monthly_budget_usd: Option<f64>,
+}
+
+/// [`submit`] within `limits`. The checks and the insert are one transaction serialised per end
+/// user and per key with a budget (advisory locks, taken in that order so that two submits
+/// never wait on each other in a cycle), so N concurrent submits admit exactly as many runs as
+/// the limits allow. The budget counts the key's runs in flight at
+/// [`keys::committed_this_month`](super::keys::committed_this_month).
+pub async fn submit_within(
+    pool: &PgPool,
+    new: &NewRun<'_>,
+    limits: Limits<'_>,
+) -> Result<Result<Run, Refusal>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    if let Some((end_user, max_active)) = limits.active_per_user {
+        sqlx::query!(
+            "SELECT pg_advisory_xact_lock(hashtextextended($1::uuid::text || '/' || $2, 0))",
+            new.api_key_id,
+            end_user
+        )
+        .execute(&mut *tx)
+        .await?;
+        let active = active_for_user(&mut *tx, new.api_key_id, end_user).await?;
+        if active >= max_active {
+            return Ok(Err(Refusal::TooManyActive { active }));
+        }
+    }
+    if let Some(budget) = limits.monthly_budget_usd {
+        sqlx::query!("SELECT pg_advisory_xact_lock(hashtextextended('budget/' || $1::uuid::text, 0))", new.api_key_id)
+            .execute(&mut *tx)
+            .await?;
+        if super::keys::committed_this_month(&mut *tx, new.api_key_id).await? >= budget {
+            return Ok(Err(Refusal::BudgetExhausted));
+        }
+    }
+    insert_submitted(tx, new).await.map(Ok)
+}
+
 /// In one transaction: the user message, the queued run and its `run.queued` event.
 /// Unique violations surface as errors naming [`ONE_ACTIVE_PER_THREAD`], [`IDEMPOTENCY_KEY`]
 /// or [`CLIENT_MESSAGE_ID`].
 pub async fn submit(pool: &PgPool, new: &NewRun<'_>) -> Result<Run, sqlx::Error> {
-    let mut tx = pool.begin().await?;
+    insert_submitted(pool.begin().await?, new).await
+}
+
+async fn insert_submitted(mut tx: Transaction<'_, Postgres>, new: &NewRun<'_>) -> Result<Run, sqlx::Error> {
     let run_id = crate::new_id();
     let message_id = crate::new_id();
     sqlx::query!(
@@ -255,10 +314,16 @@ pub async fn list_for_thread(
     Ok(Page::from_overfetch(rows, limit))
 }
 
-/// Claims a run for `owner`: a queued run that is due, or an in-progress run whose lease
-/// lapsed (its worker died). Increments `attempt`, which fences every later write. `None`
-/// when the run is terminal, not due, or leased by a live worker.
-pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Result<Option<Run>, sqlx::Error> {
+/// Claims a run for `owner`: a queued run that is due, or, when `take_over`, an in-progress run
+/// whose lease lapsed (its worker died). Increments `attempt`, which fences every later write.
+/// `None` when the run is terminal, not due, or leased by a live worker.
+pub async fn claim(
+    pool: &PgPool,
+    id: Uuid,
+    owner: &str,
+    lease_secs: f64,
+    take_over: bool,
+) -> Result<Option<Run>, sqlx::Error> {
     // `old` is read before the update: it tells a retry (queued) from a crash (in_progress).
     sqlx::query_as!(
         Run,
@@ -268,7 +333,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Res
          FROM (SELECT id, status AS previous_status FROM runs WHERE id = $1) old
          WHERE r.id = $1 AND old.id = r.id
            AND ((r.status = 'queued' AND (r.next_attempt_at IS NULL OR r.next_attempt_at <= now()))
-                OR (r.status = 'in_progress' AND r.lease_expires_at < now()))
+                OR ($5 AND r.status = 'in_progress' AND r.lease_expires_at < now()))
          RETURNING r.id, r.thread_id, r.assistant_id, r.api_key_id, r.user_message_id, r.status AS "status: RunStatus",
            r.attempt, r.lease_owner, r.lease_expires_at, r.next_attempt_at, r.waiting_reason, r.idempotency_key,
            r.model, r.output_text, r.last_seq, r.finish_reason, r.error_code AS "error_code: RunErrorCode",
@@ -279,6 +344,7 @@ pub async fn claim(pool: &PgPool, id: Uuid, owner: &str, lease_secs: f64) -> Res
         owner,
         lease_secs,
         RunStatus::InProgress as _,
+        take_over,
     )
     .fetch_optional(pool)
     .await
@@ -415,13 +481,14 @@ pub struct Finish {
     pub seq: i64,
     /// How it ended.
     pub outcome: Outcome,
-    /// The provider call to record, if one was made.
+    /// The provider call to record, if one was made; written even when the attempt lost the run.
     pub usage: Option<usage::NewUsage>,
 }
 
 /// Finishes a run in one transaction: run fields, the assistant message (completed or
 /// cancelled with text), the terminal event and the usage record. Returns the terminal event,
-/// or `None` when the attempt no longer owns the run (nothing is written).
+/// or `None` when the attempt no longer owns the run (then only the usage record is written).
+/// Safe to retry: the fence and the usage record's id make a second call write nothing new.
 pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let (status, text, finish_reason, code, message, tokens, cost, citations) = match &f.outcome {
@@ -472,6 +539,12 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
     .fetch_optional(&mut *tx)
     .await?;
     let Some(thread_id) = thread_id else {
+        // The attempt no longer owns the run (taken over, or deleted with its thread), yet its
+        // provider call was made and billed: the record is written all the same.
+        if let Some(u) = &f.usage {
+            usage::insert(&mut *tx, u).await?;
+            tx.commit().await?;
+        }
         return Ok(None);
     };
     let keep_message = status == RunStatus::Completed || (status == RunStatus::Cancelled && !text.is_empty());
@@ -514,24 +587,28 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
 
 /// Marks runs whose job may be lost as re-enqueued and returns them: queued runs that are due,
 /// and in-progress runs whose lease lapsed (their worker died) with fewer than `max_attempts`
-/// attempts, not pushed for `stale_secs`.
+/// attempts, not pushed for `stale_secs`. Runs in `held` are being worked on whatever their
+/// lease in Postgres says.
 pub async fn take_stale(
     pool: &PgPool,
     stale_secs: f64,
     max_attempts: i32,
+    held: &[Uuid],
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar!(
         "UPDATE runs SET enqueued_at = now() WHERE id IN (
             SELECT id FROM runs
             WHERE ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt < $3))
+                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt < $3
+                       AND NOT (id = ANY($4))))
               AND enqueued_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
          RETURNING id",
         stale_secs,
         limit,
         max_attempts,
+        held,
     )
     .fetch_all(pool)
     .await
@@ -545,15 +622,22 @@ pub const EXHAUSTED_MESSAGE: &str =
 
 /// Fails in-progress runs whose lease lapsed after `max_attempts` attempts (each attempt's
 /// worker died): status `failed` with [`EXHAUSTED_CODE`], the partial output kept on the run,
-/// and the terminal event appended to the log. Returns the terminal events to publish.
-pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Result<Vec<RunEvent>, sqlx::Error> {
+/// and the terminal event appended to the log. Runs in `held` are left alone: their worker is
+/// alive. Returns the terminal events to publish.
+pub async fn fail_exhausted(
+    pool: &PgPool,
+    max_attempts: i32,
+    held: &[Uuid],
+    limit: i64,
+) -> Result<Vec<RunEvent>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query!(
         "SELECT id, attempt FROM runs
-         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1
+         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1 AND NOT (id = ANY($3))
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         max_attempts,
         limit,
+        held,
     )
     .fetch_all(&mut *tx)
     .await?;
@@ -592,14 +676,18 @@ pub async fn fail_exhausted(pool: &PgPool, max_attempts: i32, limit: i64) -> Res
 }
 
 /// Active (queued or in-progress) runs of one end user of a key.
-pub async fn active_for_user(pool: &PgPool, api_key_id: Uuid, end_user: &str) -> Result<i64, sqlx::Error> {
+pub async fn active_for_user<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    api_key_id: Uuid,
+    end_user: &str,
+) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar!(
         r#"SELECT count(*) AS "count!" FROM runs r JOIN threads t ON t.id = r.thread_id
          WHERE r.status IN ('queued', 'in_progress') AND t.api_key_id = $1 AND t.end_user = $2"#,
         api_key_id,
         end_user,
     )
-    .fetch_one(pool)
+    .fetch_one(exec)
     .await
 }
 

@@ -8,6 +8,9 @@ use crate::domain::{UsageKind, UsageOutcome};
 /// A provider call to record.
 #[derive(Debug, Clone)]
 pub struct NewUsage {
+    /// Chosen by the caller, so that writing the same record again (a retried transaction
+    /// whose commit may have landed) never counts the call twice.
+    pub id: Uuid,
     /// Which call.
     pub kind: UsageKind,
     /// Model billed.
@@ -32,15 +35,19 @@ pub struct NewUsage {
     pub outcome: UsageOutcome,
     /// Duration of the call.
     pub latency_ms: i64,
+    /// The tokens were counted with the tokenizer because the provider reported no usage (the
+    /// call was cut, cancelled or abandoned before its usage chunk).
+    pub estimated: bool,
 }
 
-/// Inserts a usage record.
+/// Inserts a usage record; a record whose id is already stored is left as it is.
 pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO usage_records (id, kind, model, api_key_id, assistant_id, run_id, document_id, input_tokens,
-                                    cached_input_tokens, output_tokens, cost_usd, outcome, latency_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8::numeric, $12, $13)",
-        crate::new_id(),
+                                    cached_input_tokens, output_tokens, cost_usd, outcome, latency_ms, estimated)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8::numeric, $12, $13, $14)
+         ON CONFLICT (id) DO NOTHING",
+        u.id,
         u.kind as _,
         u.model,
         u.api_key_id,
@@ -53,6 +60,7 @@ pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), s
         u.cost_usd,
         u.outcome as _,
         u.latency_ms as i32,
+        u.estimated,
     )
     .execute(exec)
     .await?;
@@ -124,7 +132,7 @@ pub struct UsageRow {
     pub keys: Vec<Option<String>>,
     /// Provider calls.
     pub requests: i64,
-    /// Calls whose outcome was not `ok`.
+    /// Calls that failed: outcome neither `ok` nor `cancelled` (a cancel is the client's choice).
     pub failures: i64,
     /// Distinct runs.
     pub runs: i64,
@@ -136,10 +144,19 @@ pub struct UsageRow {
     pub output_tokens: i64,
     /// Cost of the priced calls; `None` when the group has unpriced calls and no priced cost.
     pub cost_usd: Option<f64>,
-    /// Successful calls with no price (unknown model): their cost is unknown, not zero.
+    /// Billed calls (successful or estimated) with no price (unknown model): their cost is
+    /// unknown, not zero.
     pub unpriced_requests: i64,
     /// The unpriced models of the group.
     pub unpriced_models: Vec<String>,
+    /// Calls whose tokens were estimated with the tokenizer (included in the figures above).
+    pub estimated_requests: i64,
+    /// The estimated part of `input_tokens`.
+    pub estimated_input_tokens: i64,
+    /// The estimated part of `output_tokens`.
+    pub estimated_output_tokens: i64,
+    /// The estimated part of `cost_usd` (0 when none).
+    pub estimated_cost_usd: f64,
 }
 
 /// Aggregates `usage_records` with `at` in `[from, to)` by `group_by` (empty: one total row).
@@ -159,9 +176,11 @@ pub async fn report(
     } else {
         (format!("{}, ", keys.join(", ")), format!("GROUP BY {0} ORDER BY {0}", positions.join(", ")))
     };
-    let unpriced = "cost_usd IS NULL AND outcome = $3";
+    // A call is unpriced when it was billed (it succeeded, or its tokens were counted) and its
+    // model has no price.
+    let unpriced = "cost_usd IS NULL AND (outcome = $3 OR estimated)";
     let sql = format!(
-        "SELECT {select_keys}count(*) AS requests, count(*) FILTER (WHERE outcome <> $3) AS failures,
+        "SELECT {select_keys}count(*) AS requests, count(*) FILTER (WHERE outcome NOT IN ($3, $4)) AS failures,
                 count(DISTINCT run_id) AS runs,
                 COALESCE(sum(input_tokens), 0)::int8 AS input_tokens,
                 COALESCE(sum(cached_input_tokens), 0)::int8 AS cached_input_tokens,
@@ -169,10 +188,20 @@ pub async fn report(
                 (CASE WHEN sum(cost_usd) IS NULL AND count(*) FILTER (WHERE {unpriced}) > 0 THEN NULL
                       ELSE COALESCE(sum(cost_usd), 0) END)::float8 AS cost_usd,
                 count(*) FILTER (WHERE {unpriced}) AS unpriced_requests,
-                COALESCE(array_agg(DISTINCT model) FILTER (WHERE {unpriced}), '{{}}') AS unpriced_models
+                COALESCE(array_agg(DISTINCT model) FILTER (WHERE {unpriced}), '{{}}') AS unpriced_models,
+                count(*) FILTER (WHERE estimated) AS estimated_requests,
+                COALESCE(sum(input_tokens) FILTER (WHERE estimated), 0)::int8 AS estimated_input_tokens,
+                COALESCE(sum(output_tokens) FILTER (WHERE estimated), 0)::int8 AS estimated_output_tokens,
+                COALESCE(sum(cost_usd) FILTER (WHERE estimated), 0)::float8 AS estimated_cost_usd
          FROM usage_records WHERE at >= $1 AND at < $2 {group}"
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(from).bind(to).bind(UsageOutcome::Ok).fetch_all(pool).await?;
+    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(from)
+        .bind(to)
+        .bind(UsageOutcome::Ok)
+        .bind(UsageOutcome::Cancelled)
+        .fetch_all(pool)
+        .await?;
     let mut out = Vec::with_capacity(rows.len());
     for row in rows {
         let mut keys = Vec::with_capacity(group_by.len());
@@ -190,6 +219,10 @@ pub async fn report(
             cost_usd: row.try_get("cost_usd")?,
             unpriced_requests: row.try_get("unpriced_requests")?,
             unpriced_models: row.try_get("unpriced_models")?,
+            estimated_requests: row.try_get("estimated_requests")?,
+            estimated_input_tokens: row.try_get("estimated_input_tokens")?,
+            estimated_output_tokens: row.try_get("estimated_output_tokens")?,
+            estimated_cost_usd: row.try_get("estimated_cost_usd")?,
         });
     }
     Ok(out)

@@ -7,11 +7,14 @@
 //! - [`breaker`]: the provider circuit breaker's state (`{prefix}:breaker`), set by workers, read
 //!   by every API replica's `/readyz`;
 //! - [`rate_limit`]: the counters of rate limits and quotas (`{prefix}:rl:…`), shared by API
-//!   replicas.
+//!   replicas;
+//! - [`run_lease`]: the leases of runs being answered (`{prefix}:run-leases`), held by workers so
+//!   that a run waiting for Postgres to come back is not taken over.
 //!
 //! Queue names and apalis payloads live in [`crate::jobs`].
 
 pub mod breaker;
 pub mod cancel;
 pub mod rate_limit;
+pub mod run_lease;
 pub mod run_stream;

@@ -153,6 +153,7 @@ async fn embed(
         db::usage::insert(
             &ctx.pool,
             &NewUsage {
+                id: chatq_common::new_id(),
                 kind: UsageKind::Embedding,
                 model: model.to_string(),
                 api_key_id: None,
@@ -165,6 +166,7 @@ async fn embed(
                 cost_usd: result.is_ok().then(|| ctx.pricing.cost(model, Utc::now().date_naive(), usage)).flatten(),
                 outcome,
                 latency_ms,
+                estimated: false,
             },
         )
         .await?;

@@ -53,16 +53,16 @@ async fn a_zombie_attempt_cannot_write_after_losing_its_lease(pool: PgPool) {
     let s = Setup::new(pool.clone()).await;
     let id = s.submit("alice", "hi").await;
 
-    let zombie = db::runs::claim(&pool, id, "worker-a", 30.0).await.unwrap().unwrap();
+    let zombie = db::runs::claim(&pool, id, "worker-a", 30.0, true).await.unwrap().unwrap();
     assert_eq!(zombie.attempt, 1);
-    assert!(db::runs::claim(&pool, id, "worker-b", 30.0).await.unwrap().is_none(), "a live lease is respected");
+    assert!(db::runs::claim(&pool, id, "worker-b", 30.0, true).await.unwrap().is_none(), "a live lease is respected");
     // Worker A stalls past its lease; B takes over with attempt 2.
     sqlx::query("UPDATE runs SET lease_expires_at = now() - interval '1 second' WHERE id = $1")
         .bind(id)
         .execute(&pool)
         .await
         .unwrap();
-    let live = db::runs::claim(&pool, id, "worker-b", 30.0).await.unwrap().unwrap();
+    let live = db::runs::claim(&pool, id, "worker-b", 30.0, true).await.unwrap().unwrap();
     assert_eq!(live.attempt, 2);
 
     // The zombie's event, progress, lease renewal and finish are all rejected.

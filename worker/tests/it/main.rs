@@ -7,5 +7,7 @@ mod cleanup;
 mod crash;
 mod housekeeping;
 mod ingest;
+mod outage;
 mod reconciler;
 mod support;
+mod usage;

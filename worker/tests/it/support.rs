@@ -140,3 +140,92 @@ where
 pub async fn count(pool: &PgPool, sql: &str, run: Uuid) -> i64 {
     sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).bind(run).fetch_one(pool).await.unwrap()
 }
+
+/// A TCP proxy between a worker's pool and Postgres that a test cuts to stage an outage: every
+/// open connection is dropped and new ones are refused (the port is closed), as when Postgres is
+/// stopped, until [`PgProxy::restore`] opens the same port again.
+pub struct PgProxy {
+    addr: std::net::SocketAddr,
+    up: tokio::sync::watch::Sender<bool>,
+}
+
+impl PgProxy {
+    /// A proxy on a free local port to the Postgres `pool` connects to.
+    pub async fn start(pool: &PgPool) -> Self {
+        let options = pool.connect_options();
+        let upstream = format!("{}:{}", options.get_host(), options.get_port());
+        let listener = Self::listen("127.0.0.1:0".parse().unwrap());
+        let addr = listener.local_addr().unwrap();
+        let (up, watch) = tokio::sync::watch::channel(true);
+        tokio::spawn(Self::serve(listener, addr, upstream, watch));
+        Self { addr, up }
+    }
+
+    /// A pool on the same database as `pool`, through this proxy. Acquiring gives up after a
+    /// second, so a cut shows as errors at once.
+    pub async fn pool(&self, pool: &PgPool) -> PgPool {
+        let options = (*pool.connect_options()).clone().host("127.0.0.1").port(self.addr.port());
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(5)
+            .acquire_timeout(Duration::from_secs(1))
+            .connect_with(options)
+            .await
+            .expect("postgres reachable through the proxy")
+    }
+
+    /// Drops every connection and closes the port.
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    /// Opens the port again.
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+
+    fn listen(addr: std::net::SocketAddr) -> tokio::net::TcpListener {
+        // SO_REUSEADDR: the port is bound again while the dropped connections are in TIME_WAIT.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        socket.bind(addr).expect("the proxy's port is free");
+        socket.listen(64).unwrap()
+    }
+
+    async fn serve(
+        mut listener: tokio::net::TcpListener,
+        addr: std::net::SocketAddr,
+        upstream: String,
+        mut up: tokio::sync::watch::Receiver<bool>,
+    ) {
+        // Each connection watches for the cut on its own receiver.
+        let conns = up.clone();
+        loop {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => {
+                        let Ok((mut client, _)) = accepted else { continue };
+                        let (upstream, mut down) = (upstream.clone(), conns.clone());
+                        tokio::spawn(async move {
+                            let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await else { return };
+                            tokio::select! {
+                                _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                                _ = down.wait_for(|up| !*up) => {}
+                            }
+                        });
+                    }
+                    cut = up.wait_for(|up| !*up) => {
+                        if cut.is_err() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            drop(listener);
+            if up.wait_for(|up| *up).await.is_err() {
+                return;
+            }
+            listener = Self::listen(addr);
+        }
+    }
+}

@@ -96,6 +96,7 @@ pub async fn search(
     let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
     let pricing_cost = state.pricing.cost(&kb.embedding_model, Utc::now().date_naive(), usage);
     let record = NewUsage {
+        id: chatq_common::new_id(),
         kind: UsageKind::Embedding,
         model: kb.embedding_model.clone(),
         api_key_id: Some(principal.key_id),
@@ -108,6 +109,7 @@ pub async fn search(
         cost_usd: pricing_cost,
         outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
         latency_ms: started.elapsed().as_millis() as i64,
+        estimated: false,
     };
     db::usage::insert(&state.pool, &record).await?;
     let results = sources

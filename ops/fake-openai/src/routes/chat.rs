@@ -207,6 +207,7 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
             usage: request.include_usage.then(|| usage.to_string()),
             ttft,
             delay,
+            finish_pause: Duration::from_millis(eff.finish_ms.unwrap_or(0)),
             cut_after: eff.cut_after,
             garbage_after: eff.garbage_after,
             error_after: eff.error_after,
@@ -303,6 +304,8 @@ struct StreamPlan {
     usage: Option<String>,
     ttft: Duration,
     delay: Duration,
+    /// Pause between the last content chunk and the finish chunk.
+    finish_pause: Duration,
     cut_after: Option<usize>,
     garbage_after: Option<usize>,
     error_after: Option<usize>,
@@ -388,6 +391,9 @@ impl StreamPlan {
                 format!("{{\"index\":0,\"delta\":{{\"content\":{content}}},\"logprobs\":null,\"finish_reason\":null}}");
             let next = Step::Content { emitted: emitted + 1, garbage_sent: false };
             return (Ok(self.chunk(&choice)), next);
+        }
+        if !self.finish_pause.is_zero() {
+            tokio::time::sleep(self.finish_pause).await;
         }
         let choice =
             format!("{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"{}\"}}", self.finish_reason);

@@ -65,6 +65,7 @@ impl<'a> Attempt<'a> {
         ctx.sink.flush().await;
         if let Some(usage) = &usage {
             db::usage::insert(&ctx.pool, usage).await?;
+            count_usage(ctx, usage);
         }
         let delay =
             crate::retry::delay(self.attempt, ctx.config.runs.retry_base, ctx.config.runs.retry_max, e.retry_after);
@@ -91,11 +92,15 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
-    /// Gives the run back on shutdown: queued again at once, for another worker. The next
-    /// attempt starts over after a `run.reset`.
-    pub(super) async fn release(self) -> Result<(), sqlx::Error> {
+    /// Gives the run back on shutdown: queued again at once, for another worker, with the
+    /// call made so far recorded. The next attempt starts over after a `run.reset`.
+    pub(super) async fn release(self, usage: Option<NewUsage>) -> Result<(), sqlx::Error> {
         let ctx = self.ctx;
         ctx.sink.flush().await;
+        if let Some(usage) = &usage {
+            db::usage::insert(&ctx.pool, usage).await?;
+            count_usage(ctx, usage);
+        }
         let reason = "The worker answering was restarted; the answer starts again.";
         if db::runs::requeue(&ctx.pool, self.run_id, self.attempt, 0.0, reason).await? {
             let task_id = format!("{}-s{}", self.run_id, self.attempt);
@@ -108,8 +113,10 @@ impl<'a> Attempt<'a> {
     }
 
     /// Flushes this run's events, then writes the final state in one transaction and
-    /// publishes the terminal event. Retries for about 10 s (100 ms doubling) while Postgres
-    /// is unavailable.
+    /// publishes the terminal event. While Postgres is unavailable the outcome is kept here and
+    /// the write retried (100 ms doubling to 2 s) for up to `CHATQ_FINISH_RETRY_SECS`; the lease
+    /// renewer keeps the run's Redis lease meanwhile, so no other worker takes the run over and
+    /// asks the provider again.
     pub(super) async fn finish(
         self,
         outcome: Outcome,
@@ -127,26 +134,24 @@ impl<'a> Attempt<'a> {
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_factor(2.0)
-            .with_max_delay(Duration::from_secs(10))
-            .with_max_times(7);
+            .with_max_delay(Duration::from_secs(2))
+            .without_max_times();
+        let give_up_at = Instant::now() + ctx.config.runs.finish_retry;
         let event = (|| db::runs::finish(&ctx.pool, &finish))
             .retry(backoff)
             .sleep(tokio::time::sleep)
-            .when(db::is_unavailable)
+            .when(|e| db::is_unavailable(e) && Instant::now() < give_up_at)
             .notify(|e, _| tracing::warn!(error = %e, "cannot finish run yet; retrying"))
             .await?;
+        // Counted once the usage record is committed, with its value, so the counters add up
+        // to `usage_records`. The record is written even when the run changed owner.
+        if let Some(u) = &finish.usage {
+            count_usage(ctx, u);
+        }
         match event {
             Some(event) => {
                 ctx.sink.publish(&event).await;
                 ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code]).inc();
-                // Counted once the usage record is committed, with its value, so the counters
-                // add up to `usage_records` (an unknown model is counted apart, never as free).
-                if let Some(u) = finish.usage.as_ref().filter(|u| u.outcome.is_ok()) {
-                    match u.cost_usd {
-                        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
-                        None => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
-                    }
-                }
                 ctx.metrics
                     .run_duration
                     .with_label_values(&[status.as_str()])
@@ -154,9 +159,22 @@ impl<'a> Attempt<'a> {
                 tracing::info!(status = %status, "run finished");
             }
             None => {
-                tracing::warn!("run changed owner before finishing; nothing written")
+                tracing::warn!("run changed owner before finishing; only its usage was recorded")
             }
         }
         Ok(())
+    }
+}
+
+/// Counts a committed chat usage record in the token and cost metrics. A billed call of an
+/// unknown model is counted apart, never as free.
+pub(super) fn count_usage(ctx: &WorkerCtx, u: &NewUsage) {
+    for (kind, n) in [("input", u.input_tokens), ("cached_input", u.cached_input_tokens), ("output", u.output_tokens)] {
+        ctx.metrics.tokens.with_label_values(&[&u.model, kind]).inc_by(n.max(0) as u64);
+    }
+    match u.cost_usd {
+        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
+        None if u.outcome.is_ok() || u.estimated => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
+        None => {}
     }
 }

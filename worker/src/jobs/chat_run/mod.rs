@@ -19,8 +19,9 @@ use chatq_common::{
     events::EventKind,
     jobs::{self, ChatRun},
     pricing::TokenUsage,
-    provider::{ErrorClass, ProviderError},
-    retrieval,
+    provider::{ChatRequest, ErrorClass, ProviderError},
+    redis_formats::run_lease,
+    retrieval, tokens,
 };
 use chrono::Utc;
 use scopeguard::defer;
@@ -29,7 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use uuid::Uuid;
 
-use self::{attempt::Attempt, stream::StreamOutcome};
+use self::{
+    attempt::Attempt,
+    stream::{Received, StreamOutcome},
+};
 use crate::{
     WorkerCtx,
     breaker::Admission,
@@ -134,7 +138,8 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         Err(JobError::Transient(e)) => return Err(e),
     };
     let started = Instant::now();
-    let outcome = stream::stream_answer(&mut attempt, &request, &lost, &cancel.token, claimed_at).await;
+    let mut received = Received::default();
+    let outcome = stream::stream_answer(&mut attempt, &request, &mut received, &lost, &cancel.token, claimed_at).await;
     let latency_ms = started.elapsed().as_millis() as i64;
     let changed = match &outcome {
         StreamOutcome::Done { .. } => ctx.breaker.success(),
@@ -142,20 +147,18 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         // A permanent error is an answer: the provider is up.
         StreamOutcome::Failed { .. } => ctx.breaker.success(),
         // No verdict on the provider.
-        StreamOutcome::Cancelled { .. } | StreamOutcome::LeaseLost | StreamOutcome::Released => false,
+        StreamOutcome::Cancelled | StreamOutcome::LeaseLost | StreamOutcome::Released => false,
     };
     if changed {
         ctx.breaker_changed().await;
     }
+    let call = Call { run: &run, request: &request, received: &received, latency_ms };
     match outcome {
-        StreamOutcome::Done { text, finish_reason, usage } => {
+        StreamOutcome::Done { finish_reason, usage } => {
             let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
             ctx.metrics.provider_requests.with_label_values(&["ok"]).inc();
-            for (kind, n) in [("input", usage.input), ("cached_input", usage.cached_input), ("output", usage.output)] {
-                ctx.metrics.tokens.with_label_values(&[&run.model, kind]).inc_by(n);
-            }
-
-            let record = chat_usage(&run, UsageOutcome::Ok, usage, cost, latency_ms);
+            let record = call.usage(ctx, UsageOutcome::Ok);
+            let text = received.text;
             let cited = retrieval::citations(&text, &sources);
             for c in &cited {
                 attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
@@ -169,24 +172,35 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 cost_usd: cost,
                 citations: json!(cited),
             };
-            attempt.finish(outcome, Some(record), claimed_at).await
+            attempt.finish(outcome, record, claimed_at).await
         }
-        StreamOutcome::Failed { error, partial } => {
+        StreamOutcome::Failed { error } => {
             ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
             let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts;
-            let record = chat_usage(&run, error.code.into(), TokenUsage::default(), None, latency_ms);
+            // A call refused before its stream opened is recorded too, with no tokens, so that
+            // failure rates count it.
+            let record = call.usage(ctx, error.code.into()).or_else(|| Some(call.refused(error.code.into())));
             if retry {
-                return attempt.retry(error, Some(record)).await;
+                return attempt.retry(error, record).await;
             }
-            attempt.fail(error, partial, claimed_at, Some(record)).await
+            attempt.fail(error, received.text, claimed_at, record).await
         }
-        StreamOutcome::Released => attempt.release().await,
-        StreamOutcome::Cancelled { partial } => {
+        StreamOutcome::Released => {
+            let record = call.usage(ctx, UsageOutcome::Released);
+            attempt.release(record).await
+        }
+        StreamOutcome::Cancelled => {
             tracing::info!("run cancelled on request");
-            attempt.finish(Outcome::Cancelled { partial_text: partial }, None, claimed_at).await
+            let record = call.usage(ctx, UsageOutcome::Cancelled);
+            attempt.finish(Outcome::Cancelled { partial_text: received.text }, record, claimed_at).await
         }
         StreamOutcome::LeaseLost => {
-            tracing::warn!("lease lost; another worker owns the run now");
+            tracing::warn!("lease lost; another worker owns the run now, or it is gone");
+            // Not fenced: the call was billed whoever owns the run now.
+            if let Some(record) = call.usage(ctx, UsageOutcome::LeaseLost) {
+                db::usage::insert(&ctx.pool, &record).await?;
+                attempt::count_usage(ctx, &record);
+            }
             Ok(())
         }
     }
@@ -220,11 +234,21 @@ async fn wait_for_provider(ctx: &WorkerCtx, run_id: Uuid, retry_in: Duration) ->
 
 /// Claims the run. A job delivered a little before the run's `next_attempt_at` (apalis
 /// schedules by the whole second) waits for it, or is pushed again when it is further away,
-/// so an early delivery never loses the retry.
+/// so an early delivery never loses the retry. An in-progress run whose Postgres lease lapsed
+/// is taken over only when its Redis lease lapsed too: its worker may be waiting for Postgres
+/// to write the answer.
 async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, sqlx::Error> {
     let lease = ctx.config.runs.lease.as_secs_f64();
+    let take_over = match run_lease::is_held(&ctx.redis, ctx.queues.prefix(), run_id).await {
+        Ok(held) => !held,
+        // Without Redis the Postgres lease alone decides, as it always may.
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the run's Redis lease");
+            true
+        }
+    };
     for _ in 0..2 {
-        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease).await? {
+        if let Some(run) = db::runs::claim(&ctx.pool, run_id, &ctx.worker_id, lease, take_over).await? {
             return Ok(Some(run));
         }
         let Some(run) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(None) };
@@ -247,26 +271,59 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
     Ok(None)
 }
 
-/// The usage record of one chat call of `run`.
-fn chat_usage(
-    run: &db::runs::Run,
-    outcome: UsageOutcome,
-    usage: TokenUsage,
-    cost_usd: Option<f64>,
+/// One chat call of an attempt, and what it is billed on.
+struct Call<'a> {
+    run: &'a db::runs::Run,
+    request: &'a ChatRequest,
+    received: &'a Received,
     latency_ms: i64,
-) -> NewUsage {
-    NewUsage {
-        kind: UsageKind::Chat,
-        model: run.model.clone(),
-        api_key_id: Some(run.api_key_id),
-        assistant_id: Some(run.assistant_id),
-        run_id: Some(run.id),
-        document_id: None,
-        input_tokens: usage.input as i64,
-        cached_input_tokens: usage.cached_input as i64,
-        output_tokens: usage.output as i64,
-        cost_usd,
-        outcome,
-        latency_ms,
+}
+
+impl Call<'_> {
+    /// The usage record of the call, `None` when no stream was opened (nothing was billed).
+    /// When the provider sent no usage (the stream was cut, cancelled or abandoned), the
+    /// tokens are counted with the tokenizer and the record is marked estimated.
+    fn usage(&self, ctx: &WorkerCtx, outcome: UsageOutcome) -> Option<NewUsage> {
+        if !self.received.opened {
+            return None;
+        }
+        let (usage, estimated) = match self.received.usage {
+            Some(usage) => (usage, false),
+            None => (estimate(self.request, &self.received.text), true),
+        };
+        let cost = ctx.pricing.cost(&self.run.model, Utc::now().date_naive(), usage);
+        Some(self.record(outcome, usage, cost, estimated))
     }
+
+    /// The record of a call the provider refused before streaming: no tokens, no cost.
+    fn refused(&self, outcome: UsageOutcome) -> NewUsage {
+        self.record(outcome, TokenUsage::default(), None, false)
+    }
+
+    fn record(&self, outcome: UsageOutcome, usage: TokenUsage, cost_usd: Option<f64>, estimated: bool) -> NewUsage {
+        NewUsage {
+            id: chatq_common::new_id(),
+            kind: UsageKind::Chat,
+            model: self.run.model.clone(),
+            api_key_id: Some(self.run.api_key_id),
+            assistant_id: Some(self.run.assistant_id),
+            run_id: Some(self.run.id),
+            document_id: None,
+            input_tokens: usage.input as i64,
+            cached_input_tokens: usage.cached_input as i64,
+            output_tokens: usage.output as i64,
+            cost_usd,
+            outcome,
+            latency_ms: self.latency_ms,
+            estimated,
+        }
+    }
+}
+
+/// The tokens of a call the provider reported no usage for, counted the way OpenAI bills
+/// them: every prompt message with its overhead plus the reply's priming, and the text
+/// received.
+fn estimate(request: &ChatRequest, received: &str) -> TokenUsage {
+    let input: usize = request.messages.iter().map(|m| tokens::message_tokens(&m.content)).sum::<usize>() + 3;
+    TokenUsage { input: input as u64, cached_input: 0, output: tokens::count(received) as u64 }
 }

@@ -33,6 +33,7 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
     };
     let model = chatq_common::provider::MODERATION_MODEL;
     let record = NewUsage {
+        id: chatq_common::new_id(),
         kind: UsageKind::Moderation,
         model: model.to_string(),
         api_key_id: Some(run.api_key_id),
@@ -45,6 +46,7 @@ pub(super) async fn check_input(ctx: &WorkerCtx, run: &db::runs::Run) -> Result<
         cost_usd: ctx.pricing.cost(model, Utc::now().date_naive(), TokenUsage::default()),
         outcome,
         latency_ms: started.elapsed().as_millis() as i64,
+        estimated: false,
     };
     db::usage::insert(&ctx.pool, &record).await?;
     match verdict {

@@ -134,6 +134,7 @@ pub(super) async fn retrieve(
         };
         let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
         let record = NewUsage {
+            id: chatq_common::new_id(),
             kind: UsageKind::Embedding,
             model: model.clone(),
             api_key_id: Some(run.api_key_id),
@@ -146,6 +147,7 @@ pub(super) async fn retrieve(
             cost_usd: ctx.pricing.cost(&model, Utc::now().date_naive(), usage),
             outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
             latency_ms: started.elapsed().as_millis() as i64,
+            estimated: false,
         };
         if let Err(e) = db::usage::insert(&ctx.pool, &record).await {
             tracing::warn!(error = %e, "cannot record query embedding usage");

@@ -17,46 +17,59 @@ use tokio_util::sync::CancellationToken;
 
 use super::attempt::Attempt;
 
-/// How the stream of one attempt ended.
+/// How the stream of one attempt ended. The text received is in [`Received`].
 pub(super) enum StreamOutcome {
     /// The provider finished the answer.
-    Done { text: String, finish_reason: String, usage: TokenUsage },
-    /// The provider failed; `partial` is what was streamed before.
-    Failed { error: ProviderError, partial: String },
-    /// A cancel was requested; `partial` is kept.
-    Cancelled { partial: String },
-    /// Another worker owns the run now.
+    Done { finish_reason: String, usage: TokenUsage },
+    /// The provider failed; the text streamed before is kept.
+    Failed { error: ProviderError },
+    /// A cancel was requested; the text streamed so far is kept.
+    Cancelled,
+    /// Another worker owns the run now, or the run is gone.
     LeaseLost,
     /// The worker is shutting down and its grace period is over.
     Released,
 }
 
+/// What the provider sent during one call, however it ended: what the call is billed on.
+#[derive(Debug, Default)]
+pub(super) struct Received {
+    /// The provider accepted the request and opened a stream: from here on the call is billed.
+    pub opened: bool,
+    /// The answer text received.
+    pub text: String,
+    /// The usage the provider reported, if its usage chunk arrived.
+    pub usage: Option<TokenUsage>,
+}
+
 /// Streams the completion, coalescing deltas: the first one is emitted at once, later ones at
-/// most every `CHATQ_STREAM_COALESCE_MS`.
+/// most every `CHATQ_STREAM_COALESCE_MS`. Whatever the outcome, `received` holds what the
+/// provider sent.
 pub(super) async fn stream_answer(
     attempt: &mut Attempt<'_>,
     request: &ChatRequest,
+    received: &mut Received,
     lost: &CancellationToken,
     cancel: &CancellationToken,
     claimed_at: Instant,
 ) -> StreamOutcome {
     let ctx = attempt.ctx;
     let coalesce = ctx.config.streaming.coalesce;
-    let mut text = String::new();
+    let text = &mut received.text;
     let mut pending = String::new();
     let mut last_emit: Option<Instant> = None;
     let mut finish_reason: Option<FinishReason> = None;
-    let mut usage: Option<TokenUsage> = None;
 
     let mut stream = tokio::select! {
         opened = ctx.provider.stream_chat(request) => match opened {
             Ok(s) => s,
-            Err(error) => return StreamOutcome::Failed { error, partial: text },
+            Err(error) => return StreamOutcome::Failed { error },
         },
         _ = lost.cancelled() => return StreamOutcome::LeaseLost,
         _ = ctx.release.cancelled() => return StreamOutcome::Released,
-        _ = cancel.cancelled() => return StreamOutcome::Cancelled { partial: text },
+        _ = cancel.cancelled() => return StreamOutcome::Cancelled,
     };
+    received.opened = true;
     loop {
         let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
         let next = tokio::select! {
@@ -68,7 +81,7 @@ pub(super) async fn stream_answer(
                 if !pending.is_empty() {
                     attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
                 }
-                return StreamOutcome::Cancelled { partial: text };
+                return StreamOutcome::Cancelled;
             }
             _ = sleep_until_opt(flush_at) => {
                 attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
@@ -78,20 +91,17 @@ pub(super) async fn stream_answer(
         };
         let item = match next {
             Err(_) => {
-                return StreamOutcome::Failed {
-                    error: ProviderError::timeout(ctx.provider.idle_timeout),
-                    partial: text,
-                };
+                return StreamOutcome::Failed { error: ProviderError::timeout(ctx.provider.idle_timeout) };
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
-                return StreamOutcome::Failed { error: ProviderError::classify(&e, None), partial: text };
+                return StreamOutcome::Failed { error: ProviderError::classify(&e, None) };
             }
             Ok(Some(Ok(chunk))) => chunk,
         };
         if let Some(u) = &item.usage {
             let cached = u.prompt_tokens_details.as_ref().and_then(|d| d.cached_tokens).unwrap_or(0);
-            usage = Some(TokenUsage {
+            received.usage = Some(TokenUsage {
                 input: u.prompt_tokens as u64,
                 cached_input: cached as u64,
                 output: u.completion_tokens as u64,
@@ -129,10 +139,8 @@ pub(super) async fn stream_answer(
         attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
     }
     // A stream that ends without a finish reason or usage was cut: never report it as success.
-    match (finish_reason, usage) {
-        (Some(reason), Some(usage)) => {
-            StreamOutcome::Done { text, finish_reason: finish_reason_str(reason).into(), usage }
-        }
+    match (finish_reason, received.usage) {
+        (Some(reason), Some(usage)) => StreamOutcome::Done { finish_reason: finish_reason_str(reason).into(), usage },
         (reason, usage) => StreamOutcome::Failed {
             error: ProviderError::truncated(format!(
                 "stream ended without {}",
@@ -144,7 +152,6 @@ pub(super) async fn stream_answer(
                     "[DONE]"
                 }
             )),
-            partial: text,
         },
     }
 }
