@@ -133,7 +133,9 @@ pub struct AssistantOut {
 }
 
 /// What an end user may see of an assistant: no instructions, knowledge bases or metadata.
+/// Closed (`additionalProperties: false`), so a full view never also matches this schema.
 #[derive(Debug, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AssistantPublicOut {
     /// Id.
     pub id: Uuid,

@@ -30,12 +30,16 @@ fn parse(body: &str) -> Vec<(i64, String, Value)> {
 
 /// Reads an SSE response until the server closes it, which must happen within 10 s.
 async fn read_to_end(resp: reqwest::Response) -> Vec<(i64, String, Value)> {
+    parse(&rest_of(resp).await)
+}
+
+/// The rest of an SSE body, read until the server closes it (within 10 s).
+async fn rest_of(resp: reqwest::Response) -> String {
     assert_eq!(resp.status(), StatusCode::OK);
-    let body = tokio::time::timeout(Duration::from_secs(10), resp.text())
+    tokio::time::timeout(Duration::from_secs(10), resp.text())
         .await
         .expect("the server closes the stream within 10 s")
-        .unwrap();
-    parse(&body)
+        .unwrap()
 }
 
 async fn events(s: &Stack, run_id: &str, query: &str, token: &str, last_event_id: Option<&str>) -> reqwest::Response {
@@ -102,10 +106,18 @@ async fn a_stream_ends_when_its_thread_is_deleted_mid_run(pool: PgPool) {
     let s = Stack::start_with(pool, &[("CHATQ_STREAM_RECHECK_SECS", "1")]).await;
     let (thread, run) = queued_run(&s).await;
     mark_started(&s, &run).await;
-    let stream = events(&s, &run, "", &s.client_key.clone(), None).await;
-    let (st, body) = s.client(Method::DELETE, &format!("/v1/threads/{thread}"), None).await;
-    assert_eq!(st, StatusCode::NO_CONTENT, "{body}");
-    let got = read_to_end(stream).await;
+    let mut stream = events(&s, &run, "", &s.client_key.clone(), None).await;
+    assert_eq!(stream.status(), StatusCode::OK);
+    // Delete only once the replay has reached the client: the deletion takes the log with it.
+    let mut body = String::new();
+    while !body.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk()).await.unwrap().unwrap();
+        body.push_str(&String::from_utf8_lossy(&chunk.expect("the replay arrives before the stream ends")));
+    }
+    let (st, answer) = s.client(Method::DELETE, &format!("/v1/threads/{thread}"), None).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{answer}");
+    body.push_str(&rest_of(stream).await);
+    let got = parse(&body);
     assert_eq!(got.iter().map(|e| e.1.as_str()).collect::<Vec<_>>(), ["run.queued"]);
     s.shutdown().await;
 }
