@@ -73,6 +73,14 @@ impl Metrics {
             "chatq_runs_cancel_requested_total",
             "Cancel requests that changed a queued or running run",
         ));
+        // Every known outcome exists at zero from start-up, so panels and alerts have a series
+        // before the first event. HTTP series start with the first request (the health check).
+        for outcome in ["accepted", "duplicate", "busy", "rate_limited", "enqueue_failed"] {
+            runs_submitted.with_label_values(&[outcome]);
+        }
+        for outcome in ["new", "existing"] {
+            cleanup_requests.with_label_values(&[outcome]);
+        }
         let (registry, names) = r.finish();
         Self {
             registry,

@@ -209,6 +209,10 @@ pub struct WorkerConfig {
     /// On SIGTERM, how long in-flight runs may finish before their leases are released
     /// (`CHATQ_SHUTDOWN_GRACE_SECS`).
     pub shutdown_grace: Duration,
+    /// Assistants that get their own `assistant` label value in this worker's cost, token and
+    /// run metrics; later ones share `other`, so a deployment with thousands of assistants
+    /// cannot explode Prometheus (`CHATQ_METRICS_MAX_ASSISTANTS`).
+    pub metrics_max_assistants: usize,
 }
 
 /// How a chat run is executed.
@@ -379,6 +383,7 @@ impl Config {
                 chat_poll_interval: Duration::from_millis(r.parse("CHATQ_CHAT_POLL_MS", "20")),
                 ingest_concurrency: r.parse("CHATQ_INGEST_CONCURRENCY", "2"),
                 shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
+                metrics_max_assistants: r.parse("CHATQ_METRICS_MAX_ASSISTANTS", "50"),
             },
             runs: RunsConfig {
                 lease: Duration::from_secs(r.parse("CHATQ_RUN_LEASE_SECS", "30")),

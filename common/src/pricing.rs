@@ -87,6 +87,13 @@ impl Pricing {
         Ok(Self { models })
     }
 
+    /// Every model the table prices, sorted: the `model` label values metrics start with.
+    pub fn models(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.models.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// The price in force for `model` on `day`, if the model is known.
     pub fn price(&self, model: &str, day: NaiveDate) -> Option<&ModelPrice> {
         let prices = self.models.get(model).or_else(|| self.models.get(strip_snapshot_date(model)))?;

@@ -89,7 +89,10 @@ impl WorkerCtx {
         let queues = Queues::new(&config.redis.queue_prefix);
         let breaker =
             Arc::new(breaker::Breaker::new(config.provider.breaker_failures, config.provider.breaker_cooldown));
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Metrics::with_max_assistants(config.worker.metrics_max_assistants);
+        let queue_names: Vec<String> = crate::jobs::QUEUES.iter().map(|q| q.name(&queues)).collect();
+        metrics.init_known_series(&queue_names, &pricing.models());
+        let metrics = Arc::new(metrics);
         let sink = EventSink::start(
             pool.clone(),
             redis.clone(),

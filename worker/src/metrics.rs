@@ -1,24 +1,84 @@
 //! The worker's Prometheus metrics, registered once. Gauges of shared state (queue depth,
 //! documents by status) are read at scrape time by [`crate::scrape`].
 
+use std::{
+    collections::HashSet,
+    sync::{Mutex, PoisonError},
+};
+
+use chatq_common::domain::{DocumentStatus, RunErrorCode, RunStatus};
 use prometheus::{
     CounterVec, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
     Opts, Registry,
 };
 
 use chatq_common::metrics::Registrar;
+use uuid::Uuid;
+
+/// The default of `CHATQ_METRICS_MAX_ASSISTANTS`.
+pub const DEFAULT_MAX_ASSISTANTS: usize = 50;
+
+/// The `assistant` label value shared by assistants past the bound.
+pub const OTHER_ASSISTANT: &str = "other";
+
+/// The `assistant` label value of usage that belongs to no assistant (embeddings).
+pub const NO_ASSISTANT: &str = "none";
+
+/// What the cleanup counts in `chatq_cleanup_deleted_total{kind}`.
+pub const CLEANUP_KINDS: &[&str] = &[
+    "threads",
+    "messages",
+    "runs",
+    "run_events",
+    "old_run_events",
+    "document_chunks",
+    "document_blobs",
+    "redis_tasks",
+    "redis_set_entries",
+    "redis_worker_metadata",
+];
+
+/// Gives each assistant its `assistant` label value: its id (stable, and never text a user
+/// wrote) for the first `max` assistants this process counts, `other` for every later one, so
+/// the series stay bounded however many assistants exist. The choice is per process and lasts
+/// until it restarts.
+pub struct AssistantLabels {
+    max: usize,
+    seen: Mutex<HashSet<Uuid>>,
+}
+
+impl AssistantLabels {
+    /// Labels for at most `max` distinct assistants.
+    pub fn new(max: usize) -> Self {
+        Self { max, seen: Mutex::new(HashSet::new()) }
+    }
+
+    /// The label value of `assistant` (`none` when the usage has no assistant).
+    pub fn label(&self, assistant: Option<Uuid>) -> String {
+        let Some(id) = assistant else { return NO_ASSISTANT.into() };
+        // A panic elsewhere cannot corrupt a set of ids; keep counting.
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.contains(&id) || (seen.len() < self.max && seen.insert(id)) {
+            id.to_string()
+        } else {
+            OTHER_ASSISTANT.into()
+        }
+    }
+}
 
 /// Handles of every worker metric.
 pub struct Metrics {
     /// The registry `/metrics` renders.
     pub registry: Registry,
-    /// `chatq_runs_finished_total{status, error_code}`.
+    /// Bounds the `assistant` label of `runs_finished`, `tokens` and `cost_usd`.
+    pub assistants: AssistantLabels,
+    /// `chatq_runs_finished_total{status, error_code, assistant}`.
     pub runs_finished: IntCounterVec,
     /// `chatq_run_time_to_first_token_seconds`: claim to first answer text.
     pub ttft: Histogram,
     /// `chatq_run_duration_seconds{status}`: claim to finish.
     pub run_duration: HistogramVec,
-    /// `chatq_tokens_total{model, kind}`: input, cached_input, output.
+    /// `chatq_tokens_total{model, kind, assistant}`: input, cached_input, output.
     pub tokens: IntCounterVec,
     /// `chatq_provider_requests_total{outcome}`.
     pub provider_requests: IntCounterVec,
@@ -34,7 +94,7 @@ pub struct Metrics {
     pub jobs: IntCounterVec,
     /// `chatq_job_queue_wait_seconds{queue}`: request (run submit, cleanup trigger) to start.
     pub queue_wait: HistogramVec,
-    /// `chatq_cost_usd_total{model}`: cost of priced provider calls.
+    /// `chatq_cost_usd_total{model, assistant}`: cost of priced provider calls.
     pub cost_usd: CounterVec,
     /// `chatq_unpriced_requests_total{model}`: successful calls of models with no price.
     pub unpriced_requests: IntCounterVec,
@@ -65,12 +125,20 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers the metrics.
+    /// Creates and registers the metrics, with the default assistant bound.
     pub fn new() -> Self {
+        Self::with_max_assistants(DEFAULT_MAX_ASSISTANTS)
+    }
+
+    /// Creates and registers the metrics; `max_assistants` get their own `assistant` label.
+    pub fn with_max_assistants(max_assistants: usize) -> Self {
         let mut r = Registrar::new();
         let runs_finished = r.add(IntCounterVec::new(
-            Opts::new("chatq_runs_finished_total", "Runs that reached a final status, by status and error code"),
-            &["status", "error_code"],
+            Opts::new(
+                "chatq_runs_finished_total",
+                "Runs that reached a final status, by status, error code and assistant",
+            ),
+            &["status", "error_code", "assistant"],
         ));
         let ttft = r.add(Histogram::with_opts(
             HistogramOpts::new("chatq_run_time_to_first_token_seconds", "Time from claim to the first answer text")
@@ -82,8 +150,8 @@ impl Metrics {
             &["status"],
         ));
         let tokens = r.add(IntCounterVec::new(
-            Opts::new("chatq_tokens_total", "Tokens by model and kind (input, cached_input, output)"),
-            &["model", "kind"],
+            Opts::new("chatq_tokens_total", "Tokens by model, kind (input, cached_input, output) and assistant"),
+            &["model", "kind", "assistant"],
         ));
         let provider_requests = r.add(IntCounterVec::new(
             Opts::new("chatq_provider_requests_total", "Chat requests to the provider by outcome (ok or error code)"),
@@ -111,8 +179,8 @@ impl Metrics {
             &["queue"],
         ));
         let cost_usd = r.add(CounterVec::new(
-            Opts::new("chatq_cost_usd_total", "Provider cost in USD by model (priced calls only)"),
-            &["model"],
+            Opts::new("chatq_cost_usd_total", "Provider cost in USD by model and assistant (priced calls only)"),
+            &["model", "assistant"],
         ));
         let unpriced_requests = r.add(IntCounterVec::new(
             Opts::new("chatq_unpriced_requests_total", "Successful provider calls of a model with no price"),
@@ -159,6 +227,7 @@ impl Metrics {
         let (registry, names) = r.finish();
         Self {
             registry,
+            assistants: AssistantLabels::new(max_assistants),
             runs_finished,
             ttft,
             run_duration,
@@ -186,8 +255,72 @@ impl Metrics {
     }
 }
 
+impl Metrics {
+    /// Creates every series of a known label combination at zero, so that dashboards and
+    /// alerts see each counter from start-up instead of "No data" until its first event:
+    /// `queues` are the queue names, `models` the priced models. Series with an `assistant`
+    /// label start as `other`, the only assistant value known before a run.
+    pub fn init_known_series(&self, queues: &[String], models: &[&str]) {
+        let other = OTHER_ASSISTANT;
+        for status in [RunStatus::Completed, RunStatus::Cancelled] {
+            self.runs_finished.with_label_values(&[status.as_str(), "", other]);
+        }
+        for code in RunErrorCode::ALL {
+            self.runs_finished.with_label_values(&[RunStatus::Failed.as_str(), code.as_str(), other]);
+            self.provider_requests.with_label_values(&[code.as_str()]);
+            self.run_retries.with_label_values(&[code.as_str()]);
+        }
+        for status in [RunStatus::Completed, RunStatus::Failed, RunStatus::Cancelled] {
+            self.run_duration.with_label_values(&[status.as_str()]);
+        }
+        self.provider_requests.with_label_values(&["ok"]);
+        for model in models {
+            self.cost_usd.with_label_values(&[*model, other]);
+            self.unpriced_requests.with_label_values(&[*model]);
+            for kind in ["input", "cached_input", "output"] {
+                self.tokens.with_label_values(&[*model, kind, other]);
+            }
+        }
+        for queue in queues {
+            for outcome in ["ok", "error"] {
+                self.jobs.with_label_values(&[queue.as_str(), outcome]);
+            }
+            self.queue_wait.with_label_values(&[queue.as_str()]);
+        }
+        for action in ["requeued", "failed"] {
+            self.reconciler_recoveries.with_label_values(&[action]);
+        }
+        for kind in CLEANUP_KINDS {
+            self.cleanup_deleted.with_label_values(&[*kind]);
+        }
+        for outcome in ["passed", "flagged", "unavailable_open", "unavailable_closed"] {
+            self.moderation_checks.with_label_values(&[outcome]);
+        }
+        for status in [DocumentStatus::Ready, DocumentStatus::Failed] {
+            self.documents_ingested.with_label_values(&[status.as_str()]);
+        }
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assistants_past_the_bound_share_other_and_earlier_ones_keep_their_id() {
+        let labels = AssistantLabels::new(2);
+        let [a, b, c] = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        assert_eq!(labels.label(Some(a)), a.to_string());
+        assert_eq!(labels.label(Some(b)), b.to_string());
+        assert_eq!(labels.label(Some(c)), OTHER_ASSISTANT);
+        assert_eq!(labels.label(Some(a)), a.to_string(), "a counted assistant keeps its label");
+        assert_eq!(labels.label(Some(c)), OTHER_ASSISTANT);
+        assert_eq!(labels.label(None), NO_ASSISTANT);
     }
 }

@@ -61,12 +61,13 @@ pub(crate) async fn recover_runs(ctx: &WorkerCtx) -> Result<usize, sqlx::Error> 
     let failed = db::runs::fail_exhausted(&ctx.pool, max_attempts, &held, 500).await?;
     let reconcile_after = ctx.config.runs.reconcile_after.as_secs_f64();
     let ids = db::runs::take_stale(&ctx.pool, reconcile_after, max_attempts, &held, 500).await?;
-    for event in &failed {
+    for db::runs::Exhausted { event, assistant_id } in &failed {
         tracing::warn!(run.id = %event.run_id, attempt = event.attempt, "run failed: its workers died too many times");
         ctx.sink.publish(event).await;
+        let assistant = ctx.metrics.assistants.label(Some(*assistant_id));
         ctx.metrics
             .runs_finished
-            .with_label_values(&[RunStatus::Failed.as_str(), db::runs::EXHAUSTED_CODE.as_str()])
+            .with_label_values(&[RunStatus::Failed.as_str(), db::runs::EXHAUSTED_CODE.as_str(), &assistant])
             .inc();
     }
     ctx.metrics.reconciler_recoveries.with_label_values(&["failed"]).inc_by(failed.len() as u64);

@@ -620,19 +620,27 @@ pub const EXHAUSTED_CODE: RunErrorCode = RunErrorCode::Internal;
 pub const EXHAUSTED_MESSAGE: &str =
     "The answer could not be produced because processing was interrupted too many times. Please try again.";
 
+/// A run [`fail_exhausted`] failed: its terminal event, and its assistant for the metrics.
+pub struct Exhausted {
+    /// The `run.failed` event stored for it.
+    pub event: RunEvent,
+    /// The run's assistant.
+    pub assistant_id: Uuid,
+}
+
 /// Fails in-progress runs whose lease lapsed after `max_attempts` attempts (each attempt's
 /// worker died): status `failed` with [`EXHAUSTED_CODE`], the partial output kept on the run,
 /// and the terminal event appended to the log. Runs in `held` are left alone: their worker is
-/// alive. Returns the terminal events to publish.
+/// alive. Returns the runs failed, with the terminal events to publish.
 pub async fn fail_exhausted(
     pool: &PgPool,
     max_attempts: i32,
     held: &[Uuid],
     limit: i64,
-) -> Result<Vec<RunEvent>, sqlx::Error> {
+) -> Result<Vec<Exhausted>, sqlx::Error> {
     let mut tx = pool.begin().await?;
     let rows = sqlx::query!(
-        "SELECT id, attempt FROM runs
+        "SELECT id, attempt, assistant_id FROM runs
          WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1 AND NOT (id = ANY($3))
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         max_attempts,
@@ -669,7 +677,7 @@ pub async fn fail_exhausted(
             data: json!({"error": {"code": EXHAUSTED_CODE, "message": EXHAUSTED_MESSAGE}}),
         };
         events::insert(&mut *tx, &event).await?;
-        out.push(event);
+        out.push(Exhausted { event, assistant_id: row.assistant_id });
     }
     tx.commit().await?;
     Ok(out)

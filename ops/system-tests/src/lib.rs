@@ -254,25 +254,30 @@ where
     }
 }
 
-/// The value of the series `name{labels}` in a Prometheus text exposition (labels not given
-/// are ignored; the first matching series wins).
+/// The sum of the series `name{labels}` in a Prometheus text exposition (labels not given are
+/// summed over, as `sum without` would), or `None` when no series matches.
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
-        let (series, value) = line.rsplit_once(' ')?;
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            return None;
-        }
-        let found: HashMap<&str, &str> = label_text
-            .split("\",")
-            .filter(|p| !p.is_empty())
-            .filter_map(|p| p.split_once("=\"").map(|(k, v)| (k, v.trim_end_matches('"'))))
-            .collect();
-        labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
-    })
+    let values: Vec<f64> = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let found: HashMap<&str, &str> = label_text
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| p.split_once("=\"").map(|(k, v)| (k, v.trim_end_matches('"'))))
+                .collect();
+            labels.iter().all(|(k, v)| found.get(k) == Some(v)).then(|| value.parse().ok())?
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// Assistant messages (answers) a run produced.

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use crate::{
     WorkerCtx,
     jobs::{Job, QUEUES},
+    metrics::CLEANUP_KINDS,
 };
 
 /// Advisory lock key of the cleanup ("chatqcln").
@@ -181,7 +182,9 @@ fn put_counts(stats: &mut Value, t: ThreadCounts, events: i64, chunks: i64, blob
     stats["document_blobs"] = json!(blobs);
 }
 
+/// Counts `n` deletions of `kind`, one of [`CLEANUP_KINDS`] (whose series start at zero).
 fn count(ctx: &WorkerCtx, kind: &str, n: i64) {
+    debug_assert!(CLEANUP_KINDS.contains(&kind), "{kind} is not in CLEANUP_KINDS");
     if n > 0 {
         ctx.metrics.cleanup_deleted.with_label_values(&[kind]).inc_by(n as u64);
     }

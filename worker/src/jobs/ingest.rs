@@ -20,6 +20,7 @@ use crate::{
     WorkerCtx,
     ingest::{self, ChildLimits, Chunked, Chunking, ExtractError, Piece},
     jobs::{Job, JobError},
+    metrics::NO_ASSISTANT,
 };
 
 impl Job for IngestDocument {
@@ -172,7 +173,7 @@ async fn embed(
         .await?;
         match result {
             Ok(e) => {
-                ctx.metrics.tokens.with_label_values(&[model, "input"]).inc_by(e.tokens);
+                ctx.metrics.tokens.with_label_values(&[model, "input", NO_ASSISTANT]).inc_by(e.tokens);
                 for mut v in e.vectors {
                     normalize(&mut v);
                     out.push(v);

@@ -92,6 +92,95 @@ async fn metrics_show_completed_failed_and_cancelled_runs_and_cost_matches_usage
     s.shutdown().await;
 }
 
+/// Whether a Prometheus text exposition has a series of the family `name` (a histogram's
+/// series are its `_bucket`, `_sum` and `_count`).
+fn has_series(text: &str, name: &str) -> bool {
+    text.lines().filter(|l| !l.starts_with('#')).any(|line| {
+        let series = line.split(['{', ' ']).next().unwrap_or_default();
+        series == name || [format!("{name}_bucket"), format!("{name}_count")].iter().any(|s| s == series)
+    })
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_fresh_api_and_worker_export_every_series_the_dashboard_and_the_alerts_query_at_zero(pool: PgPool) {
+    let s = Stack::start(pool).await;
+    // HTTP series are per route template and start with the first request, which in a
+    // deployment is the container health check.
+    let health = s.http.get(format!("{}/healthz", s.api_url)).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let a = s.api_metrics().await;
+    let w = worker_metrics(&s).await;
+    let both = format!("{a}\n{w}");
+    let queried = crate::ops_files::queried_metrics();
+    assert!(queried.len() > 15, "{queried:?}");
+    for (name, user) in &queried {
+        assert!(has_series(&both, name), "{user} queries {name}, which a fresh stack does not export:\n{both}");
+    }
+    // The counters whose first event may come days after start-up are there, at zero, for
+    // every known label value.
+    for kind in chatq_worker::metrics::CLEANUP_KINDS {
+        assert_eq!(metric(&w, "chatq_cleanup_deleted_total", &[("kind", kind)]), Some(0.0), "{kind}");
+    }
+    for action in ["requeued", "failed"] {
+        assert_eq!(metric(&w, "chatq_reconciler_recoveries_total", &[("action", action)]), Some(0.0), "{action}");
+    }
+    assert_eq!(metric(&w, "chatq_unpriced_requests_total", &[("model", "gpt-4o-mini")]), Some(0.0));
+    let other = [("model", "gpt-4o-mini"), ("assistant", "other")];
+    assert_eq!(metric(&w, "chatq_cost_usd_total", &other), Some(0.0));
+    assert_eq!(metric(&w, "chatq_tokens_total", &[other[0], other[1], ("kind", "output")]), Some(0.0));
+    for code in chatq_common::domain::RunErrorCode::ALL {
+        let labels = [("status", "failed"), ("error_code", code.as_str()), ("assistant", "other")];
+        assert_eq!(metric(&w, "chatq_runs_finished_total", &labels), Some(0.0), "{code:?}");
+    }
+    assert_eq!(metric(&w, "chatq_runs_finished_total", &[("status", "completed")]), Some(0.0));
+    let chat = s.config_queue("chat-runs");
+    assert_eq!(metric(&w, "chatq_jobs_total", &[("queue", &chat), ("outcome", "error")]), Some(0.0));
+    assert_eq!(metric(&a, "chatq_runs_submitted_total", &[("outcome", "accepted")]), Some(0.0));
+    assert_eq!(metric(&a, "chatq_cleanup_requests_total", &[("outcome", "new")]), Some(0.0));
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn past_the_assistant_bound_cost_tokens_and_runs_of_later_assistants_share_other(pool: PgPool) {
+    let s = Stack::start_with(pool.clone(), true, &[("CHATQ_METRICS_MAX_ASSISTANTS", "1")]).await;
+    let first = s.create_assistant(json!({})).await;
+    let second = s.create_assistant(json!({})).await;
+    // One after the other, so the first assistant counted is `first`.
+    for (assistant, user) in [(&first, "ann"), (&second, "ben")] {
+        let t = s.create_thread(assistant, user).await;
+        let run = s.send(&t, "hi [[fake tokens=5]]").await;
+        assert_eq!(s.wait_run(run["id"].as_str().unwrap()).await["status"], "completed");
+    }
+    // The counters move just after the run is stored as completed.
+    let w = wait_for(Duration::from_secs(10), || async {
+        let w = worker_metrics(&s).await;
+        (metric(&w, "chatq_runs_finished_total", &[("status", "completed")]) == Some(2.0)).then_some(w)
+    })
+    .await;
+    let cost_of = |assistant: &str| {
+        sqlx::query_scalar::<_, f64>(
+            "SELECT sum(cost_usd)::float8 FROM usage_records WHERE assistant_id = $1::uuid AND model = 'gpt-4o-mini'",
+        )
+        .bind(assistant.to_string())
+        .fetch_one(&pool)
+    };
+    let (first_cost, second_cost) = (cost_of(&first).await.unwrap(), cost_of(&second).await.unwrap());
+    assert!(first_cost > 0.0 && second_cost > 0.0);
+    let counted =
+        |assistant: &str| metric(&w, "chatq_cost_usd_total", &[("model", "gpt-4o-mini"), ("assistant", assistant)]);
+    assert!((counted(&first).unwrap() - first_cost).abs() < 1e-12, "{w}");
+    assert!((counted("other").unwrap() - second_cost).abs() < 1e-12, "{w}");
+    assert_eq!(counted(&second), None, "the second assistant is past the bound: {w}");
+    for (assistant, runs) in [(first.as_str(), 1.0), ("other", 1.0)] {
+        let labels = [("status", "completed"), ("assistant", assistant)];
+        assert_eq!(metric(&w, "chatq_runs_finished_total", &labels), Some(runs), "{assistant}");
+        let labels = [("kind", "output"), ("assistant", assistant)];
+        assert_eq!(metric(&w, "chatq_tokens_total", &labels), Some(5.0), "{assistant}");
+    }
+    assert!(!w.contains(&second), "no series names the second assistant");
+    s.shutdown().await;
+}
+
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn the_pricing_file_override_prices_a_model_the_built_in_table_does_not_know(pool: PgPool) {
     let dir = std::env::temp_dir().join(format!("chatq-pricing-{}", uuid::Uuid::now_v7()));

@@ -1,5 +1,6 @@
 //! The deployment files, checked without a Docker engine: `docker-compose.yml`,
-//! `ops/Dockerfile`, `ops/prometheus.yml` and the Grafana provisioning and dashboard.
+//! `ops/Dockerfile`, `ops/prometheus.yml`, the alert rules and the Grafana provisioning and
+//! dashboard.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -32,7 +33,7 @@ const COMPOSE_SECRETS: [&str; 4] =
     ["CHATQ_TOKEN_SECRET", "POSTGRES_PASSWORD", "REDIS_PASSWORD", "GRAFANA_ADMIN_PASSWORD"];
 
 /// Every metric family name either process registers.
-fn exported_names() -> HashSet<String> {
+pub(crate) fn exported_names() -> HashSet<String> {
     let api = chatq_api::metrics::Metrics::new();
     let worker = chatq_worker::metrics::Metrics::new();
     api.names.into_iter().chain(worker.names).collect()
@@ -265,6 +266,92 @@ fn docker_compose_config_refuses_to_run_without_each_secret_and_accepts_them_set
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// `(alert name, expression)` of every rule in `ops/prometheus-alerts.yml`.
+fn alert_rules() -> Vec<(String, String)> {
+    let rules = yaml("ops/prometheus-alerts.yml");
+    rules["groups"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["rules"].as_sequence().unwrap().iter())
+        .map(|r| (r["alert"].as_str().unwrap().to_string(), r["expr"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Every `chatq_*` metric family the dashboard's panels and the alert rules query, each with
+/// the first panel or alert that uses it.
+pub(crate) fn queried_metrics() -> Vec<(String, String)> {
+    let exported = exported_names();
+    let dashboard: Json = serde_json::from_str(&read("ops/grafana/dashboards/chatq.json")).unwrap();
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            queries.push((format!("panel {}", panel["title"]), target["expr"].as_str().unwrap().to_string()));
+        }
+    }
+    queries.extend(alert_rules().into_iter().map(|(alert, expr)| (format!("alert {alert}"), expr)));
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (user, expr) in queries {
+        for name in metric_names(&expr, &exported) {
+            if !out.iter().any(|(n, _)| *n == name) {
+                out.push((name, user.clone()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_compose_prometheus_loads_alert_rules_that_query_exported_metrics_and_are_unit_tested() {
+    let exported = exported_names();
+    let rules = alert_rules();
+    let names: BTreeSet<&str> = rules.iter().map(|(alert, _)| alert.as_str()).collect();
+    for wanted in [
+        "ChatqRunFailureRateHigh",
+        "ChatqProviderBreakerOpen",
+        "ChatqChatQueueSlow",
+        "ChatqReconcilerRecoveries",
+        "ChatqCostSpike",
+    ] {
+        assert!(names.contains(wanted), "no alert {wanted}: {names:?}");
+    }
+    for (alert, expr) in &rules {
+        for name in metric_names(expr, &exported) {
+            assert!(exported.contains(&name), "alert {alert} uses {name}, which no process exports");
+        }
+    }
+    // Loaded: rule_files is relative to the config, and compose mounts both side by side.
+    let prometheus = yaml("ops/prometheus.yml");
+    assert_eq!(strings(&prometheus["rule_files"]), ["prometheus-alerts.yml"]);
+    let compose = yaml("docker-compose.yml");
+    let volumes = strings(&compose["services"]["prometheus"]["volumes"]);
+    for (file, mounted) in [
+        ("./ops/prometheus.yml", "/etc/prometheus/prometheus.yml"),
+        ("./ops/prometheus-alerts.yml", "/etc/prometheus/prometheus-alerts.yml"),
+    ] {
+        assert!(volumes.contains(&format!("{file}:{mounted}:ro")), "{file} is not mounted: {volumes:?}");
+    }
+    assert!(
+        compose["services"]["prometheus"]["command"][0].as_str().unwrap().ends_with("/etc/prometheus/prometheus.yml")
+    );
+    // Every alert has promtool unit tests, and ./ops/test runs them.
+    let tests = yaml("ops/prometheus-alerts_test.yml");
+    assert_eq!(strings(&tests["rule_files"]), ["prometheus-alerts.yml"]);
+    let tested: BTreeSet<String> = tests["tests"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .flat_map(|t| t["alert_rule_test"].as_sequence().unwrap().iter())
+        .filter_map(|a| a["alertname"].as_str().map(String::from))
+        .collect();
+    for alert in &names {
+        assert!(tested.contains(*alert), "ops/prometheus-alerts_test.yml has no test of {alert}");
+    }
+    let ops_test = read("ops/test");
+    assert!(ops_test.contains("promtool test rules ops/prometheus-alerts_test.yml"));
+    assert!(ops_test.contains("promtool check rules ops/prometheus-alerts.yml"));
+}
+
 /// `chatq_*` names in a PromQL expression, with histogram suffixes mapped to their family.
 fn metric_names(expr: &str, exported: &HashSet<String>) -> Vec<String> {
     let mut out = Vec::new();
@@ -304,9 +391,15 @@ fn every_metric_the_dashboard_uses_is_exported_by_the_api_or_the_worker() {
     }
     assert!(used > 10);
     let titles: Vec<String> = panels.iter().map(|p| p["title"].as_str().unwrap().to_lowercase()).collect();
-    for wanted in
-        ["cost per day by model", "failure rate", "time to first token", "throughput", "queue depth", "ingestion"]
-    {
+    for wanted in [
+        "cost per day by model",
+        "cost per assistant per day",
+        "failure rate",
+        "time to first token",
+        "throughput",
+        "queue depth",
+        "ingestion",
+    ] {
         assert!(titles.iter().any(|t| t.contains(wanted)), "no panel for {wanted}");
     }
     let datasource = yaml("ops/grafana/provisioning/datasources/prometheus.yml");

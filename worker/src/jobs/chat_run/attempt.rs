@@ -21,6 +21,7 @@ use crate::WorkerCtx;
 pub(super) struct Attempt<'a> {
     pub(super) ctx: &'a WorkerCtx,
     run_id: Uuid,
+    assistant_id: Uuid,
     attempt: i32,
     seq: i64,
 }
@@ -28,7 +29,7 @@ pub(super) struct Attempt<'a> {
 impl<'a> Attempt<'a> {
     /// The attempt of a run just claimed; its events continue after the run's last one.
     pub(super) fn new(ctx: &'a WorkerCtx, run: &db::runs::Run) -> Self {
-        Self { ctx, run_id: run.id, attempt: run.attempt, seq: run.last_seq }
+        Self { ctx, run_id: run.id, assistant_id: run.assistant_id, attempt: run.attempt, seq: run.last_seq }
     }
 
     /// Sends the next event of the run; `append` is the text it adds to the answer.
@@ -151,7 +152,8 @@ impl<'a> Attempt<'a> {
         match event {
             Some(event) => {
                 ctx.sink.publish(&event).await;
-                ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code]).inc();
+                let assistant = ctx.metrics.assistants.label(Some(self.assistant_id));
+                ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code, &assistant]).inc();
                 ctx.metrics
                     .run_duration
                     .with_label_values(&[status.as_str()])
@@ -169,11 +171,12 @@ impl<'a> Attempt<'a> {
 /// Counts a committed chat usage record in the token and cost metrics. A billed call of an
 /// unknown model is counted apart, never as free.
 pub(super) fn count_usage(ctx: &WorkerCtx, u: &NewUsage) {
+    let assistant = ctx.metrics.assistants.label(u.assistant_id);
     for (kind, n) in [("input", u.input_tokens), ("cached_input", u.cached_input_tokens), ("output", u.output_tokens)] {
-        ctx.metrics.tokens.with_label_values(&[&u.model, kind]).inc_by(n.max(0) as u64);
+        ctx.metrics.tokens.with_label_values(&[&u.model, kind, &assistant]).inc_by(n.max(0) as u64);
     }
     match u.cost_usd {
-        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model]).inc_by(c),
+        Some(c) => ctx.metrics.cost_usd.with_label_values(&[&u.model, &assistant]).inc_by(c),
         None if u.outcome.is_ok() || u.estimated => ctx.metrics.unpriced_requests.with_label_values(&[&u.model]).inc(),
         None => {}
     }
