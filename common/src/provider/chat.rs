@@ -78,7 +78,7 @@ impl Provider {
     /// Opens a streaming chat completion with `include_usage`.
     pub async fn stream_chat(&self, req: &ChatRequest) -> Result<ChatStream, ProviderError> {
         let request = build_request(req).map_err(|e| ProviderError::classify(&e, None))?;
-        let seen = Arc::new(Seen::default());
+        let seen = Arc::new(Seen { watch_done: true, ..Seen::default() });
         let chunks =
             self.call_seen(seen.clone(), |client| async move { client.chat().create_stream(request).await }).await?;
         Ok(ChatStream { chunks, seen })

@@ -8,15 +8,6 @@ use futures::StreamExt as _;
 
 use super::Seen;
 
-/// Whether `response` is a server-sent event stream.
-pub(super) fn is_event_stream(response: &reqwest::Response) -> bool {
-    response
-        .headers()
-        .get(reqwest::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/event-stream"))
-}
-
 /// `response` with the same status and headers, whose body sets `seen.done` when a
 /// `data: [DONE]` line passes. The flag is set before the parser sees the line, so it is set by
 /// the time async-openai's stream ends.

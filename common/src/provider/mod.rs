@@ -68,8 +68,9 @@ impl Provider {
         })
     }
 
-    /// A client whose transport records into `seen` the `Retry-After` of an error response and
-    /// whether an event stream ended with `[DONE]`. The service has no retry layer.
+    /// A client whose transport records into `seen` the `Retry-After` of an error response and,
+    /// when asked to, whether an event stream ended with `[DONE]`. The service has no retry
+    /// layer.
     fn client(&self, seen: Arc<Seen>) -> Client<OpenAIConfig> {
         let http = self.http.clone();
         let service = tower::service_fn(move |factory: HttpRequestFactory| {
@@ -84,7 +85,8 @@ impl Provider {
                     }
                     return Ok(response);
                 }
-                if done::is_event_stream(&response) {
+                // Whatever its content type says: some servers label their event streams oddly.
+                if seen.watch_done {
                     return Ok(done::watch(response, seen.clone()));
                 }
                 Ok::<_, OpenAIError>(response)
@@ -97,6 +99,8 @@ impl Provider {
 /// What the transport of one call saw that async-openai's results do not carry.
 #[derive(Debug, Default)]
 struct Seen {
+    /// Whether to watch a successful response's body for `[DONE]` (streaming calls).
+    watch_done: bool,
     /// The `Retry-After` of an error response (async-openai's errors have no headers).
     retry_after: Mutex<Option<Duration>>,
     /// An event stream's body carried OpenAI's `data: [DONE]` terminator. async-openai ends its
