@@ -46,6 +46,12 @@ stack_start() {
     export CHATQ_TOKEN_SECRET
     pick_listen CHATQ_FAKE_OPENAI_LISTEN 127.0.0.1:18089
     start_fake_openai "$STACK_BIN_DIR" "$CHATQ_FAKE_OPENAI_LISTEN"
+    # A script that checks another OpenAI-compatible server sets STACK_PROVIDER_URL and
+    # STACK_PROVIDER_KEY: the worker and the API talk to it instead of the fake.
+    if [[ -n ${STACK_PROVIDER_URL:-} ]]; then
+        export OPENAI_BASE_URL=$STACK_PROVIDER_URL OPENAI_API_KEY=${STACK_PROVIDER_KEY:-sk-unused}
+        info "provider: $OPENAI_BASE_URL"
+    fi
     pick_listen CHATQ_LISTEN 127.0.0.1:18080
     pick_listen CHATQ_WORKER_LISTEN 127.0.0.1:19091
     pick_listen CHATQ_METRICS_LISTEN 127.0.0.1:19092

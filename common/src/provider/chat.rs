@@ -1,15 +1,23 @@
 //! Streaming chat completions with usage.
 
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    task::{Context, Poll},
+};
+
 use async_openai::{
     error::OpenAIError,
     types::chat::{
         ChatCompletionRequestAssistantMessageArgs, ChatCompletionRequestMessage,
         ChatCompletionRequestSystemMessageArgs, ChatCompletionRequestUserMessageArgs, ChatCompletionResponseStream,
         ChatCompletionStreamOptions, CreateChatCompletionRequest, CreateChatCompletionRequestArgs,
+        CreateChatCompletionStreamResponse,
     },
 };
+use futures::Stream;
 
-use super::{Provider, ProviderError};
+use super::{Provider, ProviderError, Seen};
 
 /// Who wrote a message sent to the model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,11 +52,36 @@ pub struct ChatRequest {
     pub max_output_tokens: Option<u32>,
 }
 
+/// An open streaming chat completion: its chunks, and whether it ended with `data: [DONE]`.
+pub struct ChatStream {
+    chunks: ChatCompletionResponseStream,
+    seen: Arc<Seen>,
+}
+
+impl ChatStream {
+    /// Whether the provider sent `data: [DONE]`. Once the stream has ended, false means the
+    /// connection was closed before the terminator: the answer may be incomplete.
+    pub fn ended_with_done(&self) -> bool {
+        self.seen.done.load(Ordering::Acquire)
+    }
+}
+
+impl Stream for ChatStream {
+    type Item = Result<CreateChatCompletionStreamResponse, OpenAIError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.chunks.as_mut().poll_next(cx)
+    }
+}
+
 impl Provider {
     /// Opens a streaming chat completion with `include_usage`.
-    pub async fn stream_chat(&self, req: &ChatRequest) -> Result<ChatCompletionResponseStream, ProviderError> {
+    pub async fn stream_chat(&self, req: &ChatRequest) -> Result<ChatStream, ProviderError> {
         let request = build_request(req).map_err(|e| ProviderError::classify(&e, None))?;
-        self.call(|client| async move { client.chat().create_stream(request).await }).await
+        let seen = Arc::new(Seen { watch_done: true, ..Seen::default() });
+        let chunks =
+            self.call_seen(seen.clone(), |client| async move { client.chat().create_stream(request).await }).await?;
+        Ok(ChatStream { chunks, seen })
     }
 }
 

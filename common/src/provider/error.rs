@@ -40,7 +40,7 @@ impl ProviderError {
         Self { class, code, message: message.into(), detail: detail.into(), status: None, retry_after: None }
     }
 
-    /// The stream ended without `finish_reason` or usage: the answer is incomplete.
+    /// The stream ended without `finish_reason` or `[DONE]`: the answer is incomplete.
     pub fn truncated(detail: impl Into<String>) -> Self {
         Self::new(
             ErrorClass::Retryable,

@@ -39,7 +39,17 @@ pub(crate) struct Directive {
     /// `stamp=1`: every content chunk is ` @<unix microseconds when it was sent>` (benchmarks
     /// measure end-to-end streaming latency with it).
     pub stamp: Option<bool>,
+    /// `no_usage`: no usage anywhere, even when `include_usage` asks for it, as several
+    /// OpenAI-compatible servers do.
+    pub no_usage: Option<bool>,
+    /// `no_finish`: a stream without its finish chunk (usage and `[DONE]` still follow).
+    pub no_finish: Option<bool>,
+    /// `no_done`: a stream closed cleanly after its finish chunk and usage, without `[DONE]`.
+    pub no_done: Option<bool>,
 }
+
+/// Keys that are flags: a bare `no_usage` means `no_usage=1`.
+const FLAGS: &[&str] = &["no_usage", "no_finish", "no_done"];
 
 impl Directive {
     /// Parses `key=value key=value ...`. Unknown keys and unparsable values are ignored,
@@ -47,8 +57,10 @@ impl Directive {
     pub fn parse(text: &str) -> Self {
         let mut d = Directive::default();
         for pair in text.split_whitespace() {
-            let Some((key, value)) = pair.split_once('=') else {
-                continue;
+            let (key, value) = match pair.split_once('=') {
+                Some(kv) => kv,
+                None if FLAGS.contains(&pair) => (pair, "1"),
+                None => continue,
             };
             match key {
                 "tokens" => d.tokens = value.parse().ok().or(d.tokens),
@@ -63,6 +75,9 @@ impl Directive {
                 "cached" => d.cached = value.parse().ok().or(d.cached),
                 "echo" => d.echo_prompt = Some(value == "prompt"),
                 "stamp" => d.stamp = Some(value == "1"),
+                "no_usage" => d.no_usage = Some(value == "1"),
+                "no_finish" => d.no_finish = Some(value == "1"),
+                "no_done" => d.no_done = Some(value == "1"),
                 _ => {}
             }
         }
@@ -84,6 +99,9 @@ impl Directive {
             cached: over.cached.or(self.cached),
             echo_prompt: over.echo_prompt.or(self.echo_prompt),
             stamp: over.stamp.or(self.stamp),
+            no_usage: over.no_usage.or(self.no_usage),
+            no_finish: over.no_finish.or(self.no_finish),
+            no_done: over.no_done.or(self.no_done),
         }
     }
 }
@@ -167,6 +185,15 @@ mod tests {
         let (text, inner) = extract("a [[fakeness]] b [[fake unterminated");
         assert_eq!(text, "a [[fakeness]] b [[fake unterminated");
         assert_eq!(inner, "");
+    }
+
+    #[test]
+    fn flags_may_be_bare_words() {
+        let d = Directive::parse("no_usage no_done=0 tokens");
+        assert_eq!(d.no_usage, Some(true));
+        assert_eq!(d.no_done, Some(false));
+        assert_eq!(d.no_finish, None);
+        assert_eq!(d.tokens, None, "only flags may be bare");
     }
 
     #[test]

@@ -9,5 +9,6 @@ mod housekeeping;
 mod ingest;
 mod outage;
 mod reconciler;
+mod stream_end;
 mod support;
 mod usage;

@@ -14,15 +14,16 @@ use crate::support::{Setup, count, wait_for};
 
 /// One usage record as the report reads it.
 #[derive(Debug, sqlx::FromRow)]
-struct Record {
-    outcome: String,
-    estimated: bool,
-    input_tokens: i32,
-    output_tokens: i32,
-    cost_usd: Option<f64>,
+pub struct Record {
+    pub outcome: String,
+    pub estimated: bool,
+    pub input_tokens: i32,
+    pub output_tokens: i32,
+    pub cost_usd: Option<f64>,
 }
 
-async fn records(pool: &PgPool, run_id: Uuid) -> Vec<Record> {
+/// The chat usage records of `run_id`, oldest first.
+pub async fn records(pool: &PgPool, run_id: Uuid) -> Vec<Record> {
     sqlx::query_as(
         "SELECT outcome, estimated, input_tokens, output_tokens, cost_usd::float8 AS cost_usd
          FROM usage_records WHERE run_id = $1 AND kind = 'chat' ORDER BY at, id",

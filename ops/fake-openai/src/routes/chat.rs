@@ -186,6 +186,7 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
     let completion_tokens = u32::try_from(tokens.len()).unwrap_or(u32::MAX);
     let cached = eff.cached.map_or(0, |c| c.min(prompt_tokens));
     let usage = usage_json(prompt_tokens, completion_tokens, cached);
+    let send_usage = eff.no_usage != Some(true);
     let ttft = Duration::from_millis(eff.ttft_ms.unwrap_or(config.ttft_ms));
     let delay = Duration::from_millis(eff.delay_ms.unwrap_or(config.delay_ms));
     let id = format!("chatcmpl-{}", random_alphanumeric(29));
@@ -200,11 +201,13 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
                  \"model\":{model},\"service_tier\":\"default\",\
                  \"system_fingerprint\":\"{SYSTEM_FINGERPRINT}\",\"choices\":["
             ),
-            usage_null: request.include_usage,
+            usage_null: request.include_usage && send_usage,
             obfuscate: request.include_obfuscation,
             tokens,
             finish_reason,
-            usage: request.include_usage.then(|| usage.to_string()),
+            usage: (request.include_usage && send_usage).then(|| usage.to_string()),
+            finish: eff.no_finish != Some(true),
+            done: eff.no_done != Some(true),
             ttft,
             delay,
             finish_pause: Duration::from_millis(eff.finish_ms.unwrap_or(0)),
@@ -231,7 +234,7 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
         return (response, Duration::ZERO);
     }
     let text = tokens.concat();
-    let body = json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -246,6 +249,9 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
         "service_tier": "default",
         "system_fingerprint": SYSTEM_FINGERPRINT,
     });
+    if !send_usage && let Some(fields) = body.as_object_mut() {
+        fields.remove("usage");
+    }
     let wait = ttft + delay.saturating_mul(completion_tokens.saturating_sub(1));
     if eff.cut_after.is_some() {
         shared.chat_interrupted.fetch_add(1, Ordering::Relaxed);
@@ -300,8 +306,13 @@ struct StreamPlan {
     obfuscate: bool,
     tokens: Vec<String>,
     finish_reason: &'static str,
-    /// The serialised usage object for the final chunk, when `include_usage` is set.
+    /// The serialised usage object for the final chunk, when `include_usage` is set (and
+    /// `no_usage` is not).
     usage: Option<String>,
+    /// Whether the finish chunk is sent (`no_finish` leaves it out).
+    finish: bool,
+    /// Whether `[DONE]` ends the stream (`no_done` closes it cleanly without).
+    done: bool,
     ttft: Duration,
     delay: Duration,
     /// Pause between the last content chunk and the finish chunk.
@@ -342,7 +353,14 @@ impl StreamPlan {
                 let next = Step::Content { emitted: 0, garbage_sent: false };
                 Some((Ok(self.chunk(choice)), next))
             }
-            Step::Content { emitted, garbage_sent } => Some(self.content_step(emitted, garbage_sent).await),
+            Step::Content { emitted, garbage_sent } => self.content_step(emitted, garbage_sent).await,
+            tail => self.tail(tail),
+        }
+    }
+
+    /// What follows the finish chunk: the usage chunk, `[DONE]`, the end.
+    fn tail(&self, step: Step) -> Option<(Result<Bytes, io::Error>, Step)> {
+        match step {
             Step::Usage => {
                 let usage = self.usage.as_deref().unwrap_or("null");
                 let mut out = String::with_capacity(self.prefix.len() + usage.len() + 40);
@@ -352,28 +370,28 @@ impl StreamPlan {
                 self.finish_chunk(&mut out);
                 Some((Ok(Bytes::from(out)), Step::Done))
             }
-            Step::Done => Some((Ok(Bytes::from_static(DONE_EVENT)), Step::End)),
-            Step::End => None,
+            Step::Done if self.done => Some((Ok(Bytes::from_static(DONE_EVENT)), Step::End)),
+            _ => None,
         }
     }
 
-    async fn content_step(&self, emitted: usize, garbage_sent: bool) -> (Result<Bytes, io::Error>, Step) {
+    async fn content_step(&self, emitted: usize, garbage_sent: bool) -> Option<(Result<Bytes, io::Error>, Step)> {
         let total = self.tokens.len();
         // A fault "after K chunks" with K past the end fires before the finish chunk.
         let due = |k: Option<usize>| k.is_some_and(|k| k.min(total) == emitted);
         if !garbage_sent && due(self.garbage_after) {
             let next = Step::Content { emitted, garbage_sent: true };
-            return (Ok(Bytes::from_static(GARBAGE_EVENT)), next);
+            return Some((Ok(Bytes::from_static(GARBAGE_EVENT)), next));
         }
         if due(self.error_after) {
             self.shared.chat_interrupted.fetch_add(1, Ordering::Relaxed);
             let error = OpenAiError::for_status(500, "", 0, 0).body();
-            return (Ok(Bytes::from(format!("data: {error}\n\n"))), Step::End);
+            return Some((Ok(Bytes::from(format!("data: {error}\n\n"))), Step::End));
         }
         if due(self.cut_after) {
             self.shared.chat_interrupted.fetch_add(1, Ordering::Relaxed);
             flush_point().await;
-            return (Err(cut_error()), Step::End);
+            return Some((Err(cut_error()), Step::End));
         }
         if let Some(token) = self.tokens.get(emitted) {
             let pause = if emitted == 0 { self.ttft } else { self.delay };
@@ -390,15 +408,18 @@ impl StreamPlan {
             let choice =
                 format!("{{\"index\":0,\"delta\":{{\"content\":{content}}},\"logprobs\":null,\"finish_reason\":null}}");
             let next = Step::Content { emitted: emitted + 1, garbage_sent: false };
-            return (Ok(self.chunk(&choice)), next);
+            return Some((Ok(self.chunk(&choice)), next));
         }
         if !self.finish_pause.is_zero() {
             tokio::time::sleep(self.finish_pause).await;
         }
+        let next = if self.usage.is_some() { Step::Usage } else { Step::Done };
+        if !self.finish {
+            return self.tail(next);
+        }
         let choice =
             format!("{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"{}\"}}", self.finish_reason);
-        let next = if self.usage.is_some() { Step::Usage } else { Step::Done };
-        (Ok(self.chunk(&choice)), next)
+        Some((Ok(self.chunk(&choice)), next))
     }
 
     /// One `data:` event with a single choice.

@@ -209,3 +209,68 @@ async fn ttft_and_delay_slow_the_stream_down() {
     assert!(first_at >= Duration::from_millis(300), "{first_at:?}");
     assert!(total >= Duration::from_millis(400), "{total:?}");
 }
+
+/// The raw SSE body of a streamed reply to `content`, asking for usage.
+async fn raw_stream(fake: &chatq_fake_openai::FakeHandle, content: &str) -> String {
+    let body = json!({
+        "model": "m",
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "messages": [{"role": "user", "content": content}],
+    });
+    post_raw(fake, "/chat/completions", &body).await.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn no_usage_finishes_the_stream_without_any_usage_even_when_asked() {
+    let fake = start().await;
+    let client = client(&fake);
+
+    let items = stream_all(&client, request(vec![user("x [[fake no_usage tokens=3]]")])).await.unwrap();
+
+    assert!(items.iter().all(Result::is_ok), "{items:?}");
+    assert_eq!(contents(&items).concat(), "Echo: x lorem");
+    assert_eq!(finish_reasons(&items), [FinishReason::Stop]);
+    assert!(!has_usage(&items));
+    let raw = raw_stream(&fake, "x [[fake no_usage tokens=3]]").await;
+    assert!(!raw.contains("\"usage\""), "not even \"usage\":null: {raw}");
+    assert!(raw.ends_with("data: [DONE]\n\n"), "{raw}");
+
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "x [[fake no_usage]]"}]});
+    let reply: serde_json::Value = post_raw(&fake, "/chat/completions", &body).await.json().await.unwrap();
+    assert!(reply.get("usage").is_none(), "{reply}");
+    assert_eq!(reply["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn no_finish_leaves_out_the_finish_chunk_but_not_usage_or_done() {
+    let fake = start().await;
+    let client = client(&fake);
+
+    let items = stream_all(&client, request(vec![user("x [[fake no_finish tokens=3]]")])).await.unwrap();
+
+    assert!(items.iter().all(Result::is_ok), "{items:?}");
+    assert_eq!(contents(&items).concat(), "Echo: x lorem");
+    assert!(finish_reasons(&items).is_empty());
+    assert!(has_usage(&items));
+    let raw = raw_stream(&fake, "x [[fake no_finish tokens=3]]").await;
+    assert!(!raw.contains("\"finish_reason\":\"stop\""), "{raw}");
+    assert!(raw.ends_with("data: [DONE]\n\n"), "{raw}");
+}
+
+#[tokio::test]
+async fn no_done_closes_the_stream_cleanly_after_finish_and_usage() {
+    let fake = start().await;
+    let client = client(&fake);
+
+    let items = stream_all(&client, request(vec![user("x [[fake no_done tokens=3]]")])).await.unwrap();
+
+    // async-openai cannot tell this from a stream ended by [DONE].
+    assert!(items.iter().all(Result::is_ok), "{items:?}");
+    assert_eq!(finish_reasons(&items), [FinishReason::Stop]);
+    assert!(has_usage(&items));
+    let raw = raw_stream(&fake, "x [[fake no_done tokens=3]]").await;
+    assert!(raw.contains("\"finish_reason\":\"stop\""), "{raw}");
+    assert!(raw.contains("\"prompt_tokens\""), "{raw}");
+    assert!(!raw.contains("[DONE]"), "{raw}");
+}

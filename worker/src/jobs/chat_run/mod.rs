@@ -154,7 +154,11 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     }
     let call = Call { run: &run, request: &request, received: &received, latency_ms };
     match outcome {
-        StreamOutcome::Done { finish_reason, usage } => {
+        StreamOutcome::Done { finish_reason } => {
+            let (usage, estimated) = call.tokens();
+            if estimated {
+                tracing::info!("the provider sent no usage; the answer's tokens are estimated");
+            }
             let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
             ctx.metrics.provider_requests.with_label_values(&["ok"]).inc();
             let record = call.usage(ctx, UsageOutcome::Ok);
@@ -281,18 +285,25 @@ struct Call<'a> {
 
 impl Call<'_> {
     /// The usage record of the call, `None` when no stream was opened (nothing was billed).
-    /// When the provider sent no usage (the stream was cut, cancelled or abandoned), the
-    /// tokens are counted with the tokenizer and the record is marked estimated.
+    /// When the provider sent no usage (the stream was cut, cancelled or abandoned, or the
+    /// server sends none), the tokens are counted with the tokenizer and the record is marked
+    /// estimated.
     fn usage(&self, ctx: &WorkerCtx, outcome: UsageOutcome) -> Option<NewUsage> {
         if !self.received.opened {
             return None;
         }
-        let (usage, estimated) = match self.received.usage {
-            Some(usage) => (usage, false),
-            None => (estimate(self.request, &self.received.text), true),
-        };
+        let (usage, estimated) = self.tokens();
         let cost = ctx.pricing.cost(&self.run.model, Utc::now().date_naive(), usage);
         Some(self.record(outcome, usage, cost, estimated))
+    }
+
+    /// The call's tokens as the provider reported them, or else counted with the tokenizer
+    /// (then `true`: estimated).
+    fn tokens(&self) -> (TokenUsage, bool) {
+        match self.received.usage {
+            Some(usage) => (usage, false),
+            None => (estimate(self.request, &self.received.text), true),
+        }
     }
 
     /// The record of a call the provider refused before streaming: no tokens, no cost.

@@ -19,8 +19,8 @@ use super::attempt::Attempt;
 
 /// How the stream of one attempt ended. The text received is in [`Received`].
 pub(super) enum StreamOutcome {
-    /// The provider finished the answer.
-    Done { finish_reason: String, usage: TokenUsage },
+    /// The provider finished the answer (its usage, if it sent any, is in [`Received`]).
+    Done { finish_reason: String },
     /// The provider failed; the text streamed before is kept.
     Failed { error: ProviderError },
     /// A cancel was requested; the text streamed so far is kept.
@@ -138,20 +138,18 @@ pub(super) async fn stream_answer(
     if !pending.is_empty() {
         attempt.emit(EventKind::Delta, json!({"text": pending}), std::mem::take(&mut pending), None).await;
     }
-    // A stream that ends without a finish reason or usage was cut: never report it as success.
-    match (finish_reason, received.usage) {
-        (Some(reason), Some(usage)) => StreamOutcome::Done { finish_reason: finish_reason_str(reason).into(), usage },
-        (reason, usage) => StreamOutcome::Failed {
-            error: ProviderError::truncated(format!(
-                "stream ended without {}",
-                if reason.is_none() {
-                    "a finish reason"
-                } else if usage.is_none() {
-                    "usage"
-                } else {
-                    "[DONE]"
-                }
-            )),
+    // Only a finish reason followed by `[DONE]` ends an answer; a stream closed before either
+    // was cut. Usage is optional: many OpenAI-compatible servers send none when streaming.
+    match finish_reason {
+        Some(reason) if stream.ended_with_done() => {
+            StreamOutcome::Done { finish_reason: finish_reason_str(reason).into() }
+        }
+        reason => StreamOutcome::Failed {
+            error: ProviderError::truncated(if reason.is_none() {
+                "stream ended without a finish reason"
+            } else {
+                "stream ended without [DONE]"
+            }),
         },
     }
 }
