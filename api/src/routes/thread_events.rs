@@ -66,20 +66,17 @@ fn parse_cursor(s: &str) -> Option<Cursor> {
     Some(Cursor { run_id: run.parse().ok()?, seq: seq.parse().ok().filter(|n: &i64| *n >= 0)? })
 }
 
-fn cursor(headers: &HeaderMap, q: &ThreadEventsQuery) -> Result<Option<Cursor>, ApiError> {
-    if let Some(v) = headers.get("last-event-id") {
-        return v.to_str().ok().and_then(parse_cursor).map(Some).ok_or(ApiError::BadRequest {
-            code: ApiErrorCode::InvalidHeader,
-            message: "Last-Event-ID must be an event id of this thread's stream".into(),
-        });
-    }
-    match q.after.as_deref() {
-        None => Ok(None),
-        Some(s) => parse_cursor(s).map(Some).ok_or(ApiError::BadRequest {
-            code: ApiErrorCode::InvalidQuery,
-            message: "after must be an event id of this thread's stream".into(),
-        }),
-    }
+/// The resume position and the error code a bad one is reported with.
+fn cursor(headers: &HeaderMap, q: &ThreadEventsQuery) -> Result<Option<(Cursor, ApiErrorCode)>, ApiError> {
+    let (given, code, what) = match (headers.get("last-event-id"), q.after.as_deref()) {
+        (Some(v), _) => (v.to_str().ok(), ApiErrorCode::InvalidHeader, "Last-Event-ID"),
+        (None, Some(s)) => (Some(s), ApiErrorCode::InvalidQuery, "after"),
+        (None, None) => return Ok(None),
+    };
+    given.and_then(parse_cursor).map(|c| Some((c, code))).ok_or(ApiError::BadRequest {
+        code,
+        message: format!("{what} must be an event id of this thread's stream, <run_id>:<seq>"),
+    })
 }
 
 /// The thread's user messages and every event of its runs, in order, from `Last-Event-ID` or
@@ -104,13 +101,11 @@ pub async fn thread_events(
     db::threads::get(&state.pool, id, &owner).await?.ok_or(ApiError::NotFound("thread"))?;
     let start = match cursor(&headers, &q)? {
         None => None,
-        Some(c) => {
-            let run = db::runs::get(&state.pool, c.run_id).await?.filter(|r| r.thread_id == id).ok_or(
-                ApiError::BadRequest {
-                    code: ApiErrorCode::InvalidHeader,
-                    message: "the event id names no run of this thread".into(),
-                },
-            )?;
+        Some((c, code)) => {
+            let run = db::runs::get(&state.pool, c.run_id)
+                .await?
+                .filter(|r| r.thread_id == id)
+                .ok_or(ApiError::BadRequest { code, message: "the event id names no run of this thread".into() })?;
             Some((run, c.seq))
         }
     };

@@ -184,3 +184,38 @@ async fn thread_streams_beyond_the_per_user_cap_get_429_too_many_streams(pool: P
     drop(first);
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_thread_stream_is_closed_after_its_maximum_lifetime_and_resumes_with_last_event_id(pool: PgPool) {
+    let s = Stack::start_with(pool, &[("CHATQ_STREAM_MAX_LIFETIME_SECS", "1")]).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let thread = s.create_thread(&assistant, "alice").await;
+    let key = s.client_key.clone();
+    let run = s.send(&thread, "hi").await["id"].as_str().unwrap().to_string();
+    let got = follower(&s, &thread, &key, None).await.read_to_end().await;
+    assert_eq!(ids_and_types(&got), expected(&[&run])[..2]);
+    // The run ends while the client is away; it resumes after the last id it saw.
+    let (st, body) = s.client(Method::POST, &format!("/v1/runs/{run}/cancel"), None).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let got = follower(&s, &thread, &key, Some(&got[1].0)).await.read_to_end().await;
+    assert_eq!(ids_and_types(&got), expected(&[&run])[2..]);
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_thread_stream_cursor_of_another_thread_is_rejected(pool: PgPool) {
+    let s = Stack::start(pool).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let thread = s.create_thread(&assistant, "alice").await;
+    let other = s.create_thread(&assistant, "alice").await;
+    let run = s.send(&other, "hi").await["id"].as_str().unwrap().to_string();
+    let key = s.client_key.clone();
+    let resp = open(&s, &thread, &key, Some(&format!("{run}:1"))).await;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_header", "{body}");
+    let url = format!("{}/v1/threads/{thread}/events?after=7", s.api_url);
+    let body: Value = s.http.get(url).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_query", "{body}");
+    s.shutdown().await;
+}
