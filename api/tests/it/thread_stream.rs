@@ -219,3 +219,21 @@ async fn a_thread_stream_cursor_of_another_thread_is_rejected(pool: PgPool) {
     assert_eq!(body["error"]["code"], "invalid_query", "{body}");
     s.shutdown().await;
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_thread_stream_ends_when_its_users_tokens_are_revoked(pool: PgPool) {
+    let s = Stack::start(pool).await;
+    let assistant = s.create_assistant(json!({})).await;
+    let thread = s.create_thread(&assistant, "alice").await;
+    s.send(&thread, "hi").await;
+    let alice = user_token(&s, "alice").await;
+    let mut f = follower(&s, &thread, &alice, None).await;
+    f.until(2).await;
+    let (st, body) = s.client(Method::POST, "/v1/user-tokens/revoke", Some(json!({"user": "alice"}))).await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    tokio::time::timeout(Duration::from_secs(15), f.resp.text())
+        .await
+        .expect("the stream is still open 15 s after the revocation")
+        .unwrap();
+    s.shutdown().await;
+}
