@@ -154,7 +154,7 @@ async fn follow_thread(
         previous = Some(run.id);
         if after < 0 {
             // The run's user message comes before its first event; a message deleted with its
-            // thread is skipped, and the thread check above ends the stream.
+            // thread is skipped, and `next_run` then finds the thread gone and ends the stream.
             if let Some(m) = db::messages::get(&state.pool, run.user_message_id).await? {
                 let data = json!({
                     "id": m.id, "role": m.role, "content": m.content, "created_at": m.created_at, "run_id": run.id,
