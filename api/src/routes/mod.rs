@@ -8,6 +8,7 @@ pub mod knowledge;
 pub mod messages;
 pub mod run_events;
 pub mod runs;
+pub mod thread_events;
 pub mod threads;
 pub mod usage;
 pub mod user_tokens;
@@ -69,6 +70,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(admin::router())
         .merge(knowledge::router())
         .merge(run_events::router())
+        .merge(thread_events::router())
         .merge(user_tokens::router())
         .merge(widget::router())
 }

@@ -237,8 +237,8 @@ pub fn sse(
     tokio::spawn(async move {
         let lifetime = state.config.http.stream_max_lifetime;
         tokio::select! {
-            r = tokio::time::timeout(lifetime, follow(&state, run_id, after, finished, &tx)) => match r {
-                Ok(Ok(())) => {}
+            r = tokio::time::timeout(lifetime, follow(&state, Ids::Seq, run_id, after, finished, &tx)) => match r {
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::warn!(run.id = %run_id, error = %e, "event stream ended by an error; the client can resume")
                 }
@@ -254,8 +254,22 @@ pub fn sse(
     Sse::new(stream).keep_alive(KeepAlive::new().interval(HEARTBEAT))
 }
 
-fn to_sse(e: &RunEvent) -> Event {
-    Event::default().id(e.seq.to_string()).event(e.kind.as_str()).data(e.data.to_string())
+/// How SSE `id:`s name an event: the run stream's `seq`, or the thread stream's `<run_id>:<seq>`
+/// (a cursor that also says which run it is in).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Ids {
+    /// `id:` is the event's `seq`.
+    Seq,
+    /// `id:` is `<run_id>:<seq>`.
+    RunSeq,
+}
+
+fn to_sse(ids: Ids, e: &RunEvent) -> Event {
+    let id = match ids {
+        Ids::Seq => e.seq.to_string(),
+        Ids::RunSeq => format!("{}:{}", e.run_id, e.seq),
+    };
+    Event::default().id(id).event(e.kind.as_str()).data(e.data.to_string())
 }
 
 enum Stop {
@@ -263,13 +277,31 @@ enum Stop {
     Gone,
 }
 
+/// Why [`follow`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Every event of the run was sent (or the run was deleted).
+    Finished,
+    /// The client went away.
+    ClientGone,
+    /// The stream fell behind the hub; the client resumes from its last id.
+    Lagged,
+}
+
+fn ended(stop: Stop) -> Ended {
+    match stop {
+        Stop::Done => Ended::Finished,
+        Stop::Gone => Ended::ClientGone,
+    }
+}
+
 /// Sends events in order from `next`; `Err(Stop)` when the stream must end.
-async fn send_all(tx: &mpsc::Sender<Event>, next: &mut i64, events: &[RunEvent]) -> Result<(), Stop> {
+async fn send_all(ids: Ids, tx: &mpsc::Sender<Event>, next: &mut i64, events: &[RunEvent]) -> Result<(), Stop> {
     for e in events {
         if e.seq != *next {
             continue;
         }
-        tx.send(to_sse(e)).await.map_err(|_| Stop::Gone)?;
+        tx.send(to_sse(ids, e)).await.map_err(|_| Stop::Gone)?;
         *next = next.saturating_add(1);
         if e.kind.is_terminal() {
             return Err(Stop::Done);
@@ -303,37 +335,41 @@ async fn snapshot(
 /// Sends events read from the log from `next`, with a snapshot first when the log skips ahead.
 async fn send_log(
     state: &AppState,
+    ids: Ids,
     run_id: Uuid,
     tx: &mpsc::Sender<Event>,
     next: &mut i64,
     events: &[RunEvent],
 ) -> Result<Result<(), Stop>, sqlx::Error> {
     if let Some(s) = snapshot(state, run_id, *next, events).await? {
-        if tx.send(to_sse(&s)).await.is_err() {
+        if tx.send(to_sse(ids, &s)).await.is_err() {
             return Ok(Err(Stop::Gone));
         }
         *next = s.seq.saturating_add(1);
     }
-    Ok(send_all(tx, next, events).await)
+    Ok(send_all(ids, tx, next, events).await)
 }
 
 /// Replays the log after `after`, then follows the live tail from the hub without a gap or a
 /// duplicate: subscribe first, read the backlog, then take hub events in `seq` order, filling
 /// any hole from the log.
-async fn follow(
+pub(crate) async fn follow(
     state: &AppState,
+    ids: Ids,
     run_id: Uuid,
     after: i64,
     finished: bool,
     tx: &mpsc::Sender<Event>,
-) -> Result<(), sqlx::Error> {
+) -> Result<Ended, sqlx::Error> {
     if finished {
         // Postgres has the whole log: replay what is after the cursor and close.
         let mut next = after.saturating_add(1);
         loop {
             let events = db::events::list_after(&state.pool, run_id, next - 1, PAGE as i64).await?;
-            if send_log(state, run_id, tx, &mut next, &events).await?.is_err() || events.len() < PAGE {
-                return Ok(());
+            match send_log(state, ids, run_id, tx, &mut next, &events).await? {
+                Err(stop) => return Ok(ended(stop)),
+                Ok(()) if events.len() < PAGE => return Ok(Ended::Finished),
+                Ok(()) => {}
             }
         }
     }
@@ -343,8 +379,8 @@ async fn follow(
     loop {
         let events = catch_up(next).await?;
         let full = events.len() >= PAGE;
-        if send_log(state, run_id, tx, &mut next, &events).await?.is_err() {
-            return Ok(());
+        if let Err(stop) = send_log(state, ids, run_id, tx, &mut next, &events).await? {
+            return Ok(ended(stop));
         }
         if !full {
             break;
@@ -367,15 +403,15 @@ async fn follow(
         tokio::select! {
             e = sub.rx.recv() => match e {
                 // Dropped for falling behind: end the stream; the client resumes from its last id.
-                None => return Ok(()),
+                None => return Ok(Ended::Lagged),
                 Some(e) if e.seq < next => {}
                 Some(e) if e.seq == next => {
-                    if send_all(tx, &mut next, std::slice::from_ref(&e)).await.is_err() {
-                        return Ok(());
+                    if let Err(stop) = send_all(ids, tx, &mut next, std::slice::from_ref(&e)).await {
+                        return Ok(ended(stop));
                     }
                     while let Some(e) = ahead.remove(&next) {
-                        if send_all(tx, &mut next, std::slice::from_ref(&e)).await.is_err() {
-                            return Ok(());
+                        if let Err(stop) = send_all(ids, tx, &mut next, std::slice::from_ref(&e)).await {
+                            return Ok(ended(stop));
                         }
                     }
                 }
@@ -385,7 +421,7 @@ async fn follow(
                 }
             },
             _ = tokio::time::sleep(recheck) => need_log = true,
-            _ = tx.closed() => return Ok(()),
+            _ = tx.closed() => return Ok(Ended::ClientGone),
         }
         if need_log {
             // Read the run before the log: a run terminal here has its whole log in Postgres.
@@ -396,16 +432,16 @@ async fn follow(
                 None
             };
             let events = catch_up(next).await?;
-            if send_log(state, run_id, tx, &mut next, &events).await?.is_err() {
-                return Ok(());
+            if let Err(stop) = send_log(state, ids, run_id, tx, &mut next, &events).await? {
+                return Ok(ended(stop));
             }
             if run.is_some_and(|r| r.is_none_or(|r| r.is_terminal())) {
-                return Ok(());
+                return Ok(Ended::Finished);
             }
             ahead.retain(|seq, _| *seq >= next);
             while let Some(e) = ahead.remove(&next) {
-                if send_all(tx, &mut next, std::slice::from_ref(&e)).await.is_err() {
-                    return Ok(());
+                if let Err(stop) = send_all(ids, tx, &mut next, std::slice::from_ref(&e)).await {
+                    return Ok(ended(stop));
                 }
             }
         }

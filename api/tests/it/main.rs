@@ -9,5 +9,6 @@ mod limits;
 mod openapi;
 mod ops;
 mod streams;
+mod thread_stream;
 mod tokens;
 mod validation;

@@ -23,6 +23,7 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/threads", "get"),
         ("/v1/threads/{id}", "get"),
         ("/v1/threads/{id}", "delete"),
+        ("/v1/threads/{id}/events", "get"),
         ("/v1/threads/{id}/messages", "get"),
         ("/v1/threads/{id}/runs", "post"),
         ("/v1/threads/{id}/runs", "get"),
