@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chatq_common::{config::Config, db, keys::Role};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection, PgPool};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -139,5 +139,26 @@ impl Stack {
         if let Some(t) = self.api_task.take() {
             t.await.unwrap().unwrap();
         }
+        // `#[sqlx::test]` drops this test's database next, which Postgres refuses while the
+        // backend of a just-closed connection is still exiting: close the pool and wait until
+        // no session is left on the database.
+        let db = self.pool.connect_options().get_database().map(str::to_string);
+        self.pool.close().await;
+        let (Some(db), Ok(url)) = (db, std::env::var("DATABASE_URL")) else { return };
+        let mut admin = PgConnection::connect(&url).await.expect("Postgres reachable");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let sessions: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE datname = $1")
+                .bind(&db)
+                .fetch_one(&mut admin)
+                .await
+                .unwrap();
+            if sessions == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{sessions} sessions still on {db} 10 s after shutdown");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        admin.close().await.unwrap();
     }
 }
