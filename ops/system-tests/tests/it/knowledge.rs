@@ -434,3 +434,137 @@ async fn uploads_over_the_daily_quota_are_refused_and_store_nothing(pool: PgPool
     assert_eq!(status, StatusCode::ACCEPTED);
     s.shutdown().await;
 }
+
+async fn attempt_of(pool: &PgPool, id: &str) -> i32 {
+    sqlx::query_scalar("SELECT attempt FROM documents WHERE id = $1::uuid").bind(id).fetch_one(pool).await.unwrap()
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_failed_document_can_be_retried_and_is_ingested_again_with_fresh_attempts(pool: PgPool) {
+    let s = stack(pool.clone(), &[]).await;
+    let kb = create_kb(&s, "Retry").await;
+    let good = manual_pdf();
+    let files = [("broken.pdf", good[..good.len() / 2].to_vec()), ("notes.txt", NOTES_TXT.as_bytes().to_vec())];
+    let (status, up) = upload(&s, &s.admin_key, &kb, &files).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{up}");
+    let batch = settle(&s, up["batch_id"].as_str().unwrap()).await;
+    let broken = doc(&batch, "broken.pdf")["id"].as_str().unwrap().to_string();
+    let ready = doc(&batch, "notes.txt")["id"].as_str().unwrap().to_string();
+    assert_eq!(doc(&batch, "broken.pdf")["status"], "failed", "{batch:#}");
+    assert_eq!(attempt_of(&pool, &broken).await, 1);
+
+    let (status, d) = s.admin(Method::POST, &format!("/v1/documents/{broken}/retry"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{d}");
+    assert_eq!(d["id"], broken.as_str());
+    assert_eq!(d["status"], "queued", "{d}");
+    assert!(d["error"].is_null(), "{d}");
+    // The worker takes it again: a new first attempt (the cap applies afresh) that fails the
+    // same way, since the bytes are still broken.
+    let d = wait_for(Duration::from_secs(60), || async {
+        let (_, d) = s.admin(Method::GET, &format!("/v1/documents/{broken}"), None).await;
+        (d["status"] == "failed").then_some(d)
+    })
+    .await;
+    assert_eq!(d["error"]["code"], "pdf_unreadable", "{d}");
+    assert_eq!(attempt_of(&pool, &broken).await, 1, "the retry reset the attempt counter");
+
+    // Only a failed document can be retried.
+    let (status, e) = s.admin(Method::POST, &format!("/v1/documents/{ready}/retry"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "document_not_failed");
+    let (_, d) = s.admin(Method::GET, &format!("/v1/documents/{ready}"), None).await;
+    assert_eq!(d["status"], "ready", "a refused retry leaves the document alone");
+    let unknown = uuid::Uuid::now_v7();
+    let (status, e) = s.admin(Method::POST, &format!("/v1/documents/{unknown}/retry"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let (status, e) = s.client(Method::POST, &format!("/v1/documents/{broken}/retry"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn concurrent_retries_of_a_failed_document_queue_it_once(pool: PgPool) {
+    // No worker: the ingest queue keeps every job pushed, so the test can count them.
+    let s = Stack::start_with(pool.clone(), false, &[]).await;
+    let kb = create_kb(&s, "Retry race").await;
+    let (status, up) = upload(&s, &s.admin_key, &kb, &[("notes.txt", NOTES_TXT.as_bytes().to_vec())]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{up}");
+    let id = up["documents"][0]["id"].as_str().unwrap().to_string();
+    sqlx::query("UPDATE documents SET status = 'failed', attempt = 3, error_code = 'pdf_unreadable', error_message = 'x' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // apalis-redis keeps every pushed task's payload in this hash until a worker finishes it.
+    let tasks = format!("{}:data", s.config_queue("ingest-docs"));
+    let mut redis = s.redis().await;
+    let queued_before: i64 = redis::cmd("HLEN").arg(&tasks).query_async(&mut redis).await.unwrap();
+    assert_eq!(queued_before, 1, "the upload's own job");
+
+    let path = format!("/v1/documents/{id}/retry");
+    let statuses = futures::future::join_all((0..8).map(|_| s.admin(Method::POST, &path, None))).await;
+    let accepted = statuses.iter().filter(|(st, _)| *st == StatusCode::ACCEPTED).count();
+    let refused = statuses
+        .iter()
+        .filter(|(st, e)| *st == StatusCode::CONFLICT && e["error"]["code"] == "document_not_failed")
+        .count();
+    assert_eq!((accepted, refused), (1, 7), "{statuses:?}");
+    let queued_after: i64 = redis::cmd("HLEN").arg(&tasks).query_async(&mut redis).await.unwrap();
+    assert_eq!(queued_after, 2, "one retry pushed one job");
+    assert_eq!(attempt_of(&pool, &id).await, 0);
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_documents_chunks_are_listed_in_order_with_locations_and_pages(pool: PgPool) {
+    let s = stack(pool, &[]).await;
+    let kb = create_kb(&s, "Chunks").await;
+    let files = [("manual.pdf", manual_pdf()), ("guide.md", GUIDE_MD.as_bytes().to_vec())];
+    let (status, up) = upload(&s, &s.admin_key, &kb, &files).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{up}");
+    let batch = settle(&s, up["batch_id"].as_str().unwrap()).await;
+    let manual = doc(&batch, "manual.pdf")["id"].as_str().unwrap().to_string();
+    let guide = doc(&batch, "guide.md");
+
+    // Three pages, one chunk each, read two at a time.
+    let (status, first) = s.admin(Method::GET, &format!("/v1/documents/{manual}/chunks?limit=2"), None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["data"].as_array().unwrap().len(), 2, "{first:#}");
+    let after = first["next_after"].as_str().expect("a second page");
+    assert_eq!(after, first["data"][1]["id"]);
+    let (status, second) =
+        s.admin(Method::GET, &format!("/v1/documents/{manual}/chunks?limit=2&after={after}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert!(second["next_after"].is_null(), "{second:#}");
+    let chunks: Vec<&Value> =
+        first["data"].as_array().unwrap().iter().chain(second["data"].as_array().unwrap()).collect();
+    let pages: Vec<&str> = chunks.iter().map(|c| c["location"].as_str().unwrap()).collect();
+    assert_eq!(pages, ["page 1", "page 2", "page 3"]);
+    for (n, c) in chunks.iter().enumerate() {
+        assert_eq!(c["object"], "chunk");
+        assert_eq!(c["ordinal"], n);
+        let text = c["content"].as_str().unwrap();
+        assert!(!text.is_empty());
+        assert_eq!(c["char_end"].as_i64().unwrap() - c["char_start"].as_i64().unwrap(), text.chars().count() as i64);
+        assert!(c["token_count"].as_i64().unwrap() > 0, "{c}");
+    }
+    assert!(chunks[1]["content"].as_str().unwrap().contains("penguin pool"), "{chunks:#?}");
+
+    // Markdown chunks carry their heading path; the counts match the document's.
+    let (_, all) =
+        s.admin(Method::GET, &format!("/v1/documents/{}/chunks?limit=100", guide["id"].as_str().unwrap()), None).await;
+    let data = all["data"].as_array().unwrap();
+    assert_eq!(data.len() as i64, guide["chunk_count"].as_i64().unwrap());
+    let tokens: i64 = data.iter().map(|c| c["token_count"].as_i64().unwrap()).sum();
+    assert_eq!(tokens, guide["token_count"].as_i64().unwrap());
+    assert!(data.iter().any(|c| c["location"] == "Zoo Guide > Feeding > Giraffes"), "{all:#}");
+
+    let unknown = uuid::Uuid::now_v7();
+    let (status, _) = s.admin(Method::GET, &format!("/v1/documents/{unknown}/chunks"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.client(Method::GET, &format!("/v1/documents/{manual}/chunks"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, e) = s.admin(Method::GET, &format!("/v1/documents/{manual}/chunks?limit=0"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    s.shutdown().await;
+}
