@@ -568,3 +568,100 @@ async fn a_documents_chunks_are_listed_in_order_with_locations_and_pages(pool: P
     assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
     s.shutdown().await;
 }
+
+/// A writer the test can read after handing it to the ingest command.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Runs `chatq-api ingest DIR --kb KB` in-process; returns (all good, table, progress lines).
+async fn ingest_folder(s: &Stack, dir: &std::path::Path, kb: &str) -> (bool, String, String) {
+    let args = chatq_api::ingest_cli::IngestArgs {
+        dir: dir.to_path_buf(),
+        kb: kb.to_string(),
+        api: s.api_url.clone(),
+        key: s.admin_key.clone(),
+        timeout: Duration::from_secs(60),
+    };
+    let progress = Captured::default();
+    let mut out = Vec::new();
+    let ok =
+        chatq_api::ingest_cli::run(args, &mut out, chatq_api::ingest_cli::Progress::Lines(Box::new(progress.clone())))
+            .await
+            .unwrap();
+    (ok, String::from_utf8(out).unwrap(), progress.text())
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_ingest_command_uploads_a_nested_folder_reports_progress_and_fails_when_a_file_fails(pool: PgPool) {
+    let s = stack(pool, &[]).await;
+    let kb = create_kb(&s, "Folder").await;
+    let dir = std::env::temp_dir().join(format!("chatq-ingest-folder-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("nested/deeper")).unwrap();
+    let good = manual_pdf();
+    std::fs::write(dir.join("guide.md"), GUIDE_MD).unwrap();
+    std::fs::write(dir.join("nested/manual.pdf"), &good).unwrap();
+    std::fs::write(dir.join("nested/deeper/notes.txt"), NOTES_TXT).unwrap();
+    std::fs::write(dir.join("nested/broken.pdf"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(dir.join("nested/deeper/empty.txt"), "").unwrap();
+    std::fs::write(dir.join("picture.png"), b"\x89PNG").unwrap();
+
+    let (ok, table, progress) = ingest_folder(&s, &dir, &kb).await;
+    assert!(!ok, "a failed file makes the command fail (exit status 1)\n{table}");
+    let row = |file: &str| {
+        table.lines().find(|l| l.split_whitespace().next() == Some(file)).unwrap_or_else(|| panic!("{file}:\n{table}"))
+    };
+    for file in ["guide.md", "manual.pdf", "notes.txt"] {
+        let cols: Vec<&str> = row(file).split_whitespace().collect();
+        assert_eq!(cols[1], "ready", "{table}");
+        assert!(cols[2].parse::<u32>().unwrap() >= 1, "{table}");
+    }
+    assert!(row("broken.pdf").contains("failed") && row("broken.pdf").contains("pdf_unreadable"), "{table}");
+    assert!(row("empty.txt").contains("failed") && row("empty.txt").contains("empty_document"), "{table}");
+    assert!(row("picture.png").contains("skipped") && row("picture.png").contains("unsupported type"), "{table}");
+    assert!(table.lines().last().unwrap().starts_with("3 ready, 2 failed, 1 other"), "{table}");
+
+    // Progress: the upload, then ingestion counted up to every file.
+    let lines: Vec<&str> = progress.lines().collect();
+    assert_eq!(lines.first(), Some(&"uploaded 5/5 files"), "{progress}");
+    assert_eq!(lines.last(), Some(&"ingested 5/5 files"), "{progress}");
+    let counts: Vec<u32> = lines[1..]
+        .iter()
+        .map(|l| l.strip_prefix("ingested ").unwrap().split('/').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{progress}");
+
+    // A folder whose files all ingest succeeds (exit status 0); known content is a duplicate.
+    let clean = dir.join("nested/deeper");
+    std::fs::remove_file(clean.join("empty.txt")).unwrap();
+    std::fs::write(clean.join("more.txt"), "Otters juggle pebbles in the river enclosure.").unwrap();
+    let (ok, table, _) = ingest_folder(&s, &clean, &kb).await;
+    assert!(ok, "{table}");
+    assert!(row_status(&table, "more.txt") == "ready" && row_status(&table, "notes.txt") == "duplicate", "{table}");
+    assert!(table.lines().last().unwrap().starts_with("1 ready, 0 failed, 1 other"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.shutdown().await;
+}
+
+fn row_status<'a>(table: &'a str, file: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(file))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("")
+}
