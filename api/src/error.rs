@@ -39,6 +39,8 @@ pub enum ApiErrorCode {
     IdempotencyKeyReused,
     /// 409: a cleanup is already queued or running.
     CleanupRunning,
+    /// 409: only a document in status `failed` can be retried.
+    DocumentNotFailed,
     /// 413: the body or a message is too large.
     PayloadTooLarge,
     /// 415: wrong content type.

@@ -2,6 +2,7 @@
 //! progress bar, waits for every document to settle and prints a table of results.
 
 use std::{
+    io::{IsTerminal as _, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -37,6 +38,29 @@ struct Row {
     detail: String,
 }
 
+/// How progress is shown while files upload and ingest.
+pub enum Progress {
+    /// A live bar on stderr, for a person at a terminal.
+    Bar,
+    /// One line per step on this writer (`uploaded 16/40 files`, `ingested 20/40 files`), for
+    /// CI logs and pipes, where a bar would draw nothing.
+    Lines(Box<dyn Write + Send>),
+}
+
+impl Progress {
+    /// A bar when stderr is a terminal, else lines on stderr.
+    pub fn for_stderr() -> Self {
+        if std::io::stderr().is_terminal() { Self::Bar } else { Self::Lines(Box::new(std::io::stderr())) }
+    }
+
+    fn line(&mut self, text: std::fmt::Arguments<'_>) {
+        if let Self::Lines(w) = self {
+            // Progress is best effort: a closed stderr must not stop the upload.
+            let _ = writeln!(w, "{text}");
+        }
+    }
+}
+
 /// The admin key: the first line of `key_file` when given, else `env` (`CHATQ_ADMIN_KEY`).
 /// Never an argument, where every user of the machine could read it with `ps`.
 pub fn admin_key(key_file: Option<&Path>, env: Option<String>) -> anyhow::Result<String> {
@@ -56,8 +80,9 @@ pub fn admin_key(key_file: Option<&Path>, env: Option<String>) -> anyhow::Result
     Ok(key)
 }
 
-/// Runs the command; `Ok(false)` when a file failed or was refused.
-pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
+/// Runs the command, printing the result table to `out`; `Ok(false)` when a file failed or was
+/// refused (the binary then exits with status 1).
+pub async fn run(args: IngestArgs, out: &mut (dyn Write + Send), mut progress: Progress) -> anyhow::Result<bool> {
     let Collected { mut files, refused } = collect_folder(&args.dir)?;
     files.sort();
     let mut rows: Vec<Row> = refused
@@ -79,7 +104,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
     }
     let http = reqwest::Client::new();
     let base = args.api.trim_end_matches('/');
-    let bar = ProgressBar::new(supported.len() as u64);
+    let total = supported.len() as u64;
+    let bar = match progress {
+        Progress::Bar => ProgressBar::new(total),
+        Progress::Lines(_) => ProgressBar::hidden(),
+    };
+    bar.set_length(total);
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg:10} [{bar:40}] {pos}/{len} files ({elapsed})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -140,6 +170,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
             batches.push(json["batch_id"].as_str().unwrap_or("").to_string());
         }
         bar.inc(group.len() as u64);
+        progress.line(format_args!("uploaded {}/{total} files", bar.position()));
     }
     bar.set_position(0);
     bar.set_message("ingesting");
@@ -148,6 +179,7 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
     let mut pending = batches;
     let already = rows.iter().filter(|r| r.status == "duplicate" || r.status == "refused").count() as u64;
     let mut done_batches: Vec<Value> = Vec::new();
+    let mut reported = None;
     loop {
         let mut still = Vec::new();
         let mut settled_count =
@@ -170,7 +202,12 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
                 still.push(id);
             }
         }
-        bar.set_position(settled_count.min(bar.length().unwrap_or(0)));
+        let settled_count = settled_count.min(total);
+        bar.set_position(settled_count);
+        if reported != Some(settled_count) {
+            reported = Some(settled_count);
+            progress.line(format_args!("ingested {settled_count}/{total} files"));
+        }
         pending = still;
         if pending.is_empty() {
             break;
@@ -203,17 +240,18 @@ pub async fn run(args: IngestArgs) -> anyhow::Result<bool> {
     }
     rows.sort_by(|a, b| a.filename.cmp(&b.filename));
     let w = rows.iter().map(|r| r.filename.chars().count()).max().unwrap_or(4).max(4);
-    println!("{:w$}  {:9}  {:>6}  detail", "file", "status", "chunks");
+    writeln!(out, "{:w$}  {:9}  {:>6}  detail", "file", "status", "chunks")?;
     for r in &rows {
-        println!("{:w$}  {:9}  {:>6}  {}", printable(&r.filename), r.status, r.chunks, printable(&r.detail));
+        writeln!(out, "{:w$}  {:9}  {:>6}  {}", printable(&r.filename), r.status, r.chunks, printable(&r.detail))?;
     }
     let bad = rows.iter().filter(|r| r.status == "failed" || r.status == "refused").count();
     let ready = rows.iter().filter(|r| r.status == "ready").count();
-    println!(
+    writeln!(
+        out,
         "{ready} ready, {bad} failed, {} other, in {:.1}s",
         rows.len() - ready - bad,
         started.elapsed().as_secs_f64()
-    );
+    )?;
     Ok(bad == 0)
 }
 

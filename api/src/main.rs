@@ -108,7 +108,12 @@ async fn main() -> anyhow::Result<()> {
                 key,
                 timeout: std::time::Duration::from_secs(timeout_secs),
             };
-            if chatq_api::ingest_cli::run(args).await? { Ok(()) } else { std::process::exit(1) }
+            let progress = chatq_api::ingest_cli::Progress::for_stderr();
+            if chatq_api::ingest_cli::run(args, &mut std::io::stdout(), progress).await? {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
         }
         Command::Keys { command } => {
             let pool = db::connect(&config, 2).await.context("cannot connect to Postgres (DATABASE_URL)")?;

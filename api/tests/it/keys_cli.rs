@@ -107,6 +107,34 @@ fn the_ingest_command_refuses_a_key_on_the_command_line() {
     assert!(err.contains("unexpected argument '--key'"), "{err}");
 }
 
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_ingest_command_exits_with_status_1_when_the_api_refuses_a_file(pool: PgPool) {
+    let s = Stack::start_with(pool, &[("CHATQ_MAX_UPLOAD_FILE_BYTES", "100")]).await;
+    let (status, kb) = s.admin(Method::POST, "/v1/knowledge-bases", Some(serde_json::json!({"name": "cli"}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{kb}");
+    let dir = std::env::temp_dir().join(format!("chatq-ingest-exit-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/big.txt"), "x".repeat(500)).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_chatq-api"))
+        .arg("ingest")
+        .arg(&dir)
+        .args(["--kb", kb["id"].as_str().unwrap(), "--api", &s.api_url])
+        .env("CHATQ_ADMIN_KEY", &s.admin_key)
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    let row = stdout.lines().find(|l| l.starts_with("sub/big.txt")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(row.contains("refused") && row.contains("413"), "{stdout}");
+    assert!(stdout.lines().last().unwrap().starts_with("0 ready, 1 failed, 0 other"), "{stdout}");
+    // Not a terminal: progress comes as lines on stderr, and the key never appears.
+    assert!(stderr.lines().any(|l| l == "uploaded 1/1 files"), "{stderr}");
+    assert!(!stdout.contains(&s.admin_key) && !stderr.contains(&s.admin_key));
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.shutdown().await;
+}
+
 /// Runs `chatq-api ARGS` against the test's database; returns (success, stdout, stderr).
 fn chatq_api(pool: &PgPool, args: &[&str]) -> (bool, String, String) {
     let base = std::env::var("DATABASE_URL").expect("DATABASE_URL");

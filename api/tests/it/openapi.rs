@@ -40,6 +40,8 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/knowledge-bases/{id}/search", "post"),
         ("/v1/documents/{id}", "get"),
         ("/v1/documents/{id}", "delete"),
+        ("/v1/documents/{id}/retry", "post"),
+        ("/v1/documents/{id}/chunks", "get"),
         ("/v1/ingestion-batches/{id}", "get"),
         ("/v1/runs/{id}/events", "get"),
         ("/v1/runs/{id}/cancel", "post"),

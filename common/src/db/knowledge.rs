@@ -314,6 +314,67 @@ pub async fn delete_document(pool: &PgPool, id: Uuid) -> Result<bool, sqlx::Erro
     Ok(kb.is_some())
 }
 
+/// Puts a `failed` document back to `queued` with its attempt counter at zero (so the attempt
+/// cap applies afresh) and its error cleared. Atomic on the status: of concurrent retries only
+/// one gets the document back, so only one pushes an ingest job. `None`: no live document in
+/// status `failed` has this id.
+pub async fn requeue_failed_document(pool: &PgPool, id: Uuid) -> Result<Option<Document>, sqlx::Error> {
+    sqlx::query_as!(
+        Document,
+        r#"UPDATE documents SET status = $2, attempt = 0, error_code = NULL, error_message = NULL
+         WHERE id = $1 AND deleted_at IS NULL AND status = 'failed'
+         RETURNING id, knowledge_base_id, batch_id, filename, media_type, size_bytes, sha256,
+           status AS "status: DocumentStatus",
+           error_code AS "error_code: DocumentErrorCode", error_message, chunk_count, token_count, attempt, created_at,
+           updated_at"#,
+        id,
+        DocumentStatus::Queued as _,
+    )
+    .fetch_optional(pool)
+    .await
+}
+
+/// A stored chunk of a document, as an admin inspects it.
+#[derive(Debug, Clone)]
+pub struct ChunkRow {
+    /// Id.
+    pub id: Uuid,
+    /// Position in the document, from 0.
+    pub ordinal: i32,
+    /// Page or heading path.
+    pub location: Option<String>,
+    /// Start of its character range in the extracted text of its page or document.
+    pub char_start: i32,
+    /// End of that range (exclusive).
+    pub char_end: i32,
+    /// Tokens of the text.
+    pub token_count: i32,
+    /// Text.
+    pub content: String,
+}
+
+/// A document's chunks in document order, after the chunk `after` (a chunk id).
+pub async fn list_chunks(
+    pool: &PgPool,
+    document_id: Uuid,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Page<ChunkRow>, sqlx::Error> {
+    let rows = sqlx::query_as!(
+        ChunkRow,
+        "SELECT id, ordinal, location, char_start, char_end, token_count, content FROM chunks
+         WHERE document_id = $1
+           AND ($2::uuid IS NULL OR ordinal > (SELECT ordinal FROM chunks WHERE id = $2 AND document_id = $1))
+         ORDER BY ordinal LIMIT $3",
+        document_id,
+        after,
+        limit + 1,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Page::from_overfetch(rows, limit))
+}
+
 async fn bump_version(tx: &mut Transaction<'_, Postgres>, kb_id: Uuid) -> Result<(), sqlx::Error> {
     sqlx::query!("UPDATE knowledge_bases SET embeddings_version = embeddings_version + 1 WHERE id = $1", kb_id)
         .execute(&mut **tx)

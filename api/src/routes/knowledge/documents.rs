@@ -8,7 +8,7 @@ use axum::{
 use chatq_common::{
     db::{
         self,
-        knowledge::{Document, NewDocument, Stored},
+        knowledge::{ChunkRow, Document, NewDocument, Stored},
     },
     domain::{DocumentErrorCode, DocumentStatus},
     jobs, media,
@@ -36,6 +36,8 @@ pub(crate) fn router() -> OpenApiRouter<AppState> {
             OpenApiRouter::new().routes(routes!(upload_documents, list_documents)).layer(DefaultBodyLimit::disable()),
         )
         .routes(routes!(get_document, delete_document))
+        .routes(routes!(retry_document))
+        .routes(routes!(list_chunks))
 }
 
 /// Why a document failed.
@@ -331,4 +333,85 @@ pub async fn delete_document(
     } else {
         Err(ApiError::NotFound("document"))
     }
+}
+
+/// Retry a failed document: it goes back to `queued` with its attempts reset and its error
+/// cleared, and is ingested again. Only a `failed` document can be retried (409
+/// `document_not_failed` otherwise); of concurrent retries one re-queues it, the others get 409.
+#[utoipa::path(post, path = "/v1/documents/{id}/retry", tag = "knowledge", params(("id" = Uuid, Path)),
+    responses((status = 202, body = DocumentOut), (status = 403), (status = 404),
+              (status = 409, description = "document_not_failed: the document is not in status `failed`")))]
+pub async fn retry_document(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+) -> Result<(StatusCode, Json<DocumentOut>), ApiError> {
+    principal.require_admin()?;
+    let Some(doc) = db::knowledge::requeue_failed_document(&state.pool, id).await? else {
+        let d = db::knowledge::get_document(&state.pool, id).await?.ok_or(ApiError::NotFound("document"))?;
+        return Err(ApiError::Conflict {
+            code: ApiErrorCode::DocumentNotFailed,
+            message: "only a failed document can be retried".into(),
+            details: serde_json::json!({ "status": d.status }),
+        });
+    };
+    if let Err(e) =
+        jobs::push(&state.ingest_queue, jobs::IngestDocument { document_id: id }, jobs::fresh_task_id(id)).await
+    {
+        // The document stays `queued`; the worker's reconciler pushes it again.
+        tracing::warn!(document.id = %id, error = %e, "cannot enqueue ingestion");
+    }
+    tracing::info!(document.id = %id, kb.id = %doc.knowledge_base_id, "document retry queued");
+    Ok((StatusCode::ACCEPTED, Json(doc.into())))
+}
+
+/// A chunk of a document: where it comes from, its size and its text.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunkOut {
+    /// Id.
+    pub id: Uuid,
+    /// Always `chunk`.
+    pub object: &'static str,
+    /// Position in the document, from 0.
+    pub ordinal: i32,
+    /// Page (`page 3`) or heading path (`Guide > Feeding`), when known.
+    pub location: Option<String>,
+    /// Start of its character range in the extracted text of its page (PDF) or document.
+    pub char_start: i32,
+    /// End of that range (exclusive).
+    pub char_end: i32,
+    /// Tokens of the text.
+    pub token_count: i32,
+    /// The indexed text.
+    pub content: String,
+}
+
+impl From<ChunkRow> for ChunkOut {
+    fn from(c: ChunkRow) -> Self {
+        Self {
+            id: c.id,
+            object: "chunk",
+            ordinal: c.ordinal,
+            location: c.location,
+            char_start: c.char_start,
+            char_end: c.char_end,
+            token_count: c.token_count,
+            content: c.content,
+        }
+    }
+}
+
+/// List a document's chunks in document order, with their locations and token counts.
+#[utoipa::path(get, path = "/v1/documents/{id}/chunks", tag = "knowledge", params(("id" = Uuid, Path), PageQuery),
+    responses((status = 200, body = List<ChunkOut>), (status = 403), (status = 404)))]
+pub async fn list_chunks(
+    State(state): State<AppState>,
+    principal: Principal,
+    Path(id): Path<Uuid>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<List<ChunkOut>>, ApiError> {
+    principal.require_admin()?;
+    db::knowledge::get_document(&state.pool, id).await?.ok_or(ApiError::NotFound("document"))?;
+    let page = db::knowledge::list_chunks(&state.pool, id, q.after, q.limit()?).await?;
+    Ok(Json(List::new(page, |c| c.id, ChunkOut::from)))
 }

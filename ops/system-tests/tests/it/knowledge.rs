@@ -434,3 +434,234 @@ async fn uploads_over_the_daily_quota_are_refused_and_store_nothing(pool: PgPool
     assert_eq!(status, StatusCode::ACCEPTED);
     s.shutdown().await;
 }
+
+async fn attempt_of(pool: &PgPool, id: &str) -> i32 {
+    sqlx::query_scalar("SELECT attempt FROM documents WHERE id = $1::uuid").bind(id).fetch_one(pool).await.unwrap()
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_failed_document_can_be_retried_and_is_ingested_again_with_fresh_attempts(pool: PgPool) {
+    let s = stack(pool.clone(), &[]).await;
+    let kb = create_kb(&s, "Retry").await;
+    let good = manual_pdf();
+    let files = [("broken.pdf", good[..good.len() / 2].to_vec()), ("notes.txt", NOTES_TXT.as_bytes().to_vec())];
+    let (status, up) = upload(&s, &s.admin_key, &kb, &files).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{up}");
+    let batch = settle(&s, up["batch_id"].as_str().unwrap()).await;
+    let broken = doc(&batch, "broken.pdf")["id"].as_str().unwrap().to_string();
+    let ready = doc(&batch, "notes.txt")["id"].as_str().unwrap().to_string();
+    assert_eq!(doc(&batch, "broken.pdf")["status"], "failed", "{batch:#}");
+    assert_eq!(attempt_of(&pool, &broken).await, 1);
+
+    let (status, d) = s.admin(Method::POST, &format!("/v1/documents/{broken}/retry"), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{d}");
+    assert_eq!(d["id"], broken.as_str());
+    assert_eq!(d["status"], "queued", "{d}");
+    assert!(d["error"].is_null(), "{d}");
+    // The worker takes it again: a new first attempt (the cap applies afresh) that fails the
+    // same way, since the bytes are still broken.
+    let d = wait_for(Duration::from_secs(60), || async {
+        let (_, d) = s.admin(Method::GET, &format!("/v1/documents/{broken}"), None).await;
+        (d["status"] == "failed").then_some(d)
+    })
+    .await;
+    assert_eq!(d["error"]["code"], "pdf_unreadable", "{d}");
+    assert_eq!(attempt_of(&pool, &broken).await, 1, "the retry reset the attempt counter");
+
+    // Only a failed document can be retried.
+    let (status, e) = s.admin(Method::POST, &format!("/v1/documents/{ready}/retry"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{e}");
+    assert_eq!(e["error"]["code"], "document_not_failed");
+    let (_, d) = s.admin(Method::GET, &format!("/v1/documents/{ready}"), None).await;
+    assert_eq!(d["status"], "ready", "a refused retry leaves the document alone");
+    let unknown = uuid::Uuid::now_v7();
+    let (status, e) = s.admin(Method::POST, &format!("/v1/documents/{unknown}/retry"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{e}");
+    let (status, e) = s.client(Method::POST, &format!("/v1/documents/{broken}/retry"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{e}");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn concurrent_retries_of_a_failed_document_queue_it_once(pool: PgPool) {
+    // No worker: the ingest queue keeps every job pushed, so the test can count them.
+    let s = Stack::start_with(pool.clone(), false, &[]).await;
+    let kb = create_kb(&s, "Retry race").await;
+    let (status, up) = upload(&s, &s.admin_key, &kb, &[("notes.txt", NOTES_TXT.as_bytes().to_vec())]).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{up}");
+    let id = up["documents"][0]["id"].as_str().unwrap().to_string();
+    sqlx::query("UPDATE documents SET status = 'failed', attempt = 3, error_code = 'pdf_unreadable', error_message = 'x' WHERE id = $1::uuid")
+        .bind(&id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    // apalis-redis keeps every pushed task's payload in this hash until a worker finishes it.
+    let tasks = format!("{}:data", s.config_queue("ingest-docs"));
+    let mut redis = s.redis().await;
+    let queued_before: i64 = redis::cmd("HLEN").arg(&tasks).query_async(&mut redis).await.unwrap();
+    assert_eq!(queued_before, 1, "the upload's own job");
+
+    let path = format!("/v1/documents/{id}/retry");
+    let statuses = futures::future::join_all((0..8).map(|_| s.admin(Method::POST, &path, None))).await;
+    let accepted = statuses.iter().filter(|(st, _)| *st == StatusCode::ACCEPTED).count();
+    let refused = statuses
+        .iter()
+        .filter(|(st, e)| *st == StatusCode::CONFLICT && e["error"]["code"] == "document_not_failed")
+        .count();
+    assert_eq!((accepted, refused), (1, 7), "{statuses:?}");
+    let queued_after: i64 = redis::cmd("HLEN").arg(&tasks).query_async(&mut redis).await.unwrap();
+    assert_eq!(queued_after, 2, "one retry pushed one job");
+    assert_eq!(attempt_of(&pool, &id).await, 0);
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_documents_chunks_are_listed_in_order_with_locations_and_pages(pool: PgPool) {
+    let s = stack(pool, &[]).await;
+    let kb = create_kb(&s, "Chunks").await;
+    let files = [("manual.pdf", manual_pdf()), ("guide.md", GUIDE_MD.as_bytes().to_vec())];
+    let (status, up) = upload(&s, &s.admin_key, &kb, &files).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{up}");
+    let batch = settle(&s, up["batch_id"].as_str().unwrap()).await;
+    let manual = doc(&batch, "manual.pdf")["id"].as_str().unwrap().to_string();
+    let guide = doc(&batch, "guide.md");
+
+    // Three pages, one chunk each, read two at a time.
+    let (status, first) = s.admin(Method::GET, &format!("/v1/documents/{manual}/chunks?limit=2"), None).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(first["data"].as_array().unwrap().len(), 2, "{first:#}");
+    let after = first["next_after"].as_str().expect("a second page");
+    assert_eq!(after, first["data"][1]["id"]);
+    let (status, second) =
+        s.admin(Method::GET, &format!("/v1/documents/{manual}/chunks?limit=2&after={after}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{second}");
+    assert!(second["next_after"].is_null(), "{second:#}");
+    let chunks: Vec<&Value> =
+        first["data"].as_array().unwrap().iter().chain(second["data"].as_array().unwrap()).collect();
+    let pages: Vec<&str> = chunks.iter().map(|c| c["location"].as_str().unwrap()).collect();
+    assert_eq!(pages, ["page 1", "page 2", "page 3"]);
+    for (n, c) in chunks.iter().enumerate() {
+        assert_eq!(c["object"], "chunk");
+        assert_eq!(c["ordinal"], n);
+        let text = c["content"].as_str().unwrap();
+        assert!(!text.is_empty());
+        assert_eq!(c["char_end"].as_i64().unwrap() - c["char_start"].as_i64().unwrap(), text.chars().count() as i64);
+        assert!(c["token_count"].as_i64().unwrap() > 0, "{c}");
+    }
+    assert!(chunks[1]["content"].as_str().unwrap().contains("penguin pool"), "{chunks:#?}");
+
+    // Markdown chunks carry their heading path; the counts match the document's.
+    let (_, all) =
+        s.admin(Method::GET, &format!("/v1/documents/{}/chunks?limit=100", guide["id"].as_str().unwrap()), None).await;
+    let data = all["data"].as_array().unwrap();
+    assert_eq!(data.len() as i64, guide["chunk_count"].as_i64().unwrap());
+    let tokens: i64 = data.iter().map(|c| c["token_count"].as_i64().unwrap()).sum();
+    assert_eq!(tokens, guide["token_count"].as_i64().unwrap());
+    assert!(data.iter().any(|c| c["location"] == "Zoo Guide > Feeding > Giraffes"), "{all:#}");
+
+    let unknown = uuid::Uuid::now_v7();
+    let (status, _) = s.admin(Method::GET, &format!("/v1/documents/{unknown}/chunks"), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = s.client(Method::GET, &format!("/v1/documents/{manual}/chunks"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, e) = s.admin(Method::GET, &format!("/v1/documents/{manual}/chunks?limit=0"), None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+    s.shutdown().await;
+}
+
+/// A writer the test can read after handing it to the ingest command.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+/// Runs `chatq-api ingest DIR --kb KB` in-process; returns (all good, table, progress lines).
+async fn ingest_folder(s: &Stack, dir: &std::path::Path, kb: &str) -> (bool, String, String) {
+    let args = chatq_api::ingest_cli::IngestArgs {
+        dir: dir.to_path_buf(),
+        kb: kb.to_string(),
+        api: s.api_url.clone(),
+        key: s.admin_key.clone(),
+        timeout: Duration::from_secs(60),
+    };
+    let progress = Captured::default();
+    let mut out = Vec::new();
+    let ok =
+        chatq_api::ingest_cli::run(args, &mut out, chatq_api::ingest_cli::Progress::Lines(Box::new(progress.clone())))
+            .await
+            .unwrap();
+    (ok, String::from_utf8(out).unwrap(), progress.text())
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn the_ingest_command_uploads_a_nested_folder_reports_progress_and_fails_when_a_file_fails(pool: PgPool) {
+    let s = stack(pool, &[]).await;
+    let kb = create_kb(&s, "Folder").await;
+    let dir = std::env::temp_dir().join(format!("chatq-ingest-folder-{}", uuid::Uuid::now_v7().simple()));
+    std::fs::create_dir_all(dir.join("nested/deeper")).unwrap();
+    let good = manual_pdf();
+    std::fs::write(dir.join("guide.md"), GUIDE_MD).unwrap();
+    std::fs::write(dir.join("nested/manual.pdf"), &good).unwrap();
+    std::fs::write(dir.join("nested/deeper/notes.txt"), NOTES_TXT).unwrap();
+    std::fs::write(dir.join("nested/broken.pdf"), &good[..good.len() / 2]).unwrap();
+    std::fs::write(dir.join("nested/deeper/empty.txt"), "").unwrap();
+    std::fs::write(dir.join("picture.png"), b"\x89PNG").unwrap();
+
+    let (ok, table, progress) = ingest_folder(&s, &dir, &kb).await;
+    assert!(!ok, "a failed file makes the command fail (exit status 1)\n{table}");
+    let row = |file: &str| {
+        table.lines().find(|l| l.split_whitespace().next() == Some(file)).unwrap_or_else(|| panic!("{file}:\n{table}"))
+    };
+    for file in ["guide.md", "manual.pdf", "notes.txt"] {
+        let cols: Vec<&str> = row(file).split_whitespace().collect();
+        assert_eq!(cols[1], "ready", "{table}");
+        assert!(cols[2].parse::<u32>().unwrap() >= 1, "{table}");
+    }
+    assert!(row("broken.pdf").contains("failed") && row("broken.pdf").contains("pdf_unreadable"), "{table}");
+    assert!(row("empty.txt").contains("failed") && row("empty.txt").contains("empty_document"), "{table}");
+    assert!(row("picture.png").contains("skipped") && row("picture.png").contains("unsupported type"), "{table}");
+    assert!(table.lines().last().unwrap().starts_with("3 ready, 2 failed, 1 other"), "{table}");
+
+    // Progress: the upload, then ingestion counted up to every file.
+    let lines: Vec<&str> = progress.lines().collect();
+    assert_eq!(lines.first(), Some(&"uploaded 5/5 files"), "{progress}");
+    assert_eq!(lines.last(), Some(&"ingested 5/5 files"), "{progress}");
+    let counts: Vec<u32> = lines[1..]
+        .iter()
+        .map(|l| l.strip_prefix("ingested ").unwrap().split('/').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "{progress}");
+
+    // A folder whose files all ingest succeeds (exit status 0); known content is a duplicate.
+    let clean = dir.join("nested/deeper");
+    std::fs::remove_file(clean.join("empty.txt")).unwrap();
+    std::fs::write(clean.join("more.txt"), "Otters juggle pebbles in the river enclosure.").unwrap();
+    let (ok, table, _) = ingest_folder(&s, &clean, &kb).await;
+    assert!(ok, "{table}");
+    assert!(row_status(&table, "more.txt") == "ready" && row_status(&table, "notes.txt") == "duplicate", "{table}");
+    assert!(table.lines().last().unwrap().starts_with("1 ready, 0 failed, 1 other"), "{table}");
+    std::fs::remove_dir_all(&dir).unwrap();
+    s.shutdown().await;
+}
+
+fn row_status<'a>(table: &'a str, file: &str) -> &'a str {
+    table
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(file))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("")
+}
