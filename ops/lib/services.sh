@@ -106,13 +106,15 @@ pick_listen() {
         return 0
     fi
     local host=${default%:*} port=${default##*:} tries=0
-    while ! port_free "$host" "$port"; do
+    # A port picked earlier in this shell may not be bound yet: never hand it out twice.
+    while [[ " ${CHATQ_PICKED_PORTS:-} " == *" $port "* ]] || ! port_free "$host" "$port"; do
         tries=$((tries + 1))
         ((tries < 50)) || die "no free port near $default for $var."
         port=$((port + 1))
     done
     printf -v "$var" '%s:%s' "$host" "$port"
     export "${var?}"
+    CHATQ_PICKED_PORTS="${CHATQ_PICKED_PORTS:-} $port"
 }
 
 # --- Postgres -----------------------------------------------------------------------------

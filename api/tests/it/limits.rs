@@ -241,8 +241,8 @@ async fn concurrent_uploads_cannot_overshoot_a_knowledge_base_quota(pool: PgPool
 
     // A gate: while this connection holds a SHARE lock on `documents`, every upload stops at its
     // insert; released at once, they all count the base at the same moment.
-    let mut gate = PgConnection::connect_with(&pool.connect_options()).await.unwrap();
-    let mut gate = gate.begin().await.unwrap();
+    let mut gate_conn = PgConnection::connect_with(&pool.connect_options()).await.unwrap();
+    let mut gate = gate_conn.begin().await.unwrap();
     sqlx::query("LOCK TABLE documents IN SHARE MODE").execute(&mut *gate).await.unwrap();
     // As many uploads as the test pool has connections (5), each holding one at the gate.
     let uploads = 5;
@@ -266,6 +266,7 @@ async fn concurrent_uploads_cannot_overshoot_a_knowledge_base_quota(pool: PgPool
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     gate.commit().await.unwrap();
+    gate_conn.close().await.unwrap();
 
     let mut statuses = Vec::new();
     while let Some(resp) = set.join_next().await {
