@@ -162,3 +162,24 @@ impl Stack {
         admin.close().await.unwrap();
     }
 }
+
+/// The `(id, event, data)` of each complete event in an SSE body (a trailing partial event is
+/// left out until its blank line arrives).
+pub fn sse_events(body: &str) -> Vec<(String, String, Value)> {
+    body.split("\n\n")
+        .filter(|block| body.ends_with("\n\n") || !body.ends_with(block))
+        .filter_map(|block| {
+            let (mut id, mut event, mut data) = (None, String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().to_string());
+                } else if let Some(v) = line.strip_prefix("event:") {
+                    event = v.trim().to_string();
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data.push_str(v.trim_start());
+                }
+            }
+            Some((id?, event, serde_json::from_str(&data).unwrap_or(Value::Null)))
+        })
+        .collect()
+}

@@ -7,24 +7,13 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::Stack;
+use crate::harness::{Stack, sse_events};
 
-/// The `(id, event, data)` of each event in an SSE body.
+/// The `(seq, event, data)` of each event in an SSE body.
 fn parse(body: &str) -> Vec<(i64, String, Value)> {
-    body.split("\n\n")
-        .filter_map(|block| {
-            let (mut id, mut event, mut data) = (None, String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = v.trim().parse().ok();
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            Some((id?, event, serde_json::from_str(&data).unwrap_or(Value::Null)))
-        })
+    sse_events(body)
+        .into_iter()
+        .map(|(id, event, data)| (id.parse().expect("a numeric event id"), event, data))
         .collect()
 }
 

@@ -7,27 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::harness::Stack;
-
-/// The `(id, event, data)` of each complete event in an SSE body.
-fn parse(body: &str) -> Vec<(String, String, Value)> {
-    body.split("\n\n")
-        .filter(|block| body.ends_with("\n\n") || !body.ends_with(block))
-        .filter_map(|block| {
-            let (mut id, mut event, mut data) = (None, String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("id:") {
-                    id = Some(v.trim().to_string());
-                } else if let Some(v) = line.strip_prefix("event:") {
-                    event = v.trim().to_string();
-                } else if let Some(v) = line.strip_prefix("data:") {
-                    data.push_str(v.trim_start());
-                }
-            }
-            Some((id?, event, serde_json::from_str(&data).unwrap_or(Value::Null)))
-        })
-        .collect()
-}
+use crate::harness::{Stack, sse_events as parse};
 
 /// An open thread stream and what it has sent so far.
 struct Follower {
