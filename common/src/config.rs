@@ -213,6 +213,12 @@ pub struct WorkerConfig {
     /// run metrics; later ones share `other`, so a deployment with thousands of assistants
     /// cannot explode Prometheus (`CHATQ_METRICS_MAX_ASSISTANTS`).
     pub metrics_max_assistants: usize,
+    /// Webhook deliveries one worker process sends at once (`CHATQ_WEBHOOK_CONCURRENCY`).
+    pub webhook_concurrency: usize,
+    /// Send webhooks to private, loopback and link-local addresses too
+    /// (`CHATQ_WEBHOOKS_ALLOW_PRIVATE`); off, a URL resolving to one is refused at send time, so
+    /// a webhook cannot be aimed at the stack's own network.
+    pub webhooks_allow_private: bool,
 }
 
 /// How a chat run is executed.
@@ -384,6 +390,15 @@ impl Config {
                 ingest_concurrency: r.parse("CHATQ_INGEST_CONCURRENCY", "2"),
                 shutdown_grace: Duration::from_secs(r.parse("CHATQ_SHUTDOWN_GRACE_SECS", "20")),
                 metrics_max_assistants: r.parse("CHATQ_METRICS_MAX_ASSISTANTS", "50"),
+                webhook_concurrency: r.parse("CHATQ_WEBHOOK_CONCURRENCY", "16"),
+                webhooks_allow_private: match r.string("CHATQ_WEBHOOKS_ALLOW_PRIVATE", "0").trim() {
+                    "1" | "true" => true,
+                    "0" | "false" => false,
+                    other => {
+                        r.errors.push(format!("CHATQ_WEBHOOKS_ALLOW_PRIVATE={other:?} must be 1 (on) or 0 (off)"));
+                        false
+                    }
+                },
             },
             runs: RunsConfig {
                 lease: Duration::from_secs(r.parse("CHATQ_RUN_LEASE_SECS", "30")),
@@ -474,6 +489,7 @@ impl Config {
             ("CHATQ_MAX_BODY_BYTES", limits.max_body_bytes),
             ("CHATQ_HISTORY_MAX_TOKENS", self.runs.history_max_tokens),
             ("CHATQ_INGEST_CONCURRENCY", self.worker.ingest_concurrency),
+            ("CHATQ_WEBHOOK_CONCURRENCY", self.worker.webhook_concurrency),
             ("CHATQ_MAX_UPLOAD_FILE_BYTES", limits.max_upload_file_bytes),
             ("CHATQ_MAX_UPLOAD_REQUEST_BYTES", limits.max_upload_request_bytes),
             ("CHATQ_QUOTA_THREAD_TITLE_CHARS", limits.thread_title_chars),

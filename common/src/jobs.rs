@@ -36,6 +36,14 @@ pub struct IngestDocument {
     pub document_id: Uuid,
 }
 
+/// Send one webhook delivery (`webhooks` queue): one attempt, after which the handler records
+/// it and pushes the next attempt itself when the delivery is to be retried.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WebhookDelivery {
+    /// The `webhook_deliveries` row; its state in Postgres decides whether anything is sent.
+    pub delivery_id: Uuid,
+}
+
 /// A job payload with its own queue. Each payload declares here, once, its queue name and its
 /// apalis settings, so the pushing side (API, reconciler, cron tick) and the fetching side
 /// (worker) cannot disagree.
@@ -100,6 +108,20 @@ impl QueueJob for Cleanup {
     }
 }
 
+impl QueueJob for WebhookDelivery {
+    const QUEUE: &'static str = "webhooks";
+    const PUSH_BATCH_SIZE: usize = 8;
+
+    fn config(queue: String, batch_size: usize) -> QueueConfig {
+        QueueConfig::default()
+            .queue(queue)
+            .heartbeat_interval(HEARTBEAT)
+            .missed_heartbeats(3)
+            .batch_size(batch_size.max(1))
+            .idempotency_ttl(Some(IDEMPOTENCY_TTL))
+    }
+}
+
 /// The Redis names of one chatq stack, all under `CHATQ_QUEUE_PREFIX`.
 #[derive(Clone, Debug)]
 pub struct Queues {
@@ -143,6 +165,13 @@ impl Queues {
     }
 }
 
+impl Queues {
+    /// The webhook delivery queue: `{prefix}-webhooks`.
+    pub fn webhooks(&self) -> String {
+        self.name::<WebhookDelivery>()
+    }
+}
+
 /// A storage for pushing jobs of type `J` (the fetching worker builds its own, with its
 /// prefetch and poll strategy).
 pub fn storage<J: QueueJob>(conn: ConnectionManager, queues: &Queues) -> RedisStorage<J> {
@@ -182,6 +211,8 @@ pub type ChatRunStorage = RedisStorage<ChatRun>;
 pub type IngestStorage = RedisStorage<IngestDocument>;
 /// The apalis storage of the maintenance queue.
 pub type CleanupStorage = RedisStorage<Cleanup>;
+/// The apalis storage of the webhook queue.
+pub type WebhookStorage = RedisStorage<WebhookDelivery>;
 
 /// A task id never used before for `id`: re-pushing work that must run again (a retry, a
 /// recovery, an ingestion) needs one, since apalis-redis drops a push whose id it still holds.
@@ -199,6 +230,7 @@ mod tests {
         assert_eq!(q.chat_runs(), "p-chat-runs");
         assert_eq!(q.ingest_docs(), "p-ingest-docs");
         assert_eq!(q.maintenance(), "p-maintenance");
+        assert_eq!(q.webhooks(), "p-webhooks");
         assert_eq!(q.config::<ChatRun>(8).active_jobs_list(), "p-chat-runs:active");
         assert_eq!(q.config::<ChatRun>(8).orphaned_duration(), Duration::from_secs(15));
         assert_eq!(q.config::<IngestDocument>(8).orphaned_duration(), Duration::from_secs(15));

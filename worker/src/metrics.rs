@@ -38,6 +38,9 @@ pub const CLEANUP_KINDS: &[&str] = &[
     "redis_worker_metadata",
 ];
 
+/// The outcomes of `chatq_webhook_deliveries_total{outcome}`.
+pub const WEBHOOK_OUTCOMES: &[&str] = &["succeeded", "retrying", "failed"];
+
 /// Gives each assistant its `assistant` label value: its id (stable, and never text a user
 /// wrote) for the first `max` assistants this process counts, `other` for every later one, so
 /// the series stay bounded however many assistants exist. The choice is per process and lasts
@@ -120,6 +123,11 @@ pub struct Metrics {
     pub chunks_indexed: IntCounter,
     /// `chatq_pages_extracted_total`: document pages extracted (1 per non-PDF document).
     pub pages_extracted: IntCounter,
+    /// `chatq_webhook_deliveries_total{outcome}`: webhook delivery attempts by outcome:
+    /// `succeeded`, `retrying` (failed, another attempt is scheduled) or `failed` (gave up).
+    pub webhook_deliveries: IntCounterVec,
+    /// `chatq_webhook_backlog`: webhook deliveries still pending (read from Postgres).
+    pub webhook_backlog: IntGauge,
     /// Every family name registered, for the dashboard check.
     pub names: Vec<String>,
 }
@@ -224,6 +232,15 @@ impl Metrics {
         let chunks_indexed = r.add(IntCounter::new("chatq_chunks_indexed_total", "Chunks written to knowledge bases"));
         let pages_extracted =
             r.add(IntCounter::new("chatq_pages_extracted_total", "Document pages extracted (1 per non-PDF document)"));
+        let webhook_deliveries = r.add(IntCounterVec::new(
+            Opts::new(
+                "chatq_webhook_deliveries_total",
+                "Webhook delivery attempts by outcome (succeeded, retrying, failed)",
+            ),
+            &["outcome"],
+        ));
+        let webhook_backlog = r
+            .add(IntGauge::new("chatq_webhook_backlog", "Webhook deliveries pending (not yet delivered nor given up)"));
         let (registry, names) = r.finish();
         Self {
             registry,
@@ -250,6 +267,8 @@ impl Metrics {
             documents_ingested,
             chunks_indexed,
             pages_extracted,
+            webhook_deliveries,
+            webhook_backlog,
             names,
         }
     }
@@ -298,6 +317,9 @@ impl Metrics {
         }
         for status in [DocumentStatus::Ready, DocumentStatus::Failed] {
             self.documents_ingested.with_label_values(&[status.as_str()]);
+        }
+        for outcome in WEBHOOK_OUTCOMES {
+            self.webhook_deliveries.with_label_values(&[*outcome]);
         }
     }
 }

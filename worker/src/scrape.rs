@@ -1,6 +1,6 @@
 //! Gauges of shared state, refreshed when `/metrics` is scraped: queue depth and oldest-job age
 //! per queue from Redis (apalis keys `{queue}:active`, `:scheduled`, `:inflight:<worker>`,
-//! `:dead`), and documents by status from Postgres (cached a few seconds, since every replica
+//! `:dead`), documents by status and the webhook backlog from Postgres (cached a few seconds, since every replica
 //! is scraped).
 
 use std::{
@@ -47,6 +47,10 @@ pub async fn refresh(ctx: &WorkerCtx) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot count documents by status"),
+        }
+        match db::webhooks::backlog(&ctx.pool).await {
+            Ok(n) => ctx.metrics.webhook_backlog.set(n),
+            Err(e) => tracing::warn!(error = %e, "cannot count pending webhook deliveries"),
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod thread_events;
 pub mod threads;
 pub mod usage;
 pub mod user_tokens;
+pub mod webhooks;
 pub mod widget;
 
 use serde::{Deserialize, Serialize};
@@ -72,6 +73,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(run_events::router())
         .merge(thread_events::router())
         .merge(user_tokens::router())
+        .merge(webhooks::router())
         .merge(widget::router())
 }
 

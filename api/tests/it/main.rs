@@ -12,3 +12,4 @@ mod streams;
 mod thread_stream;
 mod tokens;
 mod validation;
+mod webhooks;

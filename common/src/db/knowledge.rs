@@ -451,22 +451,28 @@ pub async fn fail_exhausted_documents(
     processing_secs: f64,
     limit: i64,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!(
+    let mut tx = pool.begin().await?;
+    let rows = sqlx::query!(
         "UPDATE documents SET status = $4, error_code = $5,
                 error_message = format('ingestion was interrupted %s times (the worker stopped or lost the job while processing this file); it is not tried again', attempt)
          WHERE id IN (
              SELECT id FROM documents WHERE deleted_at IS NULL AND status = 'processing' AND attempt >= $1
                  AND updated_at < now() - make_interval(secs => $2)
              ORDER BY updated_at LIMIT $3 FOR UPDATE SKIP LOCKED)
-         RETURNING id",
+         RETURNING id, batch_id",
         max_attempts,
         processing_secs,
         limit,
         DocumentStatus::Failed as _,
         EXHAUSTED_CODE as _,
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    for row in &rows {
+        super::webhooks::record_document(&mut tx, "document.failed", row.id, row.batch_id).await?;
+    }
+    tx.commit().await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }
 
 /// The uploaded bytes of a document.
@@ -482,18 +488,23 @@ pub async fn fail_document(
     code: DocumentErrorCode,
     message: &str,
 ) -> Result<bool, sqlx::Error> {
-    let r = sqlx::query!(
+    let mut tx = pool.begin().await?;
+    let batch = sqlx::query_scalar!(
         "UPDATE documents SET status = $5, error_code = $3, error_message = $4
-         WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'",
+         WHERE id = $1 AND attempt = $2 AND deleted_at IS NULL AND status = 'processing'
+         RETURNING batch_id",
         id,
         attempt,
         code as _,
         message,
         DocumentStatus::Failed as _,
     )
-    .execute(pool)
+    .fetch_optional(&mut *tx)
     .await?;
-    Ok(r.rows_affected() == 1)
+    let Some(batch) = batch else { return Ok(false) };
+    super::webhooks::record_document(&mut tx, "document.failed", id, batch).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 /// A chunk ready to index.
@@ -558,6 +569,7 @@ pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk
         qb.build().execute(&mut *tx).await?;
     }
     bump_version(&mut tx, doc.knowledge_base_id).await?;
+    super::webhooks::record_document(&mut tx, "document.ready", doc.id, doc.batch_id).await?;
     tx.commit().await?;
     Ok(true)
 }

@@ -13,6 +13,7 @@ pub mod runs;
 pub mod threads;
 pub mod token_revocations;
 pub mod usage;
+pub mod webhooks;
 
 use std::{str::FromStr, time::Duration};
 

@@ -580,9 +580,21 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
     if let Some(u) = &f.usage {
         usage::insert(&mut *tx, u).await?;
     }
+    if let Some(hook) = webhook_event(status) {
+        super::webhooks::record(&mut tx, hook, f.run_id).await?;
+    }
     touch_thread(&mut tx, thread_id).await?;
     tx.commit().await?;
     Ok(Some(event))
+}
+
+/// The webhook event of a run ending with `status`, if there is one.
+fn webhook_event(status: RunStatus) -> Option<&'static str> {
+    match status {
+        RunStatus::Completed => Some("run.completed"),
+        RunStatus::Failed => Some("run.failed"),
+        _ => None,
+    }
 }
 
 /// Marks runs whose job may be lost as re-enqueued and returns them: queued runs that are due,
@@ -677,6 +689,7 @@ pub async fn fail_exhausted(
             data: json!({"error": {"code": EXHAUSTED_CODE, "message": EXHAUSTED_MESSAGE}}),
         };
         events::insert(&mut *tx, &event).await?;
+        super::webhooks::record(&mut tx, "run.failed", id).await?;
         out.push(Exhausted { event, assistant_id: row.assistant_id });
     }
     tx.commit().await?;

@@ -40,7 +40,10 @@ impl Job for IngestDocument {
 /// apalis entry point: only infrastructure errors go back to apalis for redelivery.
 #[tracing::instrument(skip_all, fields(job.queue = %ctx.queues.ingest_docs()))]
 pub async fn handle(job: IngestDocument, ctx: Data<WorkerCtx>) -> Result<(), BoxDynError> {
-    execute(&ctx, job.document_id).await.map_err(|e| {
+    let result = execute(&ctx, job.document_id).await;
+    // The document (and maybe its batch) may have finished, with webhook deliveries to send.
+    super::webhook::push_unpushed(&ctx).await;
+    result.map_err(|e| {
         tracing::warn!(document.id = %job.document_id, error = %e, "ingestion interrupted by an infrastructure error");
         Box::new(e) as BoxDynError
     })

@@ -5,6 +5,7 @@ pub mod chat_run;
 pub mod cleanup;
 mod error;
 pub mod ingest;
+pub mod webhook;
 
 pub use error::JobError;
 
@@ -22,7 +23,7 @@ use apalis_cron::CronScheduler;
 use apalis_redis::RedisStorage;
 use chatq_common::{
     config::Config,
-    jobs::{self as payloads, ChatRun, Cleanup, IngestDocument, QueueJob, Queues},
+    jobs::{self as payloads, ChatRun, Cleanup, IngestDocument, QueueJob, Queues, WebhookDelivery},
 };
 use futures::future::BoxFuture;
 
@@ -117,6 +118,7 @@ queue_jobs! {
     ChatRun => chat_run::handle,
     IngestDocument => ingest::handle,
     Cleanup => cleanup::handle,
+    WebhookDelivery => webhook::handle,
 }
 
 /// The apalis monitor with every queue's worker and the cleanup cron tick. A failed worker is

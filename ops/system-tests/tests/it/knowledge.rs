@@ -11,7 +11,7 @@ use sqlx::PgPool;
 
 const EXTRACTOR: &str = env!("CARGO_BIN_EXE_chatq-test-extractor");
 
-async fn stack(pool: PgPool, extra: &[(&str, &str)]) -> Stack {
+pub(crate) async fn stack(pool: PgPool, extra: &[(&str, &str)]) -> Stack {
     let mut overrides = vec![
         ("CHATQ_EXTRACTOR_BIN", EXTRACTOR),
         ("CHATQ_CHUNK_TOKENS", "60"),
@@ -117,7 +117,7 @@ fn multipart(files: &[(&str, Vec<u8>)]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-async fn upload(s: &Stack, key: &str, kb: &str, files: &[(&str, Vec<u8>)]) -> (StatusCode, Value) {
+pub(crate) async fn upload(s: &Stack, key: &str, kb: &str, files: &[(&str, Vec<u8>)]) -> (StatusCode, Value) {
     let (content_type, body) = multipart(files);
     let resp = s
         .http

@@ -12,4 +12,5 @@ mod resilience;
 mod runs;
 mod secrets;
 mod streaming;
+mod webhooks;
 mod widget;

@@ -312,6 +312,7 @@ fn the_compose_prometheus_loads_alert_rules_that_query_exported_metrics_and_are_
         "ChatqChatQueueSlow",
         "ChatqReconcilerRecoveries",
         "ChatqCostSpike",
+        "ChatqWebhookBacklog",
     ] {
         assert!(names.contains(wanted), "no alert {wanted}: {names:?}");
     }

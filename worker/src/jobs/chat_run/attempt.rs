@@ -152,6 +152,7 @@ impl<'a> Attempt<'a> {
         match event {
             Some(event) => {
                 ctx.sink.publish(&event).await;
+                crate::jobs::webhook::push_unpushed(ctx).await;
                 let assistant = ctx.metrics.assistants.label(Some(self.assistant_id));
                 ctx.metrics.runs_finished.with_label_values(&[status.as_str(), code, &assistant]).inc();
                 ctx.metrics

@@ -1,0 +1,4 @@
+ALTER TABLE ingestion_batches DROP COLUMN IF EXISTS completed_at;
+DROP TABLE IF EXISTS webhook_attempts;
+DROP TABLE IF EXISTS webhook_deliveries;
+DROP TABLE IF EXISTS webhooks;
