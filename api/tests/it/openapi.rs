@@ -47,6 +47,12 @@ async fn the_openapi_document_covers_every_route(pool: PgPool) {
         ("/v1/runs/{id}/cancel", "post"),
         ("/v1/user-tokens", "post"),
         ("/v1/user-tokens/revoke", "post"),
+        ("/v1/webhooks", "post"),
+        ("/v1/webhooks", "get"),
+        ("/v1/webhooks/{id}", "get"),
+        ("/v1/webhooks/{id}", "delete"),
+        ("/v1/webhooks/{id}/deliveries", "get"),
+        ("/v1/webhooks/{id}/deliveries/{delivery_id}/retry", "post"),
     ];
     for (path, method) in expected {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from /openapi.json");
