@@ -52,7 +52,12 @@ async fn cleanup_vacuums_and_trims_every_queue_and_labels_each_queues_stats(pool
     let prefix = format!("t{}", Uuid::now_v7().simple());
     let config = config(&prefix);
     let mut redis = chatq_common::redis_conn::connect(config.redis.url.expose_secret()).await.unwrap();
-    let queues = [format!("{prefix}-chat-runs"), format!("{prefix}-ingest-docs"), format!("{prefix}-maintenance")];
+    let queues = [
+        format!("{prefix}-chat-runs"),
+        format!("{prefix}-ingest-docs"),
+        format!("{prefix}-maintenance"),
+        format!("{prefix}-webhooks"),
+    ];
     for queue in &queues {
         litter(&mut redis, queue).await;
     }
