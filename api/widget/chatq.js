@@ -15,7 +15,7 @@ import { STYLES } from "./styles.js";
  * @typedef {import("./stream.js").FollowState} FollowState
  * @typedef {{id: string, seq: number, text: string, citations: Citation[]}} StoredRun
  * @typedef {{thread?: string, run?: StoredRun}} Stored
- * @typedef {StoredRun & {follower: StreamFollower | null, article: HTMLElement, phase: "waiting" | "answering", reason: string, stopping: boolean, frame: number}} ActiveRun
+ * @typedef {StoredRun & {follower: StreamFollower | null, article: HTMLElement, phase: "waiting" | "answering", reason: string, stopping: boolean, frame: number, withdrawn: boolean}} ActiveRun
  */
 
 /** What a visitor reads for each error code of the API or of a failed run. */
@@ -33,6 +33,8 @@ const ERRORS = /** @type {Record<string, string>} */ ({
   unauthorized: "The chat could not sign you in. Reload the page to try again.",
 });
 const GENERIC_ERROR = "Something went wrong. Please try again.";
+/** What a visitor reads when moderation withdrew the answer being shown. */
+const WITHDRAWN = "The answer was withdrawn because it may break the content rules.";
 const ACTIVE = new Set(["queued", "in_progress"]);
 /** Sends are retried this often on network errors, with the same client_message_id. */
 const SEND_ATTEMPTS = 4;
@@ -538,7 +540,7 @@ class ChatqChat extends HTMLElement {
     this.active?.follower?.stop();
     const article = this.answerArticle(run.text, run.citations, undefined, false);
     /** @type {ActiveRun} */
-    const a = { ...run, citations: [...run.citations], follower: null, article, phase: run.text ? "answering" : "waiting", reason: "", stopping: false, frame: 0 };
+    const a = { ...run, citations: [...run.citations], follower: null, article, phase: run.text ? "answering" : "waiting", reason: "", stopping: false, frame: 0, withdrawn: false };
     this.active = a;
     this.appendMessage(article);
     this.setBusy(true);
@@ -574,9 +576,12 @@ class ChatqChat extends HTMLElement {
         a.phase = "answering";
         break;
       case "run.reset":
+        // The text shown so far is void: a retry starts over, and moderation withdrew an
+        // answer (the refusal that replaces it follows as a delta).
         a.text = "";
         a.citations = [];
         a.phase = "waiting";
+        a.withdrawn = data?.reason === "moderation";
         break;
       case "run.snapshot":
         a.text = String(data.text ?? "");
@@ -657,9 +662,9 @@ class ChatqChat extends HTMLElement {
     this.setStatus("");
     let note = "";
     if (type === "run.cancelled") note = a.text ? "Stopped." : "Stopped before answering.";
-    if (type === "run.failed" && a.text) note = "The answer was interrupted.";
+    if (type === "run.failed" && a.text) note = a.withdrawn ? "Withdrawn by content moderation." : "The answer was interrupted.";
     if (type === "run.completed" && !a.text) note = "The assistant gave no answer.";
-    if (type === "run.failed") this.setError(errorMessage(data?.error?.code ?? ""));
+    if (type === "run.failed") this.setError(a.withdrawn ? WITHDRAWN : errorMessage(data?.error?.code ?? ""));
     if (type === "lost") this.setError("The connection to the chat was lost. Reload the page to see the answer.");
     if (a.text || note) {
       const final = this.answerArticle(a.text, a.citations, undefined, true, note);

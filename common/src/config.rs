@@ -118,6 +118,10 @@ pub struct ProviderConfig {
     /// When the moderation endpoint is down: refuse to answer (`true`) or answer unchecked
     /// with a warning metric (`false`, the default) (`CHATQ_MODERATION_FAIL_CLOSED`).
     pub moderation_fail_closed: bool,
+    /// With output moderation, also check the answer each time this many more characters have
+    /// streamed, so a flagged answer is withdrawn early; 0 (the default) checks only the
+    /// complete answer (`CHATQ_MODERATION_OUTPUT_EVERY_CHARS`).
+    pub moderation_output_every_chars: usize,
 }
 
 impl ProviderConfig {
@@ -344,6 +348,7 @@ impl Config {
                 breaker_cooldown: Duration::from_secs(r.parse("CHATQ_BREAKER_COOLDOWN_SECS", "30")),
                 max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
                 moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
+                moderation_output_every_chars: r.parse("CHATQ_MODERATION_OUTPUT_EVERY_CHARS", "0"),
             },
             api: ApiConfig {
                 listen: r.parse("CHATQ_LISTEN", "127.0.0.1:8080"),

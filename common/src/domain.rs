@@ -78,7 +78,7 @@ impl RunStatus {
 domain_enum! {
     /// Why a run failed (`runs.error_code`), stable for clients.
     pub enum RunErrorCode {
-        /// Input moderation flagged the user's message.
+        /// Moderation flagged the user's message, or the answer (which is then withdrawn).
         ModerationFlagged,
         /// The provider is down, answered 5xx, or broke the stream.
         ProviderUnavailable,
@@ -209,12 +209,30 @@ domain_enum! {
 }
 
 domain_enum! {
-    /// Whether an assistant checks user messages before answering (`assistants.moderation`).
+    /// What an assistant checks with the moderation endpoint (`assistants.moderation`).
     pub enum ModerationMode {
         /// No check.
         Off,
         /// The user's message is moderated before generation.
         Input,
+        /// The answer is moderated when it completes (and, with
+        /// `CHATQ_MODERATION_OUTPUT_EVERY_CHARS`, while it streams); a flagged answer is
+        /// withdrawn and replaced by a refusal.
+        Output,
+        /// Both the user's message and the answer.
+        Both,
+    }
+}
+
+impl ModerationMode {
+    /// Whether the user's message is checked before generation.
+    pub fn checks_input(self) -> bool {
+        matches!(self, ModerationMode::Input | ModerationMode::Both)
+    }
+
+    /// Whether the answer is checked before it is kept.
+    pub fn checks_output(self) -> bool {
+        matches!(self, ModerationMode::Output | ModerationMode::Both)
     }
 }
 

@@ -19,7 +19,9 @@ pub enum EventKind {
     /// More answer text: `{text}`.
     #[strum(serialize = "message.delta")]
     Delta,
-    /// A retry discards the partial text shown so far: `{attempt, reason}`.
+    /// The text shown so far is void, `{attempt, reason}`: a retry starts over (`retry`,
+    /// `worker_lost`), or moderation withdrew the answer (`moderation`; the refusal follows as
+    /// a delta).
     #[strum(serialize = "run.reset")]
     Reset,
     /// The answer so far, `{text}`, replacing the text shown until then. Never stored: a replay

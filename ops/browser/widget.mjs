@@ -4,7 +4,7 @@
 // reads it: roles, labels and visible text (plus the widget's public `part` names).
 //
 // Usage: node ops/browser/widget.mjs <scenario> <page-url> [out-dir]
-//   scenarios: answer, resume, stop, citation, errors, keyboard
+//   scenarios: answer, resume, stop, citation, errors, withdraw, keyboard
 import { readFile, mkdir } from "node:fs/promises";
 import { gzipSync } from "node:zlib";
 import { createRequire } from "node:module";
@@ -405,6 +405,29 @@ const scenarios = {
     await w.input.press("Enter");
     await waitAnswers(page, 2);
     return { failed, limited, texts: await answerTexts(page), stored: await stored(page) };
+  },
+
+  /** An answer streams, then output moderation withdraws it: the partial answer is replaced
+   * by the refusal, live and after a reload. */
+  async withdraw(context) {
+    const page = await open(context);
+    const w = widget(page);
+    await page.getByRole("button", { name: "Chat with us" }).click();
+    await ask(page, "Tell me a story [[fake tokens=30 delay_ms=40 trigger_at=25]]");
+    await waitWords(page, 5);
+    const shownWhileStreaming = await w.streaming.last().textContent();
+    await w.alert.filter({ hasText: /\S/ }).waitFor(DEADLINE);
+    await waitAnswers(page, 1);
+    const live = {
+      alert: await w.alert.textContent(),
+      texts: await answerTexts(page),
+      log: await w.log.textContent(),
+    };
+    await page.reload();
+    await page.getByRole("button", { name: "Chat with us" }).click();
+    await waitAnswers(page, 1);
+    const reloaded = { texts: await answerTexts(page), log: await w.log.textContent() };
+    return { shownWhileStreaming, live, reloaded, stored: await stored(page) };
   },
 
   /** Open, type, send, stop, open a citation, close: the keyboard only. */

@@ -53,7 +53,8 @@ pub struct AssistantIn {
     /// Knowledge bases the assistant answers from.
     #[serde(default)]
     pub knowledge_base_ids: Vec<Uuid>,
-    /// `off` (default) or `input`: check user messages with the moderation endpoint.
+    /// `off` (default), `input` (check the user's message before answering), `output` (check
+    /// the answer; a flagged one is withdrawn and replaced by a refusal) or `both`.
     pub moderation: Option<ModerationMode>,
     /// Delete threads after this many days without activity (default: global setting).
     #[schema(minimum = 1, maximum = 36500)]
@@ -86,7 +87,7 @@ pub struct AssistantPatch {
     pub max_output_tokens: Option<Option<i32>>,
     /// Knowledge bases (replaces the list).
     pub knowledge_base_ids: Option<Vec<Uuid>>,
-    /// `off` or `input`.
+    /// `off`, `input`, `output` or `both`.
     pub moderation: Option<ModerationMode>,
     /// Retention in days (`null` = global setting).
     #[serde(default, deserialize_with = "double_option")]
@@ -120,7 +121,7 @@ pub struct AssistantOut {
     pub max_output_tokens: Option<i32>,
     /// Knowledge bases.
     pub knowledge_base_ids: Vec<Uuid>,
-    /// Whether user messages are moderated.
+    /// What is moderated: `off`, `input` (user messages), `output` (answers) or `both`.
     pub moderation: ModerationMode,
     /// Retention in days.
     pub retention_days: Option<i32>,

@@ -84,7 +84,7 @@ async fn the_openapi_document_states_the_rules_the_api_enforces(pool: PgPool) {
     assert_eq!(schemas["UserTokenIn"]["properties"]["ttl_seconds"]["maximum"], 86400);
     assert_eq!(schemas["SearchIn"]["properties"]["k"]["maximum"], 50);
     assert_eq!(schemas["RunIn"]["required"], json!(["input"]));
-    assert_eq!(schemas["ModerationMode"]["enum"], json!(["off", "input"]));
+    assert_eq!(schemas["ModerationMode"]["enum"], json!(["off", "input", "output", "both"]));
     let limit = doc["paths"]["/v1/threads/{id}/messages"]["get"]["parameters"]
         .as_array()
         .unwrap()

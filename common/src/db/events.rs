@@ -70,6 +70,23 @@ pub async fn insert_batch_fenced(tx: &mut Transaction<'_, Postgres>, events: &[R
     Ok(n)
 }
 
+/// Blanks the text of the run's `message.delta` events before its last `run.reset` with reason
+/// `moderation` (an answer withdrawn by moderation), keeping their `seq`s so the log stays
+/// gapless: a client replaying the run sees empty deltas, the reset, then the refusal.
+pub async fn blank_withdrawn_deltas<'e>(exec: impl PgExecutor<'e>, run_id: Uuid) -> Result<u64, sqlx::Error> {
+    let n = sqlx::query!(
+        r#"UPDATE run_events SET data = '{"text": "", "withdrawn": true}'::jsonb
+           WHERE run_id = $1 AND kind = 'message.delta'
+             AND seq < (SELECT max(seq) FROM run_events
+                        WHERE run_id = $1 AND kind = 'run.reset' AND data->>'reason' = 'moderation')"#,
+        run_id,
+    )
+    .execute(exec)
+    .await?
+    .rows_affected();
+    Ok(n)
+}
+
 /// Events of a run after `after_seq`, in order, at most `limit`.
 pub async fn list_after(pool: &PgPool, run_id: Uuid, after_seq: i64, limit: i64) -> Result<Vec<RunEvent>, sqlx::Error> {
     let rows = sqlx::query_as!(

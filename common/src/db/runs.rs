@@ -468,6 +468,19 @@ pub enum Outcome {
         /// Text produced before the cancel.
         partial_text: String,
     },
+    /// The run failed and its answer is withdrawn: output moderation flagged it, or could not
+    /// check it and the assistant must not answer unchecked. The text of every `message.delta`
+    /// before the run's `run.reset` with reason `moderation` is blanked in the log, so a replay
+    /// never shows it; `refusal`, when given, is the run's output text and the assistant's
+    /// message in place of the answer.
+    Withdrawn {
+        /// Stable error code.
+        code: RunErrorCode,
+        /// End-user message.
+        message: String,
+        /// The text kept in place of the answer.
+        refusal: Option<String>,
+    },
 }
 
 /// Everything a finish writes besides the run itself.
@@ -516,6 +529,16 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
         Outcome::Cancelled { partial_text } => {
             (RunStatus::Cancelled, partial_text.as_str(), None, None, None, None, None, json!([]))
         }
+        Outcome::Withdrawn { code, message, refusal } => (
+            RunStatus::Failed,
+            refusal.as_deref().unwrap_or_default(),
+            None,
+            Some(*code),
+            Some(message.as_str()),
+            None,
+            None,
+            json!([]),
+        ),
     };
     let thread_id = sqlx::query_scalar!(
         "UPDATE runs SET status = $3, output_text = $4, finish_reason = $5, error_code = $6, error_message = $7,
@@ -547,7 +570,12 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
         }
         return Ok(None);
     };
-    let keep_message = status == RunStatus::Completed || (status == RunStatus::Cancelled && !text.is_empty());
+    let keep_message = status == RunStatus::Completed
+        || (status == RunStatus::Cancelled && !text.is_empty())
+        || matches!(f.outcome, Outcome::Withdrawn { refusal: Some(_), .. });
+    if let Outcome::Withdrawn { .. } = f.outcome {
+        events::blank_withdrawn_deltas(&mut *tx, f.run_id).await?;
+    }
     if keep_message {
         sqlx::query!(
             "INSERT INTO messages (id, thread_id, role, content, run_id, citations) VALUES ($1, $2, $6, $3, $4, $5)",
@@ -567,12 +595,14 @@ pub async fn finish(pool: &PgPool, f: &Finish) -> Result<Option<RunEvent>, sqlx:
             "cost_usd": cost_usd,
             "finish_reason": finish_reason,
         }),
-        Outcome::Failed { code, message, .. } => json!({"error": {"code": code, "message": message}}),
+        Outcome::Failed { code, message, .. } | Outcome::Withdrawn { code, message, .. } => {
+            json!({"error": {"code": code, "message": message}})
+        }
         Outcome::Cancelled { .. } => json!({}),
     };
     let kind = match f.outcome {
         Outcome::Completed { .. } => EventKind::Completed,
-        Outcome::Failed { .. } => EventKind::Failed,
+        Outcome::Failed { .. } | Outcome::Withdrawn { .. } => EventKind::Failed,
         Outcome::Cancelled { .. } => EventKind::Cancelled,
     };
     let event = RunEvent { run_id: f.run_id, seq: f.seq, attempt: f.attempt, kind, data };

@@ -80,6 +80,16 @@ impl ProviderError {
         )
     }
 
+    /// Output moderation flagged the answer in `categories`: the answer is withdrawn.
+    pub fn answer_flagged(categories: &[String]) -> Self {
+        Self::new(
+            ErrorClass::Permanent,
+            RunErrorCode::ModerationFlagged,
+            format!("The answer was withdrawn: content moderation flagged it ({}).", categories.join(", ")),
+            format!("answer flagged, categories: {}", categories.join(",")),
+        )
+    }
+
     /// The moderation endpoint failed with `self` and the assistant must not answer unchecked:
     /// a retryable outage, keeping the cause's detail, status and `Retry-After`.
     pub fn moderation_unavailable(self) -> Self {
@@ -88,6 +98,15 @@ impl ProviderError {
             code: RunErrorCode::ProviderUnavailable,
             message: "The assistant can't check this message right now. Please try again.".into(),
             ..self
+        }
+    }
+
+    /// As [`moderation_unavailable`](Self::moderation_unavailable), for an answer that could
+    /// not be checked.
+    pub fn answer_unchecked(self) -> Self {
+        Self {
+            message: "The assistant can't check its answer right now. Please try again.".into(),
+            ..self.moderation_unavailable()
         }
     }
 

@@ -1,4 +1,4 @@
-//! The moderation endpoint, for input moderation.
+//! The moderation endpoint, for input and output moderation.
 
 use std::time::Duration;
 

@@ -46,6 +46,9 @@ pub(crate) struct Directive {
     pub no_finish: Option<bool>,
     /// `no_done`: a stream closed cleanly after its finish chunk and usage, without `[DONE]`.
     pub no_done: Option<bool>,
+    /// `trigger_at=K`: the K-th word of the reply (from 1, `Echo:` included) is the moderation
+    /// trigger word, so an answer can be flagged while the question is not.
+    pub trigger_at: Option<usize>,
 }
 
 /// Keys that are flags: a bare `no_usage` means `no_usage=1`.
@@ -78,6 +81,7 @@ impl Directive {
                 "no_usage" => d.no_usage = Some(value == "1"),
                 "no_finish" => d.no_finish = Some(value == "1"),
                 "no_done" => d.no_done = Some(value == "1"),
+                "trigger_at" => d.trigger_at = value.parse().ok().or(d.trigger_at),
                 _ => {}
             }
         }
@@ -102,6 +106,7 @@ impl Directive {
             no_usage: over.no_usage.or(self.no_usage),
             no_finish: over.no_finish.or(self.no_finish),
             no_done: over.no_done.or(self.no_done),
+            trigger_at: over.trigger_at.or(self.trigger_at),
         }
     }
 }

@@ -176,6 +176,9 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
     } else {
         echo_reply(&echo, eff.tokens.unwrap_or(config.tokens))
     };
+    if let Some(word) = eff.trigger_at.and_then(|k| tokens.get_mut(k.checked_sub(1)?)) {
+        *word = if word.starts_with(' ') { format!(" {}", config.trigger_word) } else { config.trigger_word.clone() };
+    }
     let mut finish_reason = "stop";
     if let Some(max) = request.max_tokens
         && tokens.len() > max

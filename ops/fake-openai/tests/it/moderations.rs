@@ -5,7 +5,7 @@ use async_openai::types::moderations::{
     ModerationTextInput,
 };
 
-use crate::helpers::{client, start};
+use crate::helpers::{client, contents, request, start, stream_all, user};
 
 #[tokio::test]
 async fn text_with_the_trigger_word_is_flagged_and_other_text_is_not() {
@@ -66,4 +66,26 @@ async fn multimodal_input_gets_one_result_covering_text_and_image() {
     let result = &response.results[0];
     assert!(result.flagged);
     assert_eq!(result.category_applied_input_types.violence, [ModInputType::Text, ModInputType::Image]);
+}
+
+#[tokio::test]
+async fn trigger_at_puts_the_trigger_word_in_the_answer_but_not_in_the_question() {
+    let fake = start().await;
+    let client = client(&fake);
+    let question = "Tell me a story [[fake tokens=6 trigger_at=4]]";
+
+    let items = stream_all(&client, request(vec![user(question)])).await.unwrap();
+
+    let answer = contents(&items).concat();
+    assert_eq!(answer, "Echo: Tell me forbidden-topic story lorem");
+    let flagged = |text: &str| {
+        let text = text.to_owned();
+        let client = client.clone();
+        async move {
+            let request = CreateModerationRequestArgs::default().input(ModerationInput::String(text)).build().unwrap();
+            client.moderations().create(request).await.unwrap().results[0].flagged
+        }
+    };
+    assert!(flagged(&answer).await, "the answer is flagged");
+    assert!(!flagged(question).await, "the question is not");
 }

@@ -470,6 +470,33 @@ async fn widget_errors_show_their_message_and_leave_the_widget_usable(pool: PgPo
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn widget_replaces_an_answer_withdrawn_by_moderation_with_the_refusal(pool: PgPool) {
+    let Some(chromium) = browser() else { return };
+    let s = stack(pool, &[]).await;
+    let assistant = s.create_assistant(json!({"moderation": "output"})).await;
+    let host = host_page(&s, &assistant, 600).await;
+    let report = scenario(&chromium, "withdraw", &host.url, &[]).await;
+    host.server.abort();
+
+    let runs = runs(&s, report["stored"]["thread"].as_str().unwrap()).await;
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0]["status"], "failed");
+    assert_eq!(runs[0]["error"]["code"], "moderation_flagged");
+    let refusal = runs[0]["output_text"].as_str().unwrap();
+    let shown = report["shownWhileStreaming"].as_str().unwrap();
+    assert!(shown.starts_with("Echo: Tell me a story"), "the answer streamed before it was withdrawn: {shown}");
+    let live = &report["live"];
+    assert_eq!(live["texts"], json!([refusal]), "the partial answer was replaced by the refusal: {live}");
+    assert!(live["alert"].as_str().unwrap().contains("withdrawn"), "{live}");
+    assert_eq!(report["reloaded"]["texts"], json!([refusal]), "the history keeps the refusal: {report}");
+    for seen in [&live["log"], &report["reloaded"]["log"]] {
+        let seen = seen.as_str().unwrap();
+        assert!(!seen.contains("forbidden-topic") && !seen.contains("lorem"), "no withdrawn text left: {seen}");
+    }
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
 async fn widget_drops_the_text_of_a_reset_attempt_and_shows_a_rate_limits_wait(pool: PgPool) {
     let Some(chromium) = browser() else { return };
     let s = stack(pool, &[("CHATQ_RATE_USER_ACTIVE_RUNS", "1")]).await;

@@ -128,7 +128,7 @@ impl<'a> Attempt<'a> {
         ctx.sink.flush().await;
         let (status, code) = match &outcome {
             Outcome::Completed { .. } => (RunStatus::Completed, ""),
-            Outcome::Failed { code, .. } => (RunStatus::Failed, code.as_str()),
+            Outcome::Failed { code, .. } | Outcome::Withdrawn { code, .. } => (RunStatus::Failed, code.as_str()),
             Outcome::Cancelled { .. } => (RunStatus::Cancelled, ""),
         };
         let finish = db::runs::Finish { run_id: self.run_id, attempt: self.attempt, seq: self.seq + 1, outcome, usage };

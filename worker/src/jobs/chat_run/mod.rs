@@ -126,7 +126,8 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     );
     defer! { renewer.abort(); }
 
-    if let Some(error) = moderation::check_input(ctx, &run).await? {
+    let moderation = moderation::mode(ctx, &run).await?;
+    if let Some(error) = moderation::check_input(ctx, &run, moderation).await? {
         if error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts {
             return attempt.retry(error, None).await;
         }
@@ -139,7 +140,12 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     };
     let started = Instant::now();
     let mut received = Received::default();
-    let outcome = stream::stream_answer(&mut attempt, &request, &mut received, &lost, &cancel.token, claimed_at).await;
+    let every = ctx.config.provider.moderation_output_every_chars;
+    let check_every =
+        (moderation.checks_output() && every > 0).then_some(stream::CheckEvery { run: &run, chars: every });
+    let outcome =
+        stream::stream_answer(&mut attempt, &request, &mut received, &lost, &cancel.token, claimed_at, check_every)
+            .await;
     let latency_ms = started.elapsed().as_millis() as i64;
     let changed = match &outcome {
         StreamOutcome::Done { .. } => ctx.breaker.success(),
@@ -147,7 +153,9 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         // A permanent error is an answer: the provider is up.
         StreamOutcome::Failed { .. } => ctx.breaker.success(),
         // No verdict on the provider.
-        StreamOutcome::Cancelled | StreamOutcome::LeaseLost | StreamOutcome::Released => false,
+        StreamOutcome::Cancelled | StreamOutcome::LeaseLost | StreamOutcome::Released | StreamOutcome::Withdrawn(_) => {
+            false
+        }
     };
     if changed {
         ctx.breaker_changed().await;
@@ -163,6 +171,13 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             ctx.metrics.provider_requests.with_label_values(&["ok"]).inc();
             let record = call.usage(ctx, UsageOutcome::Ok);
             let text = received.text;
+            if let Some(w) = moderation::check_output(ctx, &run, moderation, &text).await? {
+                // Fail-closed with the endpoint down: the whole answer is asked for again.
+                if w.error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts {
+                    return attempt.retry(w.error, record).await;
+                }
+                return moderation::withdraw(attempt, &run, w, record, claimed_at).await;
+            }
             let cited = retrieval::citations(&text, &sources);
             for c in &cited {
                 attempt.emit(EventKind::Citation, json!(c), String::new(), None).await;
@@ -187,7 +202,15 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             if retry {
                 return attempt.retry(error, record).await;
             }
+            // The partial answer stays on the run: it is checked like a complete one.
+            if let Some(w) = moderation::check_output(ctx, &run, moderation, &received.text).await? {
+                return moderation::withdraw(attempt, &run, w, record, claimed_at).await;
+            }
             attempt.fail(error, received.text, claimed_at, record).await
+        }
+        StreamOutcome::Withdrawn(w) => {
+            let record = call.usage(ctx, w.error.code.into());
+            moderation::withdraw(attempt, &run, w, record, claimed_at).await
         }
         StreamOutcome::Released => {
             let record = call.usage(ctx, UsageOutcome::Released);
@@ -196,6 +219,10 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         StreamOutcome::Cancelled => {
             tracing::info!("run cancelled on request");
             let record = call.usage(ctx, UsageOutcome::Cancelled);
+            // The partial answer is kept as the message: it is checked like a complete one.
+            if let Some(w) = moderation::check_output(ctx, &run, moderation, &received.text).await? {
+                return moderation::withdraw(attempt, &run, w, record, claimed_at).await;
+            }
             attempt.finish(Outcome::Cancelled { partial_text: received.text }, record, claimed_at).await
         }
         StreamOutcome::LeaseLost => {

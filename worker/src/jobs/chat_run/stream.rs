@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use async_openai::types::chat::FinishReason;
 use chatq_common::{
+    db,
     events::EventKind,
     pricing::TokenUsage,
     provider::{ChatRequest, ProviderError},
@@ -15,7 +16,10 @@ use futures::StreamExt;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use super::attempt::Attempt;
+use super::{
+    attempt::Attempt,
+    moderation::{self, Verdict, Withdrawal},
+};
 
 /// How the stream of one attempt ended. The text received is in [`Received`].
 pub(super) enum StreamOutcome {
@@ -29,6 +33,15 @@ pub(super) enum StreamOutcome {
     LeaseLost,
     /// The worker is shutting down and its grace period is over.
     Released,
+    /// Output moderation flagged the answer while it streamed; the stream was dropped.
+    Withdrawn(Withdrawal),
+}
+
+/// Output moderation while the answer streams: the run checked and how many characters to
+/// stream between two checks (`CHATQ_MODERATION_OUTPUT_EVERY_CHARS`).
+pub(super) struct CheckEvery<'r> {
+    pub run: &'r db::runs::Run,
+    pub chars: usize,
 }
 
 /// What the provider sent during one call, however it ended: what the call is billed on.
@@ -43,8 +56,9 @@ pub(super) struct Received {
 }
 
 /// Streams the completion, coalescing deltas: the first one is emitted at once, later ones at
-/// most every `CHATQ_STREAM_COALESCE_MS`. Whatever the outcome, `received` holds what the
-/// provider sent.
+/// most every `CHATQ_STREAM_COALESCE_MS`. With `check_every`, the text so far is moderated each
+/// time that many more characters arrived, before the text past the last emitted delta is sent.
+/// Whatever the outcome, `received` holds what the provider sent.
 pub(super) async fn stream_answer(
     attempt: &mut Attempt<'_>,
     request: &ChatRequest,
@@ -52,6 +66,7 @@ pub(super) async fn stream_answer(
     lost: &CancellationToken,
     cancel: &CancellationToken,
     claimed_at: Instant,
+    check_every: Option<CheckEvery<'_>>,
 ) -> StreamOutcome {
     let ctx = attempt.ctx;
     let coalesce = ctx.config.streaming.coalesce;
@@ -59,6 +74,8 @@ pub(super) async fn stream_answer(
     let mut pending = String::new();
     let mut last_emit: Option<Instant> = None;
     let mut finish_reason: Option<FinishReason> = None;
+    let mut chars = 0usize;
+    let mut check_at = check_every.as_ref().map_or(usize::MAX, |c| c.chars);
 
     let mut stream = tokio::select! {
         opened = ctx.provider.stream_chat(request) => match opened {
@@ -114,6 +131,21 @@ pub(super) async fn stream_answer(
             let Some(delta) = choice.delta.content.as_deref().filter(|d| !d.is_empty()) else { continue };
             text.push_str(delta);
             pending.push_str(delta);
+            chars += delta.chars().count();
+            if let Some(every) = check_every.as_ref().filter(|_| chars >= check_at) {
+                check_at = chars + every.chars;
+                // Dropping the stream aborts the upstream request; the pending text is never sent.
+                // An outage is left to the check of the complete answer, which fails open or closed.
+                match moderation::check(ctx, every.run, text).await {
+                    Ok(Verdict::Flagged(categories)) => {
+                        return StreamOutcome::Withdrawn(moderation::flagged(&categories));
+                    }
+                    Ok(Verdict::Passed | Verdict::Unavailable(_)) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot record a moderation check; the answer is checked when complete")
+                    }
+                }
+            }
             match last_emit {
                 None => {
                     ctx.metrics.ttft.observe(claimed_at.elapsed().as_secs_f64());
