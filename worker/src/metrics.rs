@@ -33,6 +33,7 @@ pub const CLEANUP_KINDS: &[&str] = &[
     "old_run_events",
     "document_chunks",
     "document_blobs",
+    "webhook_deliveries",
     "redis_tasks",
     "redis_set_entries",
     "redis_worker_metadata",

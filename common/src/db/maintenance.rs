@@ -296,6 +296,38 @@ pub async fn delete_old_events(pool: &PgPool, event_secs: f64, limit: i64) -> Re
     Ok(n as i64)
 }
 
+// Webhook deliveries: a finished one (succeeded or failed for good) is kept as long as events
+// are, and never longer than the shortest thread retention, since its body holds the run's answer.
+// Pending deliveries stay until their retries end. The count and the delete share the predicate.
+
+/// Counts finished webhook deliveries older than `secs`.
+pub async fn count_old_webhook_deliveries(pool: &PgPool, secs: f64) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "count!" FROM webhook_deliveries
+           WHERE status <> 'pending' AND created_at < now() - make_interval(secs => $1)"#,
+        secs,
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Deletes up to `limit` finished webhook deliveries older than `secs`, with their attempts;
+/// returns how many deliveries went.
+pub async fn delete_old_webhook_deliveries(pool: &PgPool, secs: f64, limit: i64) -> Result<i64, sqlx::Error> {
+    let n = sqlx::query!(
+        "DELETE FROM webhook_deliveries WHERE id IN (
+           SELECT id FROM webhook_deliveries
+           WHERE status <> 'pending' AND created_at < now() - make_interval(secs => $1)
+           LIMIT $2)",
+        secs,
+        limit,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n as i64)
+}
+
 // Deleted documents: deleted themselves or in a deleted knowledge base. The count and the
 // deletes spell out the same subquery.
 

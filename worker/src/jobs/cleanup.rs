@@ -116,6 +116,9 @@ async fn execute(ctx: &WorkerCtx, dry_run: bool) -> anyhow::Result<Value> {
     let global = i32::try_from(cfg.retention.thread_days).unwrap_or(i32::MAX);
     let min = db::maintenance::min_retention_days(&ctx.pool, global).await?;
     let event_secs = cfg.retention.events.as_secs_f64();
+    // A delivery's body holds the run's answer: it goes with the events, or with the shortest
+    // thread retention when that comes first.
+    let delivery_secs = event_secs.min(f64::from(min.max(0)) * 86_400.0);
     let batch = cfg.retention.cleanup_batch;
     let mut stats = json!({
         "dry_run": dry_run,
@@ -127,6 +130,8 @@ async fn execute(ctx: &WorkerCtx, dry_run: bool) -> anyhow::Result<Value> {
         let events = db::maintenance::count_old_events(&ctx.pool, event_secs, global, min).await?;
         let (chunks, blobs) = db::maintenance::count_deleted_document_data(&ctx.pool).await?;
         put_counts(&mut stats, t, events, chunks, blobs);
+        stats["webhook_deliveries"] =
+            json!(db::maintenance::count_old_webhook_deliveries(&ctx.pool, delivery_secs).await?);
         return Ok(stats);
     }
 
@@ -166,7 +171,18 @@ async fn execute(ctx: &WorkerCtx, dry_run: bool) -> anyhow::Result<Value> {
             break;
         }
     }
+    let mut deliveries = 0;
+    loop {
+        let n = db::maintenance::delete_old_webhook_deliveries(&ctx.pool, delivery_secs, batch).await?;
+        batches += 1;
+        deliveries += n;
+        count(ctx, "webhook_deliveries", n);
+        if n < batch {
+            break;
+        }
+    }
     put_counts(&mut stats, threads, events, chunks, blobs);
+    stats["webhook_deliveries"] = json!(deliveries);
     stats["batches"] = json!(batches);
     stats["redis"] = redis_housekeeping(ctx).await.context("Redis housekeeping failed")?;
     Ok(stats)

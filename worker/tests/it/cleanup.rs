@@ -98,3 +98,51 @@ async fn cleanup_trims_apalis_sets_and_metadata_of_workers_that_are_gone(pool: P
     }
     s.shutdown();
 }
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn cleanup_deletes_finished_webhook_deliveries_past_the_event_retention_and_keeps_pending_ones(pool: PgPool) {
+    let s = Setup::new(pool.clone()).await;
+    let hook = uuid::Uuid::now_v7();
+    sqlx::query(
+        "INSERT INTO webhooks (id, url, events, secret_sealed) VALUES ($1, 'https://example.com/h', '{run.completed}', '\\x00')",
+    )
+    .bind(hook)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // (status, age in days): only the old finished ones go (the event retention is 7 days).
+    let rows = [("succeeded", 8), ("failed", 9), ("pending", 9), ("succeeded", 1)];
+    let mut ids = Vec::new();
+    for (status, days) in rows {
+        let id = uuid::Uuid::now_v7();
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_type, subject_id, body, status, attempt, created_at)
+             VALUES ($1, $2, 'run.completed', $1, '{}', $3, 1, now() - make_interval(days => $4))",
+        )
+        .bind(id)
+        .bind(hook)
+        .bind(status)
+        .bind(days)
+        .execute(&pool)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO webhook_attempts (delivery_id, attempt, status_code, latency_ms) VALUES ($1, 1, 200, 5)",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    let ctx = s.ctx().await;
+    let dry = cleanup::run(&ctx, &Cleanup { job_id: None, dry_run: true }).await.unwrap().unwrap();
+    assert_eq!(dry["webhook_deliveries"].as_i64(), Some(2), "{dry}");
+    let stats = cleanup::run(&ctx, &Cleanup::default()).await.unwrap().unwrap();
+    assert_eq!(stats["webhook_deliveries"].as_i64(), Some(2), "{stats}");
+    let left: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT id FROM webhook_deliveries ORDER BY id").fetch_all(&pool).await.unwrap();
+    assert_eq!(left, vec![ids[2], ids[3]]);
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_attempts").fetch_one(&pool).await.unwrap();
+    assert_eq!(attempts, 2, "the attempts of deleted deliveries go with them");
+}
