@@ -91,8 +91,8 @@ pub struct Metrics {
     /// `chatq_event_flush_rows`: events per batched Postgres write.
     pub flush_rows: Histogram,
     // --- Recovery, jobs and maintenance.
-    /// `chatq_reconciler_recoveries_total{action}`: `requeued` (pushed again) or `failed`
-    /// (attempt limit reached).
+    /// `chatq_reconciler_recoveries_total{action}`: runs, documents and webhook deliveries
+    /// `requeued` (pushed again) or `failed` (attempt limit reached).
     pub reconciler_recoveries: IntCounterVec,
     /// `chatq_jobs_total{queue, outcome}`: jobs handled, `ok` or `error` (redelivered).
     pub jobs: IntCounterVec,
@@ -174,7 +174,7 @@ impl Metrics {
         let reconciler_recoveries = r.add(IntCounterVec::new(
             Opts::new(
                 "chatq_reconciler_recoveries_total",
-                "Runs the reconciler recovered: requeued (job lost or worker died) or failed (attempt limit)",
+                "Runs, documents and webhook deliveries the reconciler recovered: requeued (job lost or worker died) or failed (attempt limit)",
             ),
             &["action"],
         ));
