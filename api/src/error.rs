@@ -33,6 +33,9 @@ pub enum ApiErrorCode {
     InvalidHeader,
     /// 400: a multipart upload is malformed.
     InvalidMultipart,
+    /// 422: an assistant's `model` or one of its `fallback_models` is served by no upstream of
+    /// the providers file; `details` has the `field` and the `model`.
+    ModelNotServed,
     /// 409: the thread already has a run in progress.
     ThreadBusy,
     /// 409: an `Idempotency-Key` was reused with a different request.
@@ -105,6 +108,9 @@ pub enum ApiError {
     /// The request is well-formed but invalid (422).
     #[error("{message}")]
     Invalid { message: String, details: Value },
+    /// An assistant names a model no upstream serves (422 `model_not_served`).
+    #[error("{field} names the model {model:?}, which no provider serves (see CHATQ_PROVIDERS_FILE)")]
+    ModelNotServed { field: String, model: String },
     /// The request conflicts with the current state (409).
     #[error("{message}")]
     Conflict { code: ApiErrorCode, message: String, details: Value },
@@ -154,6 +160,11 @@ impl ApiError {
             ApiError::Invalid { details, .. } => {
                 (StatusCode::UNPROCESSABLE_ENTITY, ApiErrorCode::InvalidRequest, details.clone())
             }
+            ApiError::ModelNotServed { field, model } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                ApiErrorCode::ModelNotServed,
+                serde_json::json!({ "field": field, "model": model }),
+            ),
             ApiError::Conflict { code, details, .. } => (StatusCode::CONFLICT, *code, details.clone()),
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ApiErrorCode::PayloadTooLarge, Value::Null),
             ApiError::FieldTooLarge { field, limit, .. } => (
@@ -280,6 +291,7 @@ mod tests {
             (ApiErrorCode::Unauthorized, "unauthorized"),
             (ApiErrorCode::NotFound, "not_found"),
             (ApiErrorCode::InvalidRequest, "invalid_request"),
+            (ApiErrorCode::ModelNotServed, "model_not_served"),
             (ApiErrorCode::IdempotencyKeyReused, "idempotency_key_reused"),
             (ApiErrorCode::UnsupportedMediaType, "unsupported_media_type"),
             (ApiErrorCode::ServiceUnavailable, "service_unavailable"),

@@ -5,6 +5,8 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
+use crate::upstreams::{DEFAULT_UPSTREAM, Upstream, Upstreams};
+
 pub use secrecy::{ExposeSecret, SecretString};
 
 /// A configuration problem, always naming the variable.
@@ -122,6 +124,12 @@ pub struct ProviderConfig {
     /// streamed, so a flagged answer is withdrawn early; 0 (the default) checks only the
     /// complete answer (`CHATQ_MODERATION_OUTPUT_EVERY_CHARS`).
     pub moderation_output_every_chars: usize,
+    /// The providers file naming the chat upstreams (`CHATQ_PROVIDERS_FILE`); without one, chat
+    /// goes to `OPENAI_BASE_URL` as the upstream `default`.
+    pub providers_file: Option<PathBuf>,
+    /// Where chat calls go: the upstreams of the providers file, or the single `default` one.
+    /// Embeddings and moderation always use `OPENAI_BASE_URL`/`OPENAI_API_KEY`.
+    pub upstreams: Upstreams,
 }
 
 impl ProviderConfig {
@@ -349,6 +357,15 @@ impl Config {
                 max_wait: Duration::from_secs(r.parse("CHATQ_PROVIDER_MAX_WAIT_SECS", "300")),
                 moderation_fail_closed: r.parse("CHATQ_MODERATION_FAIL_CLOSED", "false"),
                 moderation_output_every_chars: r.parse("CHATQ_MODERATION_OUTPUT_EVERY_CHARS", "0"),
+                providers_file: r.optional("CHATQ_PROVIDERS_FILE").map(PathBuf::from),
+                upstreams: Upstreams::single(Upstream {
+                    name: DEFAULT_UPSTREAM.into(),
+                    base_url: String::new(),
+                    api_key: None,
+                    connect_timeout: Duration::ZERO,
+                    idle_timeout: Duration::ZERO,
+                    models: None,
+                }),
             },
             api: ApiConfig {
                 listen: r.parse("CHATQ_LISTEN", "127.0.0.1:8080"),
@@ -454,6 +471,8 @@ impl Config {
                 stream_recheck: Duration::from_secs(r.parse("CHATQ_STREAM_RECHECK_SECS", "30")),
             },
         };
+        let mut config = config;
+        config.provider.upstreams = load_upstreams(&config.provider, &lookup, &mut r.errors);
         config.validate(&mut r.errors);
         if r.errors.is_empty() { Ok(config) } else { Err(ConfigError(r.errors)) }
     }
@@ -563,6 +582,35 @@ impl Config {
         }
         if self.runs.lease < Duration::from_secs(3) {
             errors.push("CHATQ_RUN_LEASE_SECS must be at least 3".into());
+        }
+    }
+}
+
+/// The chat upstreams: those of `CHATQ_PROVIDERS_FILE`, or the single `default` upstream of
+/// `OPENAI_BASE_URL`/`OPENAI_API_KEY` serving every model.
+fn load_upstreams(p: &ProviderConfig, lookup: &impl Fn(&str) -> Option<String>, errors: &mut Vec<String>) -> Upstreams {
+    let default = Upstreams::single(Upstream {
+        name: DEFAULT_UPSTREAM.into(),
+        base_url: p.base_url.clone(),
+        api_key: p.api_key.clone(),
+        connect_timeout: p.connect_timeout,
+        idle_timeout: p.idle_timeout,
+        models: None,
+    });
+    let Some(path) = &p.providers_file else { return default };
+    let source = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            errors.push(format!("CHATQ_PROVIDERS_FILE: cannot read {source}: {e}"));
+            return default;
+        }
+    };
+    match Upstreams::parse(&text, &source, lookup, p.connect_timeout, p.idle_timeout) {
+        Ok(upstreams) => upstreams,
+        Err(problems) => {
+            errors.extend(problems.into_iter().map(|e| format!("CHATQ_PROVIDERS_FILE: {e}")));
+            default
         }
     }
 }
@@ -777,5 +825,34 @@ mod tests {
             example.iter().filter(|(_, _, commented)| !commented).map(|(k, v, _)| (k.clone(), v.clone())).collect();
         let with_example = Config::from_lookup(|k| set.get(k).cloned()).unwrap();
         assert_eq!(format!("{with_example:?}"), format!("{:?}", from(&[]).unwrap()));
+    }
+
+    #[test]
+    fn without_a_providers_file_chat_goes_to_the_default_upstream_serving_every_model() {
+        let c = from(&[("OPENAI_BASE_URL", "http://fake:1/v1/"), ("OPENAI_API_KEY", "sk-k")]).unwrap();
+        let [u] = c.provider.upstreams.all() else { panic!("one upstream") };
+        assert_eq!((u.name.as_str(), u.base_url.as_str(), u.key()), ("default", "http://fake:1/v1", "sk-k"));
+        assert!(c.provider.upstreams.serves("any-model"));
+    }
+
+    #[test]
+    fn a_providers_file_is_read_at_start_and_its_problems_name_the_variable() {
+        let dir = std::env::temp_dir().join(format!("chatq-providers-{}", uuid::Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("providers.toml");
+        let file = path.display().to_string();
+        std::fs::write(
+            &path,
+            "[[providers]]\nname = 'a'\nbase_url = 'http://a/v1'\napi_key_env = 'A_KEY'\nmodels = ['m']\n",
+        )
+        .unwrap();
+        let c = from(&[("CHATQ_PROVIDERS_FILE", &file), ("A_KEY", "sk-a")]).unwrap();
+        assert_eq!(c.provider.upstreams.all()[0].key(), "sk-a");
+        assert!(!c.provider.upstreams.serves("gpt-4o-mini"), "the file replaces the default upstream");
+        let err = from(&[("CHATQ_PROVIDERS_FILE", &file)]).unwrap_err().to_string();
+        assert!(err.contains("CHATQ_PROVIDERS_FILE") && err.contains("A_KEY, which is not set"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+        let err = from(&[("CHATQ_PROVIDERS_FILE", &file)]).unwrap_err().to_string();
+        assert!(err.contains(&format!("CHATQ_PROVIDERS_FILE: cannot read {file}")), "{err}");
     }
 }

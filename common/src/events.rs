@@ -13,15 +13,17 @@ pub enum EventKind {
     /// The run was accepted and waits for a worker.
     #[strum(serialize = "run.queued")]
     Queued,
-    /// A worker started an attempt: `{attempt}`.
+    /// A worker started an attempt: `{attempt, model, upstream}` (the model and upstream it asks).
     #[strum(serialize = "run.started")]
     Started,
     /// More answer text: `{text}`.
     #[strum(serialize = "message.delta")]
     Delta,
     /// The text shown so far is void, `{attempt, reason}`: a retry starts over (`retry`,
-    /// `worker_lost`), or moderation withdrew the answer (`moderation`; the refusal follows as
-    /// a delta).
+    /// `worker_lost`), the run moved to its next fallback model or upstream (`fallback`, with
+    /// the `model` and `upstream` answering now), or moderation withdrew the answer
+    /// (`moderation`; the refusal follows as a delta). Clients treat an unknown reason as a
+    /// reset.
     #[strum(serialize = "run.reset")]
     Reset,
     /// The answer so far, `{text}`, replacing the text shown until then. Never stored: a replay

@@ -17,6 +17,7 @@ pub mod retrieval;
 pub mod signal;
 pub mod telemetry;
 pub mod tokens;
+pub mod upstreams;
 pub mod webhooks;
 
 /// The embedded sqlx migrations: the only source of the schema.

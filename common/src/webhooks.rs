@@ -207,6 +207,7 @@ pub fn run_data(r: &Run, citations: Value) -> Value {
         "status": r.status,
         "attempt": r.attempt,
         "model": r.model,
+        "upstream": r.upstream,
         "output_text": r.output_text,
         "last_seq": r.last_seq,
         "finish_reason": r.finish_reason,

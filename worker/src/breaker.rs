@@ -1,5 +1,6 @@
-//! The circuit breaker in front of the provider. After `threshold` retryable failures in a
-//! row it opens: runs wait in `queued` instead of hammering a provider that is down. After the
+//! The circuit breaker in front of one chat upstream (each upstream has its own, see
+//! [`crate::upstream`]). After `threshold` retryable failures in a row it opens: runs move to
+//! their next fallback route, or wait in `queued`, instead of hammering an upstream that is down. After the
 //! cool-down it half-opens and lets one run through as a probe; a success closes it, a failure
 //! opens it again. The state is published to Redis
 //! ([`chatq_common::redis_formats::breaker`]) so every API replica's `/readyz` can report
@@ -29,7 +30,7 @@ struct Inner {
     probing: bool,
 }
 
-/// One breaker per provider (per worker process).
+/// One breaker per upstream (per worker process).
 pub struct Breaker {
     threshold: u32,
     cooldown: Duration,

@@ -9,6 +9,7 @@ pub mod pipeline;
 pub mod reconciler;
 pub mod retry;
 pub mod scrape;
+pub mod upstream;
 
 use std::{
     future::Future,
@@ -44,8 +45,10 @@ pub struct WorkerCtx {
     pub redis: ConnectionManager,
     /// Queue and key names of this stack.
     pub queues: Queues,
-    /// The OpenAI-compatible provider.
+    /// The OpenAI-compatible provider of `OPENAI_BASE_URL`: embeddings and moderation.
     pub provider: Provider,
+    /// The chat upstreams, each with its client and circuit breaker.
+    pub upstreams: Arc<upstream::ChatUpstreams>,
     /// Prices per model, for cost records. Loaded once at start.
     pub pricing: Arc<Pricing>,
     /// Run event output: live to Redis, batched to Postgres.
@@ -61,8 +64,6 @@ pub struct WorkerCtx {
     /// Cancelled when the shutdown grace has passed: attempts still running give their run
     /// back to the queue so another worker restarts it at once.
     pub release: CancellationToken,
-    /// The provider's circuit breaker, shared by every run of this process.
-    pub breaker: Arc<breaker::Breaker>,
     /// Knowledge-base vectors held in memory for retrieval.
     pub vectors: Arc<VectorCache>,
     /// Cancel signals of the runs this process works on.
@@ -87,11 +88,12 @@ impl WorkerCtx {
     fn build(config: Config, pool: PgPool, redis: ConnectionManager, pricing: Pricing) -> anyhow::Result<Self> {
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let queues = Queues::new(&config.redis.queue_prefix);
-        let breaker =
-            Arc::new(breaker::Breaker::new(config.provider.breaker_failures, config.provider.breaker_cooldown));
+        let upstreams =
+            Arc::new(upstream::ChatUpstreams::new(&config).context("cannot build the chat upstreams' clients")?);
         let metrics = Metrics::with_max_assistants(config.worker.metrics_max_assistants);
         let queue_names: Vec<String> = crate::jobs::QUEUES.iter().map(|q| q.name(&queues)).collect();
-        metrics.init_known_series(&queue_names, &pricing.models());
+        let upstream_names: Vec<&str> = upstreams.all().iter().map(|u| u.name.as_str()).collect();
+        metrics.init_known_series(&queue_names, &pricing.models(), &upstream_names);
         let metrics = Arc::new(metrics);
         let sink = EventSink::start(
             pool.clone(),
@@ -109,6 +111,7 @@ impl WorkerCtx {
             redis,
             queues,
             provider,
+            upstreams,
             pricing: Arc::new(pricing),
             sink,
             metrics,
@@ -116,7 +119,6 @@ impl WorkerCtx {
             worker_restarts: Arc::new(AtomicUsize::new(0)),
             scrape: Arc::new(scrape::ScrapeCache::default()),
             release: CancellationToken::new(),
-            breaker,
             vectors: Arc::default(),
             cancels: Arc::new(cancel::Cancels::default()),
         })
@@ -128,15 +130,17 @@ fn load_pricing(config: &Config) -> anyhow::Result<Pricing> {
 }
 
 impl WorkerCtx {
-    /// Exports a breaker state change (gauge, and Redis for the API's `/readyz`).
-    pub async fn breaker_changed(&self) {
-        let state = self.breaker.state();
-        self.metrics.breaker_state.set(state.as_gauge());
-        tracing::warn!(state = state.as_str(), "provider circuit breaker changed state");
+    /// Exports a state change of `upstream`'s breaker (gauge, and Redis for the API's
+    /// `/readyz`).
+    pub async fn breaker_changed(&self, upstream: &upstream::ChatUpstream) {
+        let state = upstream.breaker.state();
+        self.metrics.breaker_state.with_label_values(&[&upstream.name]).set(state.as_gauge());
+        tracing::warn!(state = state.as_str(), upstream = %upstream.name, "provider circuit breaker changed state");
         // Outlives the cool-down so a worker that dies with the breaker open cannot leave the
         // API degraded for good.
         let ttl = self.config.provider.breaker_cooldown + std::time::Duration::from_secs(60);
-        let result = redis_formats::breaker::publish(&self.redis, self.queues.prefix(), state, ttl).await;
+        let result =
+            redis_formats::breaker::publish(&self.redis, self.queues.prefix(), &upstream.name, state, ttl).await;
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot publish the breaker state");
         }

@@ -84,8 +84,12 @@ pub struct Metrics {
     pub run_duration: HistogramVec,
     /// `chatq_tokens_total{model, kind, assistant}`: input, cached_input, output.
     pub tokens: IntCounterVec,
-    /// `chatq_provider_requests_total{outcome}`.
+    /// `chatq_provider_requests_total{upstream, outcome}`: chat calls by upstream, `ok` or the
+    /// error code.
     pub provider_requests: IntCounterVec,
+    /// `chatq_provider_request_duration_seconds{upstream}`: a chat call from request to its
+    /// last chunk (or its error).
+    pub provider_latency: HistogramVec,
     /// `chatq_runs_in_progress`.
     pub runs_in_progress: IntGauge,
     /// `chatq_event_flush_rows`: events per batched Postgres write.
@@ -110,11 +114,16 @@ pub struct Metrics {
     pub documents: IntGaugeVec,
     /// `chatq_cleanup_deleted_total{kind}`: rows and Redis entries the cleanup removed.
     pub cleanup_deleted: IntCounterVec,
-    /// `chatq_provider_breaker_state`: 0 closed, 1 half-open, 2 open (set by the breaker).
-    pub breaker_state: IntGauge,
+    /// `chatq_provider_breaker_state{upstream}`: 0 closed, 1 half-open, 2 open (set by each
+    /// upstream's breaker).
+    pub breaker_state: IntGaugeVec,
     /// `chatq_run_retries_total{error_code}`: attempts put back in the queue after a
     /// retryable provider error.
     pub run_retries: IntCounterVec,
+    /// `chatq_run_fallbacks_total{from, to}`: runs moved from one upstream to the next of their
+    /// routes (its breaker open, or its retries used up); `from` is empty for a run that had
+    /// not started on any.
+    pub run_fallbacks: IntCounterVec,
     /// `chatq_moderation_checks_total{outcome}`: passed, flagged, unavailable_open (answered
     /// unchecked because the endpoint was down), unavailable_closed.
     pub moderation_checks: IntCounterVec,
@@ -163,8 +172,19 @@ impl Metrics {
             &["model", "kind", "assistant"],
         ));
         let provider_requests = r.add(IntCounterVec::new(
-            Opts::new("chatq_provider_requests_total", "Chat requests to the provider by outcome (ok or error code)"),
-            &["outcome"],
+            Opts::new(
+                "chatq_provider_requests_total",
+                "Chat requests to the provider by upstream and outcome (ok or error code)",
+            ),
+            &["upstream", "outcome"],
+        ));
+        let provider_latency = r.add(HistogramVec::new(
+            HistogramOpts::new(
+                "chatq_provider_request_duration_seconds",
+                "Chat requests to the provider from request to last chunk or error, by upstream",
+            )
+            .buckets(chatq_common::metrics::RUN_BUCKETS.to_vec()),
+            &["upstream"],
         ));
         let runs_in_progress = r.add(IntGauge::new("chatq_runs_in_progress", "Runs this worker is executing"));
         let flush_rows = r.add(Histogram::with_opts(
@@ -211,13 +231,23 @@ impl Metrics {
             Opts::new("chatq_cleanup_deleted_total", "Rows and Redis entries deleted by the cleanup, by kind"),
             &["kind"],
         ));
-        let breaker_state = r.add(IntGauge::new(
-            "chatq_provider_breaker_state",
-            "Provider circuit breaker: 0 closed, 1 half-open, 2 open",
+        let breaker_state = r.add(IntGaugeVec::new(
+            Opts::new(
+                "chatq_provider_breaker_state",
+                "Circuit breaker of each upstream: 0 closed, 1 half-open, 2 open",
+            ),
+            &["upstream"],
         ));
         let run_retries = r.add(IntCounterVec::new(
             Opts::new("chatq_run_retries_total", "Attempts re-queued after a retryable provider error, by error code"),
             &["error_code"],
+        ));
+        let run_fallbacks = r.add(IntCounterVec::new(
+            Opts::new(
+                "chatq_run_fallbacks_total",
+                "Runs moved to their next fallback route, by upstream left and taken",
+            ),
+            &["from", "to"],
         ));
         let moderation_checks = r.add(IntCounterVec::new(
             Opts::new(
@@ -251,6 +281,7 @@ impl Metrics {
             run_duration,
             tokens,
             provider_requests,
+            provider_latency,
             runs_in_progress,
             flush_rows,
             reconciler_recoveries,
@@ -264,6 +295,7 @@ impl Metrics {
             cleanup_deleted,
             breaker_state,
             run_retries,
+            run_fallbacks,
             moderation_checks,
             documents_ingested,
             chunks_indexed,
@@ -278,22 +310,29 @@ impl Metrics {
 impl Metrics {
     /// Creates every series of a known label combination at zero, so that dashboards and
     /// alerts see each counter from start-up instead of "No data" until its first event:
-    /// `queues` are the queue names, `models` the priced models. Series with an `assistant`
-    /// label start as `other`, the only assistant value known before a run.
-    pub fn init_known_series(&self, queues: &[String], models: &[&str]) {
+    /// `queues` are the queue names, `models` the priced models, `upstreams` the chat upstreams.
+    /// Series with an `assistant` label start as `other`, the only assistant value known before
+    /// a run.
+    pub fn init_known_series(&self, queues: &[String], models: &[&str], upstreams: &[&str]) {
         let other = OTHER_ASSISTANT;
         for status in [RunStatus::Completed, RunStatus::Cancelled] {
             self.runs_finished.with_label_values(&[status.as_str(), "", other]);
         }
         for code in RunErrorCode::ALL {
             self.runs_finished.with_label_values(&[RunStatus::Failed.as_str(), code.as_str(), other]);
-            self.provider_requests.with_label_values(&[code.as_str()]);
             self.run_retries.with_label_values(&[code.as_str()]);
         }
         for status in [RunStatus::Completed, RunStatus::Failed, RunStatus::Cancelled] {
             self.run_duration.with_label_values(&[status.as_str()]);
         }
-        self.provider_requests.with_label_values(&["ok"]);
+        for upstream in upstreams {
+            self.provider_requests.with_label_values(&[*upstream, "ok"]);
+            for code in RunErrorCode::ALL {
+                self.provider_requests.with_label_values(&[*upstream, code.as_str()]);
+            }
+            self.provider_latency.with_label_values(&[*upstream]);
+            self.breaker_state.with_label_values(&[*upstream]);
+        }
         for model in models {
             self.cost_usd.with_label_values(&[*model, other]);
             self.unpriced_requests.with_label_values(&[*model]);

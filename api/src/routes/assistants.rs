@@ -44,6 +44,11 @@ pub struct AssistantIn {
     /// Model name, e.g. `gpt-4o-mini`.
     #[schema(min_length = 1, max_length = 200)]
     pub model: String,
+    /// Models tried in order when `model` cannot answer: its upstreams are down, their circuit
+    /// breakers open, or its retries used up (at most 8, each served by a provider).
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub fallback_models: Vec<String>,
     /// Sampling temperature, 0 to 2.
     #[schema(minimum = 0, maximum = 2)]
     pub temperature: Option<f32>,
@@ -77,6 +82,9 @@ pub struct AssistantPatch {
     /// Model name.
     #[schema(min_length = 1, max_length = 200)]
     pub model: Option<String>,
+    /// Fallback models, in order (replaces the list; `[]` removes them).
+    #[schema(max_items = 8)]
+    pub fallback_models: Option<Vec<String>>,
     /// Sampling temperature (`null` = provider default).
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<f32>, minimum = 0, maximum = 2)]
@@ -115,6 +123,8 @@ pub struct AssistantOut {
     pub instructions: String,
     /// Model name.
     pub model: String,
+    /// Models tried in order when `model` cannot answer.
+    pub fallback_models: Vec<String>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
     /// Cap on answer length.
@@ -174,6 +184,7 @@ impl From<db::assistants::Assistant> for AssistantOut {
             name: a.name,
             instructions: a.instructions,
             model: a.model,
+            fallback_models: a.fallback_models,
             temperature: a.temperature,
             max_output_tokens: a.max_output_tokens,
             knowledge_base_ids: a.knowledge_base_ids,
@@ -186,6 +197,22 @@ impl From<db::assistants::Assistant> for AssistantOut {
     }
 }
 
+/// Most fallback models an assistant may have: each may cost a round of retries.
+const MAX_FALLBACK_MODELS: usize = 8;
+
+/// Refuses a model no upstream serves, so that a misspelt model fails now, not at every run.
+fn check_served(state: &AppState, model: &str, fallback_models: &[String]) -> Result<(), ApiError> {
+    let upstreams = &state.config.provider.upstreams;
+    let fields = std::iter::once(("model".to_string(), model))
+        .chain(fallback_models.iter().enumerate().map(|(i, m)| (format!("fallback_models[{i}]"), m.as_str())));
+    for (field, model) in fields {
+        if !upstreams.serves(model) {
+            return Err(ApiError::ModelNotServed { field, model: model.to_string() });
+        }
+    }
+    Ok(())
+}
+
 /// Longest `retention_days`: a century, so the cleanup's date arithmetic cannot overflow.
 const MAX_RETENTION_DAYS: i32 = 36_500;
 
@@ -196,6 +223,7 @@ fn check_fields(
     name: Option<&str>,
     instructions: Option<&str>,
     model: Option<&str>,
+    fallback_models: Option<&[String]>,
     temperature: Option<f32>,
     max_output_tokens: Option<i32>,
     retention_days: Option<i32>,
@@ -204,6 +232,17 @@ fn check_fields(
     p.opt_text("name", name, 1, 200);
     p.opt_text("instructions", instructions, 0, 65_536);
     p.opt_text("model", model, 1, 200);
+    if let Some(models) = fallback_models {
+        if models.len() > MAX_FALLBACK_MODELS {
+            p.add("fallback_models", format!("at most {MAX_FALLBACK_MODELS} models"));
+        }
+        for (i, m) in models.iter().enumerate() {
+            p.opt_text(&format!("fallback_models[{i}]"), Some(m.as_str()), 1, 200);
+            if models[..i].contains(m) || model == Some(m.as_str()) {
+                p.add(format!("fallback_models[{i}]"), "repeats a model tried before it");
+            }
+        }
+    }
     p.range("temperature", temperature, 0.0, 2.0);
     p.range("max_output_tokens", max_output_tokens, 1, i32::MAX);
     p.range("retention_days", retention_days, 1, MAX_RETENTION_DAYS);
@@ -217,6 +256,7 @@ impl Validate for AssistantIn {
             Some(&self.name),
             Some(&self.instructions),
             Some(&self.model),
+            Some(&self.fallback_models),
             self.temperature,
             self.max_output_tokens,
             self.retention_days,
@@ -232,6 +272,7 @@ impl Validate for AssistantPatch {
             self.name.as_deref(),
             self.instructions.as_deref(),
             self.model.as_deref(),
+            self.fallback_models.as_deref(),
             self.temperature.flatten(),
             self.max_output_tokens.flatten(),
             self.retention_days.flatten(),
@@ -254,17 +295,20 @@ fn map_write_error(err: sqlx::Error) -> ApiError {
 
 /// Create an assistant.
 #[utoipa::path(post, path = "/v1/assistants", tag = "assistants", request_body = AssistantIn,
-    responses((status = 201, body = AssistantOut), (status = 403), (status = 422)))]
+    responses((status = 201, body = AssistantOut), (status = 403),
+        (status = 422, description = "invalid_request, or model_not_served: a model no provider serves")))]
 pub async fn create_assistant(
     State(state): State<AppState>,
     principal: Principal,
     Json(input): Json<AssistantIn>,
 ) -> Result<(StatusCode, Json<AssistantOut>), ApiError> {
     principal.require_admin()?;
+    check_served(&state, &input.model, &input.fallback_models)?;
     let fields = AssistantFields {
         name: input.name,
         instructions: input.instructions,
         model: input.model,
+        fallback_models: input.fallback_models,
         temperature: input.temperature,
         max_output_tokens: input.max_output_tokens,
         moderation: input.moderation.unwrap_or(ModerationMode::Off),
@@ -324,7 +368,8 @@ pub async fn get_assistant(
 
 /// Change an assistant.
 #[utoipa::path(patch, path = "/v1/assistants/{id}", tag = "assistants", params(("id" = Uuid, Path)),
-    request_body = AssistantPatch, responses((status = 200, body = AssistantOut), (status = 404), (status = 422)))]
+    request_body = AssistantPatch, responses((status = 200, body = AssistantOut), (status = 404),
+        (status = 422, description = "invalid_request, or model_not_served: a model no provider serves")))]
 pub async fn update_assistant(
     State(state): State<AppState>,
     principal: Principal,
@@ -337,6 +382,7 @@ pub async fn update_assistant(
         name: patch.name.unwrap_or(a.name),
         instructions: patch.instructions.unwrap_or(a.instructions),
         model: patch.model.unwrap_or(a.model),
+        fallback_models: patch.fallback_models.unwrap_or(a.fallback_models),
         temperature: patch.temperature.unwrap_or(a.temperature),
         max_output_tokens: patch.max_output_tokens.unwrap_or(a.max_output_tokens),
         moderation: patch.moderation.unwrap_or(a.moderation),
@@ -344,6 +390,7 @@ pub async fn update_assistant(
         metadata: patch.metadata.unwrap_or(a.metadata),
         knowledge_base_ids: patch.knowledge_base_ids.unwrap_or(a.knowledge_base_ids),
     };
+    check_served(&state, &fields.model, &fields.fallback_models)?;
     let a = db::assistants::update(&state.pool, id, &fields)
         .await
         .map_err(map_write_error)?

@@ -95,8 +95,12 @@ pub struct RunOut {
     pub status: RunStatus,
     /// Attempts so far.
     pub attempt: i32,
-    /// Model used.
+    /// The model answering: the assistant's `model`, or the fallback model the run moved to; once
+    /// finished, the model that produced the answer.
     pub model: String,
+    /// The upstream (a provider of `CHATQ_PROVIDERS_FILE`, or `default`) answering; once
+    /// finished, the one that produced the answer. `null` before the first attempt.
+    pub upstream: Option<String>,
     /// The answer so far.
     pub output_text: String,
     /// Sequence number of the last stored event (resume the event stream after it).
@@ -142,6 +146,7 @@ impl RunOut {
             status: r.status,
             attempt: r.attempt,
             model: r.model,
+            upstream: r.upstream,
             output_text: r.output_text,
             last_seq: r.last_seq,
             finish_reason: r.finish_reason,
@@ -259,6 +264,7 @@ pub async fn create_run(
         thread_id: thread.id,
         assistant_id: assistant.id,
         model: &assistant.model,
+        fallback_models: &assistant.fallback_models,
         api_key_id: principal.key_id,
         input: &input.input,
         client_message_id: input.client_message_id.as_deref(),

@@ -329,6 +329,7 @@ async fn concurrent_submits_against_a_budget_with_room_for_one_run_admit_exactly
         outcome: chatq_common::domain::UsageOutcome::Ok,
         latency_ms: 1,
         estimated: false,
+        upstream: None,
     };
     chatq_common::db::usage::insert(&pool, &usage).await.unwrap();
     chatq_common::db::keys::set_limits(&pool, key_id, None, Some(0.015)).await.unwrap();
@@ -376,6 +377,7 @@ async fn the_budget_is_checked_in_the_transaction_that_stores_the_run(pool: PgPo
         outcome: chatq_common::domain::UsageOutcome::Ok,
         latency_ms: 1,
         estimated: false,
+        upstream: None,
     };
     chatq_common::db::usage::insert(&pool, &usage).await.unwrap();
     let assistant = s.create_assistant(json!({})).await;
@@ -390,6 +392,7 @@ async fn the_budget_is_checked_in_the_transaction_that_stores_the_run(pool: PgPo
                 thread_id,
                 assistant_id,
                 model: "gpt-4o-mini",
+                fallback_models: &[],
                 api_key_id: key_id,
                 input: "hi",
                 client_message_id: None,

@@ -81,6 +81,12 @@ async fn the_openapi_document_states_the_rules_the_api_enforces(pool: PgPool) {
     assert_eq!(assistant_in["properties"]["retention_days"]["maximum"], 36500);
     assert_eq!(assistant_in["properties"]["name"]["maxLength"], 200);
     assert_eq!(assistant_in["required"], json!(["name", "model"]));
+    assert_eq!(assistant_in["properties"]["fallback_models"]["maxItems"], 8, "{assistant_in}");
+    assert_eq!(schemas["AssistantPatch"]["properties"]["fallback_models"]["maxItems"], 8);
+    assert!(schemas["AssistantOut"]["required"].as_array().unwrap().contains(&json!("fallback_models")));
+    assert!(schemas["RunOut"]["properties"]["upstream"].is_object(), "the run says which upstream answered");
+    assert!(schemas["Readiness"]["properties"]["upstreams"].is_object(), "/readyz lists the upstreams");
+    assert!(schemas["ApiErrorCode"]["enum"].as_array().unwrap().contains(&json!("model_not_served")));
     assert_eq!(schemas["UserTokenIn"]["properties"]["ttl_seconds"]["maximum"], 86400);
     assert_eq!(schemas["SearchIn"]["properties"]["k"]["maximum"], 50);
     assert_eq!(schemas["RunIn"]["required"], json!(["input"]));

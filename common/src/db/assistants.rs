@@ -19,6 +19,8 @@ pub struct Assistant {
     pub instructions: String,
     /// Model name sent to the provider.
     pub model: String,
+    /// Models tried in order when `model` cannot answer (its upstreams down or out of retries).
+    pub fallback_models: Vec<String>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
     /// Cap on answer length.
@@ -46,6 +48,8 @@ pub struct AssistantFields {
     pub instructions: String,
     /// Model name.
     pub model: String,
+    /// Fallback models, in order.
+    pub fallback_models: Vec<String>,
     /// Sampling temperature.
     pub temperature: Option<f32>,
     /// Cap on answer length.
@@ -66,8 +70,8 @@ pub async fn create(pool: &PgPool, f: &AssistantFields) -> Result<Assistant, sql
     let id = crate::new_id();
     sqlx::query!(
         "INSERT INTO assistants (id, name, instructions, model, temperature, max_output_tokens, moderation,
-                                 retention_days, metadata)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                                 retention_days, metadata, fallback_models)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         id,
         f.name,
         f.instructions,
@@ -77,6 +81,7 @@ pub async fn create(pool: &PgPool, f: &AssistantFields) -> Result<Assistant, sql
         f.moderation as _,
         f.retention_days,
         f.metadata,
+        &f.fallback_models,
     )
     .execute(&mut *tx)
     .await?;
@@ -103,7 +108,7 @@ async fn set_knowledge_bases(tx: &mut Transaction<'_, Postgres>, id: Uuid, kbs: 
 pub async fn get<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
     sqlx::query_as!(
         Assistant,
-        r#"SELECT a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens,
+        r#"SELECT a.id, a.name, a.instructions, a.model, a.fallback_models, a.temperature, a.max_output_tokens,
            a.moderation AS "moderation: ModerationMode", a.retention_days, a.metadata, a.created_at, a.updated_at,
            COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
                      FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS "knowledge_base_ids!"
@@ -118,7 +123,7 @@ pub async fn get<'e>(exec: impl PgExecutor<'e>, id: Uuid) -> Result<Option<Assis
 pub async fn list(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page<Assistant>, sqlx::Error> {
     let rows = sqlx::query_as!(
         Assistant,
-        r#"SELECT a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens,
+        r#"SELECT a.id, a.name, a.instructions, a.model, a.fallback_models, a.temperature, a.max_output_tokens,
            a.moderation AS "moderation: ModerationMode", a.retention_days, a.metadata, a.created_at, a.updated_at,
            COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
                      FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS "knowledge_base_ids!"
@@ -138,7 +143,7 @@ pub async fn update(pool: &PgPool, id: Uuid, f: &AssistantFields) -> Result<Opti
     let mut tx = pool.begin().await?;
     let updated = sqlx::query!(
         "UPDATE assistants SET name = $2, instructions = $3, model = $4, temperature = $5, max_output_tokens = $6,
-                moderation = $7, retention_days = $8, metadata = $9
+                moderation = $7, retention_days = $8, metadata = $9, fallback_models = $10
          WHERE id = $1 AND deleted_at IS NULL",
         id,
         f.name,
@@ -149,6 +154,7 @@ pub async fn update(pool: &PgPool, id: Uuid, f: &AssistantFields) -> Result<Opti
         f.moderation as _,
         f.retention_days,
         f.metadata,
+        &f.fallback_models,
     )
     .execute(&mut *tx)
     .await?
@@ -185,7 +191,7 @@ pub async fn newest_id_named(pool: &PgPool, name: &str) -> Result<Option<Uuid>, 
 pub async fn get_including_deleted(pool: &PgPool, id: Uuid) -> Result<Option<Assistant>, sqlx::Error> {
     sqlx::query_as!(
         Assistant,
-        r#"SELECT a.id, a.name, a.instructions, a.model, a.temperature, a.max_output_tokens,
+        r#"SELECT a.id, a.name, a.instructions, a.model, a.fallback_models, a.temperature, a.max_output_tokens,
            a.moderation AS "moderation: ModerationMode", a.retention_days, a.metadata, a.created_at, a.updated_at,
            COALESCE((SELECT array_agg(k.knowledge_base_id ORDER BY k.knowledge_base_id)
                      FROM assistant_knowledge_bases k WHERE k.assistant_id = a.id), '{}') AS "knowledge_base_ids!"

@@ -48,8 +48,17 @@ pub struct Run {
     pub waiting_reason: Option<String>,
     /// The client's `Idempotency-Key`.
     pub idempotency_key: Option<String>,
-    /// Model used.
+    /// The model of the current route: once the run finished, the model that answered.
     pub model: String,
+    /// The models to try in order, as submitted (the assistant's `model`, then its
+    /// `fallback_models`); empty for runs submitted before fallbacks existed (then: `model`).
+    pub models: Vec<String>,
+    /// Which of the run's routes (see [`crate::upstreams::Upstreams::routes`]) it is on.
+    pub route: i32,
+    /// The first attempt made on the current route: retries are counted per route.
+    pub route_attempt: i32,
+    /// The upstream of the current route: once the run finished, the upstream that answered.
+    pub upstream: Option<String>,
     /// Answer so far.
     pub output_text: String,
     /// Last event sequence number written to Postgres.
@@ -99,6 +108,8 @@ pub struct NewRun<'a> {
     pub assistant_id: Uuid,
     /// Model of the assistant at submit time.
     pub model: &'a str,
+    /// The assistant's fallback models at submit time, tried in order after `model`.
+    pub fallback_models: &'a [String],
     /// Submitting key.
     pub api_key_id: Uuid,
     /// The user's text.
@@ -192,10 +203,11 @@ async fn insert_submitted(mut tx: Transaction<'_, Postgres>, new: &NewRun<'_>) -
     let run = sqlx::query_as!(
         Run,
         r#"INSERT INTO runs (id, thread_id, assistant_id, api_key_id, user_message_id, idempotency_key, model, last_seq,
-                           idempotency_user)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8)
+                           idempotency_user, models)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, 1, $8, array_prepend($7, $9::text[]))
          RETURNING id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
-           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, models, route, route_attempt, upstream,
+           output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus""#,
@@ -207,6 +219,7 @@ async fn insert_submitted(mut tx: Transaction<'_, Postgres>, new: &NewRun<'_>) -
         new.idempotency_key,
         new.model,
         new.idempotency_user.unwrap_or(""),
+        new.fallback_models,
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -221,7 +234,8 @@ pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Run>, sqlx::Error> {
     sqlx::query_as!(
         Run,
         r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
-           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, models, route, route_attempt, upstream,
+           output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
@@ -243,7 +257,8 @@ pub async fn find_by_idempotency_key(
     sqlx::query_as!(
         Run,
         r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
-           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, models, route, route_attempt, upstream,
+           output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
@@ -261,7 +276,8 @@ pub async fn find_by_client_message_id(pool: &PgPool, thread_id: Uuid, cmid: &st
     sqlx::query_as!(
         Run,
         r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
-           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, models, route, route_attempt, upstream,
+           output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
@@ -279,7 +295,8 @@ pub async fn active_for_thread(pool: &PgPool, thread_id: Uuid) -> Result<Option<
     sqlx::query_as!(
         Run,
         r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
-           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, models, route, route_attempt, upstream,
+           output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
@@ -300,7 +317,8 @@ pub async fn list_for_thread(
     let rows = sqlx::query_as!(
         Run,
         r#"SELECT id, thread_id, assistant_id, api_key_id, user_message_id, status AS "status: RunStatus", attempt,
-           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, output_text,
+           lease_owner, lease_expires_at, next_attempt_at, waiting_reason, idempotency_key, model, models, route, route_attempt, upstream,
+           output_text,
            last_seq, finish_reason, error_code AS "error_code: RunErrorCode", error_message, input_tokens,
            cached_input_tokens, output_tokens, cost_usd::float8 AS cost_usd, created_at, started_at, first_token_at,
            completed_at, cancel_requested_at, NULL::text AS "previous_status: RunStatus"
@@ -336,7 +354,7 @@ pub async fn claim(
                 OR ($5 AND r.status = 'in_progress' AND r.lease_expires_at < now()))
          RETURNING r.id, r.thread_id, r.assistant_id, r.api_key_id, r.user_message_id, r.status AS "status: RunStatus",
            r.attempt, r.lease_owner, r.lease_expires_at, r.next_attempt_at, r.waiting_reason, r.idempotency_key,
-           r.model, r.output_text, r.last_seq, r.finish_reason, r.error_code AS "error_code: RunErrorCode",
+           r.model, r.models, r.route, r.route_attempt, r.upstream, r.output_text, r.last_seq, r.finish_reason, r.error_code AS "error_code: RunErrorCode",
            r.error_message, r.input_tokens, r.cached_input_tokens, r.output_tokens, r.cost_usd::float8 AS cost_usd,
            r.created_at, r.started_at, r.first_token_at, r.completed_at, r.cancel_requested_at,
            old.previous_status AS "previous_status: RunStatus""#,
@@ -368,6 +386,33 @@ pub async fn requeue(
         delay_secs,
         reason,
         RunStatus::Queued as _,
+    )
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(n > 0)
+}
+
+/// Moves the run to route `route` (`model` on `upstream`), counting its attempts from
+/// `route_attempt`. Fenced on `attempt`; `false` when the attempt no longer owns the run.
+pub async fn set_route(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    route: i32,
+    model: &str,
+    upstream: &str,
+    route_attempt: i32,
+) -> Result<bool, sqlx::Error> {
+    let n = sqlx::query!(
+        "UPDATE runs SET route = $3, model = $4, upstream = $5, route_attempt = $6
+         WHERE id = $1 AND attempt = $2 AND status = 'in_progress'",
+        id,
+        attempt,
+        route,
+        model,
+        upstream,
+        route_attempt,
     )
     .execute(pool)
     .await?
@@ -629,7 +674,7 @@ fn webhook_event(status: RunStatus) -> Option<&'static str> {
 
 /// Marks runs whose job may be lost as re-enqueued and returns them: queued runs that are due,
 /// and in-progress runs whose lease lapsed (their worker died) with fewer than `max_attempts`
-/// attempts, not pushed for `stale_secs`. Runs in `held` are being worked on whatever their
+/// attempts on their current route, not pushed for `stale_secs`. Runs in `held` are being worked on whatever their
 /// lease in Postgres says.
 pub async fn take_stale(
     pool: &PgPool,
@@ -642,7 +687,7 @@ pub async fn take_stale(
         "UPDATE runs SET enqueued_at = now() WHERE id IN (
             SELECT id FROM runs
             WHERE ((status = 'queued' AND (next_attempt_at IS NULL OR next_attempt_at <= now()))
-                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt < $3
+                   OR (status = 'in_progress' AND lease_expires_at < now() AND attempt - route_attempt + 1 < $3
                        AND NOT (id = ANY($4))))
               AND enqueued_at < now() - make_interval(secs => $1)
             ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED)
@@ -670,8 +715,8 @@ pub struct Exhausted {
     pub assistant_id: Uuid,
 }
 
-/// Fails in-progress runs whose lease lapsed after `max_attempts` attempts (each attempt's
-/// worker died): status `failed` with [`EXHAUSTED_CODE`], the partial output kept on the run,
+/// Fails in-progress runs whose lease lapsed after `max_attempts` attempts on their current
+/// route (each attempt's worker died): status `failed` with [`EXHAUSTED_CODE`], the partial output kept on the run,
 /// and the terminal event appended to the log. Runs in `held` are left alone: their worker is
 /// alive. Returns the runs failed, with the terminal events to publish.
 pub async fn fail_exhausted(
@@ -683,7 +728,8 @@ pub async fn fail_exhausted(
     let mut tx = pool.begin().await?;
     let rows = sqlx::query!(
         "SELECT id, attempt, assistant_id FROM runs
-         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt >= $1 AND NOT (id = ANY($3))
+         WHERE status = 'in_progress' AND lease_expires_at < now() AND attempt - route_attempt + 1 >= $1
+           AND NOT (id = ANY($3))
          ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         max_attempts,
         limit,

@@ -38,14 +38,18 @@ pub struct NewUsage {
     /// The tokens were counted with the tokenizer because the provider reported no usage (the
     /// call was cut, cancelled or abandoned before its usage chunk).
     pub estimated: bool,
+    /// The upstream a chat call went to; `None` for embeddings and moderation (they use
+    /// `OPENAI_BASE_URL`).
+    pub upstream: Option<String>,
 }
 
 /// Inserts a usage record; a record whose id is already stored is left as it is.
 pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), sqlx::Error> {
     sqlx::query!(
         "INSERT INTO usage_records (id, kind, model, api_key_id, assistant_id, run_id, document_id, input_tokens,
-                                    cached_input_tokens, output_tokens, cost_usd, outcome, latency_ms, estimated)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8::numeric, $12, $13, $14)
+                                    cached_input_tokens, output_tokens, cost_usd, outcome, latency_ms, estimated,
+                                    upstream)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::float8::numeric, $12, $13, $14, $15)
          ON CONFLICT (id) DO NOTHING",
         u.id,
         u.kind as _,
@@ -61,6 +65,7 @@ pub async fn insert<'e>(exec: impl PgExecutor<'e>, u: &NewUsage) -> Result<(), s
         u.outcome as _,
         u.latency_ms as i32,
         u.estimated,
+        u.upstream,
     )
     .execute(exec)
     .await?;

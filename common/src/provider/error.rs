@@ -70,6 +70,17 @@ impl ProviderError {
         )
     }
 
+    /// No configured upstream serves `model` (the providers file changed since the run was
+    /// submitted).
+    pub fn not_served(model: &str) -> Self {
+        Self::new(
+            ErrorClass::Permanent,
+            RunErrorCode::ProviderRejected,
+            "The assistant's model is not available. Please contact the site's operator.",
+            format!("no upstream serves the model {model:?}"),
+        )
+    }
+
     /// Input moderation flagged the user's message in `categories`.
     pub fn moderation_flagged(categories: &[String]) -> Self {
         Self::new(

@@ -21,7 +21,7 @@ pub use embeddings::Embeddings;
 pub use error::{ErrorClass, ProviderError, parse_retry_after};
 pub use moderation::{MODERATION_MODEL, Moderation};
 
-use crate::config::Config;
+use crate::{config::Config, upstreams::Upstream};
 
 /// The provider client shared by every job of a process.
 #[derive(Clone, Debug)]
@@ -33,16 +33,27 @@ pub struct Provider {
 }
 
 impl Provider {
-    /// A client for `OPENAI_BASE_URL` with connect and read timeouts and no retries.
+    /// A client for `OPENAI_BASE_URL` with connect and read timeouts and no retries
+    /// (embeddings, moderation, and chat without a providers file).
     pub fn new(config: &Config) -> Result<Self, reqwest::Error> {
+        let p = &config.provider;
+        Self::build(&p.base_url, p.key(), p.connect_timeout, p.idle_timeout)
+    }
+
+    /// A client for one chat upstream, with its own timeouts and no retries.
+    pub fn for_upstream(upstream: &Upstream) -> Result<Self, reqwest::Error> {
+        Self::build(&upstream.base_url, upstream.key(), upstream.connect_timeout, upstream.idle_timeout)
+    }
+
+    fn build(base_url: &str, key: &str, connect: Duration, idle: Duration) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
-            .connect_timeout(config.provider.connect_timeout)
+            .connect_timeout(connect)
             // Per read, reset by every chunk: safe for long streams (a total timeout is not).
-            .read_timeout(config.provider.idle_timeout)
+            .read_timeout(idle)
             .pool_idle_timeout(Duration::from_secs(90))
             .build()?;
-        let openai = OpenAIConfig::new().with_api_base(&config.provider.base_url).with_api_key(config.provider.key());
-        Ok(Self { http, config: openai, idle_timeout: config.provider.idle_timeout })
+        let openai = OpenAIConfig::new().with_api_base(base_url).with_api_key(key);
+        Ok(Self { http, config: openai, idle_timeout: idle })
     }
 
     /// Runs one provider call on its own client and classifies its failure.

@@ -4,7 +4,7 @@
 //! - [`run_stream`]: a run's live events (`{prefix}:run:{id}`), written by the worker (and the
 //!   API for cancels of queued runs), read by the API's subscriber hub;
 //! - [`cancel`]: the cancel signal (`{prefix}:cancel`), published by the API, heard by workers;
-//! - [`breaker`]: the provider circuit breaker's state (`{prefix}:breaker`), set by workers, read
+//! - [`breaker`]: each chat upstream's circuit breaker state (`{prefix}:breaker:{upstream}`), set by workers, read
 //!   by every API replica's `/readyz`;
 //! - [`rate_limit`]: the counters of rate limits and quotas (`{prefix}:rl:…`), shared by API
 //!   replicas;

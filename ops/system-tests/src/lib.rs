@@ -65,8 +65,14 @@ impl Stack {
     }
 
     pub async fn start_with(pool: PgPool, worker: bool, overrides: &[(&str, &str)]) -> Self {
-        chatq_common::telemetry::init("test");
         let (_, fake) = chatq_fake_openai::spawn(FakeConfig::default()).await.expect("fake server starts");
+        Self::start_on(pool, worker, fake, overrides).await
+    }
+
+    /// API (+ worker) with `fake` as the provider of `OPENAI_BASE_URL` (tests with a providers
+    /// file start their other fakes themselves).
+    pub async fn start_on(pool: PgPool, worker: bool, fake: FakeHandle, overrides: &[(&str, &str)]) -> Self {
+        chatq_common::telemetry::init("test");
         let config = test_config(&fake.base_url(), overrides);
         let (admin_key, _) = db::keys::create(&pool, Role::Admin, "test-admin").await.unwrap();
         let (client_key, _) = db::keys::create(&pool, Role::Client, "test-client").await.unwrap();

@@ -171,6 +171,7 @@ async fn embed(
                 outcome,
                 latency_ms,
                 estimated: false,
+                upstream: None,
             },
         )
         .await?;

@@ -110,6 +110,7 @@ pub async fn search(
         outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
         latency_ms: started.elapsed().as_millis() as i64,
         estimated: false,
+        upstream: None,
     };
     db::usage::insert(&state.pool, &record).await?;
     let results = sources

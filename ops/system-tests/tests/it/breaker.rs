@@ -31,7 +31,8 @@ async fn open_breaker(s: &Stack, assistant: &str) {
 async fn breaker_gauge(s: &Stack) -> String {
     let addr = s.worker.as_ref().unwrap().addr;
     let text = s.http.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines().find(|l| l.starts_with("chatq_provider_breaker_state ")).unwrap_or_default().to_string()
+    let line = r#"chatq_provider_breaker_state{upstream="default"} "#;
+    text.lines().find(|l| l.starts_with(line)).unwrap_or_default().replace(line, "")
 }
 
 #[sqlx::test(migrator = "chatq_common::MIGRATOR")]
@@ -42,7 +43,8 @@ async fn an_open_breaker_holds_runs_until_the_provider_recovers(pool: PgPool) {
     let (_, ready) = s.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(ready["status"], "degraded", "{ready}");
     assert_eq!(ready["provider"], "open");
-    assert_eq!(breaker_gauge(&s).await, "chatq_provider_breaker_state 2");
+    assert_eq!(ready["upstreams"], json!([{"name": "default", "breaker": "open"}]));
+    assert_eq!(breaker_gauge(&s).await, "2");
     let calls_before = s.fake.chat_requests().len();
 
     let thread = s.create_thread(&assistant, "alice").await;
@@ -63,7 +65,7 @@ async fn an_open_breaker_holds_runs_until_the_provider_recovers(pool: PgPool) {
     assert_eq!(done["attempt"], 1);
     let (_, ready) = s.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(ready["status"], "ready");
-    assert_eq!(breaker_gauge(&s).await, "chatq_provider_breaker_state 0");
+    assert_eq!(breaker_gauge(&s).await, "0");
     s.shutdown().await;
 }
 
@@ -93,7 +95,8 @@ async fn a_probe_that_ends_without_a_provider_call_frees_the_probe_slot(pool: Pg
     let assistant = s.create_assistant(json!({})).await;
     open_breaker(&s, &assistant).await;
     // After the cool-down the breaker half-opens: the next run probes.
-    let breaker = s.worker_ctx.as_ref().unwrap().breaker.clone();
+    let ctx = s.worker_ctx.clone().unwrap();
+    let breaker = &ctx.upstreams.get(0).breaker;
     wait_for(Duration::from_secs(5), || async { (breaker.state() == State::HalfOpen).then_some(()) }).await;
     // The probe is refused by moderation before any chat call: no verdict on the provider.
     let strict = s.create_assistant(json!({"moderation": "input"})).await;

@@ -8,6 +8,7 @@ mod limits;
 mod moderation;
 mod ops;
 mod ops_files;
+mod providers;
 mod resilience;
 mod runs;
 mod secrets;

@@ -52,8 +52,8 @@ async fn metrics_show_completed_failed_and_cancelled_runs_and_cost_matches_usage
     assert_eq!(metric(&w, "chatq_run_duration_seconds_count", &[("status", "cancelled")]), Some(1.0));
     assert_eq!(metric(&w, "chatq_run_time_to_first_token_seconds_count", &[]), Some(2.0));
     assert_eq!(metric(&w, "chatq_tokens_total", &[("model", "gpt-4o-mini"), ("kind", "output")]), Some(7.0));
-    assert_eq!(metric(&w, "chatq_provider_requests_total", &[("outcome", "ok")]), Some(2.0));
-    assert_eq!(metric(&w, "chatq_provider_requests_total", &[("outcome", &code)]), Some(1.0));
+    assert_eq!(metric(&w, "chatq_provider_requests_total", &[("upstream", "default"), ("outcome", "ok")]), Some(2.0));
+    assert_eq!(metric(&w, "chatq_provider_requests_total", &[("upstream", "default"), ("outcome", &code)]), Some(1.0));
     assert_eq!(metric(&w, "chatq_unpriced_requests_total", &[("model", "my-local-llama")]), Some(1.0));
     assert_eq!(
         metric(&w, "chatq_jobs_total", &[("queue", &s.config_queue("chat-runs")), ("outcome", "ok")]),

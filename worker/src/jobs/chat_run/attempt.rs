@@ -93,6 +93,44 @@ impl<'a> Attempt<'a> {
         Ok(())
     }
 
+    /// Moves the run to its next route after a retryable error that used up the retries of
+    /// the current one: the run is queued again at once on route `route` (`model` on
+    /// `upstream`), with that route's attempts counted from the next one, which starts over
+    /// after a `run.reset` with reason `fallback`.
+    pub(super) async fn fall_back(
+        self,
+        e: ProviderError,
+        usage: Option<NewUsage>,
+        route: i32,
+        model: &str,
+        upstream: &str,
+    ) -> Result<(), sqlx::Error> {
+        let ctx = self.ctx;
+        ctx.sink.flush().await;
+        if let Some(usage) = &usage {
+            db::usage::insert(&ctx.pool, usage).await?;
+            count_usage(ctx, usage);
+        }
+        let next = self.attempt + 1;
+        if !db::runs::set_route(&ctx.pool, self.run_id, self.attempt, route, model, upstream, next).await? {
+            tracing::warn!("run changed owner before it could fall back");
+            return Ok(());
+        }
+        let reason = format!("Answering with the fallback model {model} after a provider error ({}).", e.code);
+        if !db::runs::requeue(&ctx.pool, self.run_id, self.attempt, 0.0, &reason).await? {
+            tracing::warn!("run changed owner before it could fall back");
+            return Ok(());
+        }
+        let from = usage.as_ref().and_then(|u| u.upstream.as_deref()).unwrap_or("");
+        ctx.metrics.run_fallbacks.with_label_values(&[from, upstream]).inc();
+        tracing::info!(code = %e.code, detail = %e.detail, to.model = %model, to.upstream = %upstream, "run falls back");
+        let task_id = format!("{}-f{next}", self.run_id);
+        if let Err(err) = jobs::push(&ctx.chat_queue(), ChatRun { run_id: self.run_id }, task_id).await {
+            tracing::warn!(error = %err, "cannot push the fallback; the reconciler will");
+        }
+        Ok(())
+    }
+
     /// Gives the run back on shutdown: queued again at once, for another worker, with the
     /// call made so far recorded. The next attempt starts over after a `run.reset`.
     pub(super) async fn release(self, usage: Option<NewUsage>) -> Result<(), sqlx::Error> {

@@ -68,25 +68,37 @@ pub async fn handle(job: ChatRun, ctx: Data<WorkerCtx>) -> Result<(), BoxDynErro
 }
 
 /// Runs one attempt of a run, if it can be claimed.
-#[tracing::instrument(skip_all, fields(run.id = %run_id, attempt = tracing::field::Empty))]
+#[tracing::instrument(skip_all, fields(run.id = %run_id, attempt = tracing::field::Empty, upstream = tracing::field::Empty))]
 pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
-    let probe = match ctx.breaker.admit() {
-        Admission::Wait(retry_in) => return wait_for_provider(ctx, run_id, retry_in).await,
-        Admission::Probe => true,
-        Admission::Allow => false,
+    // The run's routes decide which breaker admits it: read it before the claim, so that a run
+    // whose every remaining upstream is down waits without using an attempt.
+    let Some(current) = db::runs::get(&ctx.pool, run_id).await? else { return Ok(()) };
+    if current.status.is_terminal() {
+        return Ok(());
+    }
+    let routes = ctx.upstreams.routes(&current);
+    if routes.is_empty() {
+        return fail_unrouted(ctx, run_id).await;
+    }
+    let (route_index, probe) = match admit(ctx, &routes, current.route) {
+        Ok(admitted) => admitted,
+        Err(retry_in) => return wait_for_provider(ctx, run_id, retry_in).await,
     };
+    let route = &routes[route_index];
+    let upstream = ctx.upstreams.get(route.upstream);
+    tracing::Span::current().record("upstream", upstream.name.as_str());
     // A probe that ends without a provider verdict (not claimable, moderation refusal, an error)
     // must free the probe slot, or the breaker would wait for it forever. After a verdict the
     // slot is already free, so releasing it again is harmless.
     defer! {
         if probe {
-            ctx.breaker.abandon_probe();
+            upstream.breaker.abandon_probe();
         }
     }
     // Watch for a cancel before claiming: a cancel flagged before the claim is seen by it, one
     // published after reaches this registration.
     let cancel = ctx.cancels.register(run_id);
-    let Some(run) = claim(ctx, run_id).await? else {
+    let Some(mut run) = claim(ctx, run_id).await? else {
         return Ok(());
     };
     let claimed_at = Instant::now();
@@ -99,12 +111,33 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     tracing::Span::current().record("attempt", run.attempt);
     tracing::info!("run claimed");
 
+    // Past the run's current route (its upstream's breaker is open): this attempt is the
+    // first on the route it moves to. The run names the model and upstream asked from now on.
+    let route_index = route_index.max(run.route.max(0) as usize).min(routes.len() - 1);
+    let (route, upstream) = (&routes[route_index], ctx.upstreams.get(routes[route_index].upstream));
+    if route_index as i32 != run.route || run.model != route.model || run.upstream.as_deref() != Some(&upstream.name) {
+        let since = if route_index as i32 == run.route { run.route_attempt } else { run.attempt };
+        if !db::runs::set_route(&ctx.pool, run.id, run.attempt, route_index as i32, &route.model, &upstream.name, since)
+            .await?
+        {
+            return Ok(());
+        }
+        if route_index as i32 != run.route {
+            tracing::info!(model = %route.model, "run moved to a fallback route: the upstream before is unavailable");
+            ctx.metrics.run_fallbacks.with_label_values(&[run.upstream.as_deref().unwrap_or(""), &upstream.name]).inc();
+        }
+        (run.route, run.model, run.upstream, run.route_attempt) =
+            (route_index as i32, route.model.clone(), Some(upstream.name.clone()), since);
+    }
+    let has_fallback = route_index + 1 < routes.len();
+    let attempts = Attempts { on_route: run.attempt - run.route_attempt + 1, max: ctx.config.runs.max_attempts };
+
     let mut attempt = Attempt::new(ctx, &run);
     if run.cancel_requested_at.is_some() {
         return attempt.finish(Outcome::Cancelled { partial_text: String::new() }, None, claimed_at).await;
     }
     // A redelivery that beat the reconciler to a run whose workers kept dying: same bound.
-    if run.attempt > ctx.config.runs.max_attempts {
+    if attempts.on_route > attempts.max {
         let outcome = Outcome::Failed {
             code: db::runs::EXHAUSTED_CODE,
             message: db::runs::EXHAUSTED_MESSAGE.into(),
@@ -112,12 +145,21 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
         };
         return attempt.finish(outcome, None, claimed_at).await;
     }
+    let (model, upstream_name) = (run.model.clone(), upstream.name.clone());
     if run.attempt > 1 {
         // The partial answer of the previous attempt is void: clients clear it on this event.
-        let reason = if run.previous_status == Some(RunStatus::InProgress) { "worker_lost" } else { "retry" };
-        attempt.emit(EventKind::Reset, json!({"attempt": run.attempt, "reason": reason}), String::new(), None).await;
+        let reason = if run.route > 0 && run.route_attempt == run.attempt {
+            "fallback"
+        } else if run.previous_status == Some(RunStatus::InProgress) {
+            "worker_lost"
+        } else {
+            "retry"
+        };
+        let data = json!({"attempt": run.attempt, "reason": reason, "model": model, "upstream": upstream_name});
+        attempt.emit(EventKind::Reset, data, String::new(), None).await;
     }
-    attempt.emit(EventKind::Started, json!({"attempt": run.attempt}), String::new(), None).await;
+    let data = json!({"attempt": run.attempt, "model": model, "upstream": upstream_name});
+    attempt.emit(EventKind::Started, data, String::new(), None).await;
 
     // Renew the lease while we work; losing it means another worker took over: stop.
     let lost = CancellationToken::new();
@@ -128,7 +170,7 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
 
     let moderation = moderation::mode(ctx, &run).await?;
     if let Some(error) = moderation::check_input(ctx, &run, moderation).await? {
-        if error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts {
+        if error.class == ErrorClass::Retryable && attempts.left() {
             return attempt.retry(error, None).await;
         }
         return attempt.fail(error, String::new(), claimed_at, None).await;
@@ -143,24 +185,37 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
     let every = ctx.config.provider.moderation_output_every_chars;
     let check_every =
         (moderation.checks_output() && every > 0).then_some(stream::CheckEvery { run: &run, chars: every });
-    let outcome =
-        stream::stream_answer(&mut attempt, &request, &mut received, &lost, &cancel.token, claimed_at, check_every)
-            .await;
+    let provider = &upstream.provider;
+    let outcome = stream::stream_answer(
+        &mut attempt,
+        provider,
+        &request,
+        &mut received,
+        &lost,
+        &cancel.token,
+        claimed_at,
+        check_every,
+    )
+    .await;
     let latency_ms = started.elapsed().as_millis() as i64;
+    let breaker = &upstream.breaker;
     let changed = match &outcome {
-        StreamOutcome::Done { .. } => ctx.breaker.success(),
-        StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => ctx.breaker.failure(),
+        StreamOutcome::Done { .. } => breaker.success(),
+        StreamOutcome::Failed { error, .. } if error.class == ErrorClass::Retryable => breaker.failure(),
         // A permanent error is an answer: the provider is up.
-        StreamOutcome::Failed { .. } => ctx.breaker.success(),
+        StreamOutcome::Failed { .. } => breaker.success(),
         // No verdict on the provider.
         StreamOutcome::Cancelled | StreamOutcome::LeaseLost | StreamOutcome::Released | StreamOutcome::Withdrawn(_) => {
             false
         }
     };
     if changed {
-        ctx.breaker_changed().await;
+        ctx.breaker_changed(upstream).await;
     }
-    let call = Call { run: &run, request: &request, received: &received, latency_ms };
+    if !matches!(outcome, StreamOutcome::Cancelled | StreamOutcome::LeaseLost | StreamOutcome::Released) {
+        ctx.metrics.provider_latency.with_label_values(&[&upstream.name]).observe(latency_ms as f64 / 1000.0);
+    }
+    let call = Call { run: &run, upstream: &upstream.name, request: &request, received: &received, latency_ms };
     match outcome {
         StreamOutcome::Done { finish_reason } => {
             let (usage, estimated) = call.tokens();
@@ -168,12 +223,12 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
                 tracing::info!("the provider sent no usage; the answer's tokens are estimated");
             }
             let cost = ctx.pricing.cost(&run.model, Utc::now().date_naive(), usage);
-            ctx.metrics.provider_requests.with_label_values(&["ok"]).inc();
+            ctx.metrics.provider_requests.with_label_values(&[&upstream.name, "ok"]).inc();
             let record = call.usage(ctx, UsageOutcome::Ok);
             let text = received.text;
             if let Some(w) = moderation::check_output(ctx, &run, moderation, &text).await? {
                 // Fail-closed with the endpoint down: the whole answer is asked for again.
-                if w.error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts {
+                if w.error.class == ErrorClass::Retryable && attempts.left() {
                     return attempt.retry(w.error, record).await;
                 }
                 return moderation::withdraw(attempt, &run, w, record, claimed_at).await;
@@ -194,13 +249,19 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             attempt.finish(outcome, record, claimed_at).await
         }
         StreamOutcome::Failed { error } => {
-            ctx.metrics.provider_requests.with_label_values(&[error.code]).inc();
-            let retry = error.class == ErrorClass::Retryable && run.attempt < ctx.config.runs.max_attempts;
+            ctx.metrics.provider_requests.with_label_values(&[&upstream.name, error.code.as_str()]).inc();
+            let retryable = error.class == ErrorClass::Retryable;
             // A call refused before its stream opened is recorded too, with no tokens, so that
             // failure rates count it.
             let record = call.usage(ctx, error.code.into()).or_else(|| Some(call.refused(error.code.into())));
-            if retry {
+            if retryable && attempts.left() {
                 return attempt.retry(error, record).await;
+            }
+            // Out of retries on this route: the next model or upstream answers, from the start.
+            if retryable && has_fallback {
+                let next = &routes[route_index + 1];
+                let to = ctx.upstreams.get(next.upstream);
+                return attempt.fall_back(error, record, route_index as i32 + 1, &next.model, &to.name).await;
             }
             // The partial answer stays on the run: it is checked like a complete one.
             if let Some(w) = moderation::check_output(ctx, &run, moderation, &received.text).await? {
@@ -235,6 +296,47 @@ pub async fn execute(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
             Ok(())
         }
     }
+}
+
+/// How many attempts the run made on its current route, and how many it may make there.
+#[derive(Clone, Copy)]
+struct Attempts {
+    on_route: i32,
+    max: i32,
+}
+
+impl Attempts {
+    /// Whether a retryable failure may be retried on the same route.
+    fn left(self) -> bool {
+        self.on_route < self.max
+    }
+}
+
+/// The first of `routes`, from the run's current route `from`, whose upstream's breaker lets a
+/// call through, and whether that call is the breaker's probe; or, when every remaining
+/// route's breaker is open, how long until the first may half-open. `routes` is not empty.
+fn admit(ctx: &WorkerCtx, routes: &[chatq_common::upstreams::Route], from: i32) -> Result<(usize, bool), Duration> {
+    // Past the last route (the configuration changed since): the last one.
+    let from = (from.max(0) as usize).min(routes.len() - 1);
+    let mut retry_in = Duration::MAX;
+    // Stops at the first admission: `admit` takes the probe slot of a half-open breaker.
+    for (i, r) in routes.iter().enumerate().skip(from) {
+        match ctx.upstreams.get(r.upstream).breaker.admit() {
+            Admission::Allow => return Ok((i, false)),
+            Admission::Probe => return Ok((i, true)),
+            Admission::Wait(d) => retry_in = retry_in.min(d),
+        }
+    }
+    Err(retry_in)
+}
+
+/// A run none of whose models any upstream serves any more (the providers file changed since
+/// it was submitted): it fails as the provider refusing it.
+async fn fail_unrouted(ctx: &WorkerCtx, run_id: Uuid) -> Result<(), sqlx::Error> {
+    let Some(run) = claim(ctx, run_id).await? else { return Ok(()) };
+    tracing::warn!(model = %run.model, "no configured upstream serves the run's models");
+    let attempt = Attempt::new(ctx, &run);
+    attempt.fail(ProviderError::not_served(&run.model), String::new(), Instant::now(), None).await
 }
 
 /// The breaker is open: the run waits in `queued` (no attempt used) and is looked at again when
@@ -305,6 +407,7 @@ async fn claim(ctx: &WorkerCtx, run_id: Uuid) -> Result<Option<db::runs::Run>, s
 /// One chat call of an attempt, and what it is billed on.
 struct Call<'a> {
     run: &'a db::runs::Run,
+    upstream: &'a str,
     request: &'a ChatRequest,
     received: &'a Received,
     latency_ms: i64,
@@ -354,6 +457,7 @@ impl Call<'_> {
             outcome,
             latency_ms: self.latency_ms,
             estimated,
+            upstream: Some(self.upstream.to_string()),
         }
     }
 }

@@ -82,6 +82,7 @@ pub(super) async fn check(ctx: &WorkerCtx, run: &db::runs::Run, text: &str) -> R
         outcome,
         latency_ms: started.elapsed().as_millis() as i64,
         estimated: false,
+        upstream: None,
     };
     db::usage::insert(&ctx.pool, &record).await?;
     match verdict {

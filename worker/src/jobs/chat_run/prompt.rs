@@ -148,6 +148,7 @@ pub(super) async fn retrieve(
             outcome: stats.embedding_error.as_ref().map_or(UsageOutcome::Ok, |e| e.code.into()),
             latency_ms: started.elapsed().as_millis() as i64,
             estimated: false,
+            upstream: None,
         };
         if let Err(e) = db::usage::insert(&ctx.pool, &record).await {
             tracing::warn!(error = %e, "cannot record query embedding usage");
@@ -171,6 +172,7 @@ mod tests {
             name: "a".into(),
             instructions: instructions.into(),
             model: "m".into(),
+            fallback_models: vec![],
             temperature: Some(0.5),
             max_output_tokens: Some(100),
             moderation: ModerationMode::Off,

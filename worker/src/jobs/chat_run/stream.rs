@@ -9,7 +9,7 @@ use chatq_common::{
     db,
     events::EventKind,
     pricing::TokenUsage,
-    provider::{ChatRequest, ProviderError},
+    provider::{ChatRequest, Provider, ProviderError},
 };
 use chrono::Utc;
 use futures::StreamExt;
@@ -58,9 +58,12 @@ pub(super) struct Received {
 /// Streams the completion, coalescing deltas: the first one is emitted at once, later ones at
 /// most every `CHATQ_STREAM_COALESCE_MS`. With `check_every`, the text so far is moderated each
 /// time that many more characters arrived, before the text past the last emitted delta is sent.
-/// Whatever the outcome, `received` holds what the provider sent.
+/// The request goes to `provider`, the client of the route's upstream. Whatever the outcome,
+/// `received` holds what the provider sent.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn stream_answer(
     attempt: &mut Attempt<'_>,
+    provider: &Provider,
     request: &ChatRequest,
     received: &mut Received,
     lost: &CancellationToken,
@@ -78,7 +81,7 @@ pub(super) async fn stream_answer(
     let mut check_at = check_every.as_ref().map_or(usize::MAX, |c| c.chars);
 
     let mut stream = tokio::select! {
-        opened = ctx.provider.stream_chat(request) => match opened {
+        opened = provider.stream_chat(request) => match opened {
             Ok(s) => s,
             Err(error) => return StreamOutcome::Failed { error },
         },
@@ -90,7 +93,7 @@ pub(super) async fn stream_answer(
     loop {
         let flush_at = last_emit.map(|t| t + coalesce).filter(|_| !pending.is_empty());
         let next = tokio::select! {
-            item = tokio::time::timeout(ctx.provider.idle_timeout, stream.next()) => item,
+            item = tokio::time::timeout(provider.idle_timeout, stream.next()) => item,
             _ = lost.cancelled() => return StreamOutcome::LeaseLost,
             _ = ctx.release.cancelled() => return StreamOutcome::Released,
             // Dropping the stream aborts the upstream request; what was written is kept.
@@ -108,7 +111,7 @@ pub(super) async fn stream_answer(
         };
         let item = match next {
             Err(_) => {
-                return StreamOutcome::Failed { error: ProviderError::timeout(ctx.provider.idle_timeout) };
+                return StreamOutcome::Failed { error: ProviderError::timeout(provider.idle_timeout) };
             }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
