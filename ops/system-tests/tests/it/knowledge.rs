@@ -765,10 +765,9 @@ async fn an_answer_citing_source_two_gets_source_twos_document_chunk_and_a_verba
     let run = s.wait_run(run["id"].as_str().unwrap()).await;
     assert_eq!(run["status"], "completed", "{run}");
     let text = run["output_text"].as_str().unwrap();
-    assert!(text.ends_with("[2]"), "{text}");
-
     // Source 2 as the model saw it: the second `[n] filename (location)` block of the prompt.
     let request = s.fake.chat_requests().into_iter().last().expect("a chat request");
+    assert!(text.ends_with("[2]"), "{text}\n{request:#}");
     let messages = request["messages"].as_array().unwrap();
     let system = messages.iter().filter_map(|m| m["content"].as_str()).find(|c| c.contains("\nSources:\n")).unwrap();
     let block = system.split("\n[2] ").nth(1).expect("a source 2").split("\n[3] ").next().unwrap();
