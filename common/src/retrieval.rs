@@ -248,7 +248,7 @@ impl Fusion {
     pub const VECTOR: Fusion = Fusion { keyword: 0.0, vector: 1.0 };
     /// The default weights, tuned with `ops/eval/run` (see ops/eval/README.md): with lexical
     /// stand-in embeddings BM25 is the better ranker and the vectors break its ties.
-    pub const DEFAULT: Fusion = Fusion { keyword: 1.0, vector: 0.5 };
+    pub const DEFAULT: Fusion = Fusion { keyword: 1.0, vector: 0.05 };
 
     /// The weights of this process: `CHATQ_FUSION_KEYWORD_WEIGHT` and
     /// `CHATQ_FUSION_VECTOR_WEIGHT` (read once; non-negative numbers), else [`Fusion::DEFAULT`].
