@@ -3,8 +3,9 @@
 //! stays the source of truth and does the language analysis of documents and queries; the
 //! scoring runs in memory over an inverted index per base, rebuilt from the stored vectors when
 //! the base's `embeddings_version` changes (as the vectors are). Scoring BM25 in SQL had to read
-//! and unnest every matching chunk's vector: 8.8 s for a common-word question at 100,000 chunks,
-//! against well under a millisecond here.
+//! and unnest every matching chunk's vector: 8.8 s for a common-word question at 100,000 chunks;
+//! here a query walks only the posting lists of its own lexemes
+//! (`examples/lexical_bench.rs` measures it).
 
 use std::{
     collections::HashMap,
@@ -128,7 +129,8 @@ impl Bm25Index {
     /// `(position, score)`; only chunks holding at least one of them.
     pub fn search(&self, terms: &[String], k: usize) -> Vec<(usize, f32)> {
         let n = self.lens.len() as f32;
-        let mut scores: HashMap<u32, f32> = HashMap::new();
+        // A dense accumulator: a common word's posting list can hold most of the base.
+        let mut scores = vec![0f32; self.lens.len()];
         let mut seen = std::collections::HashSet::new();
         for term in terms {
             if !seen.insert(term) {
@@ -139,10 +141,10 @@ impl Bm25Index {
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
             for &(doc, tf) in list {
                 let norm = K1 * (1.0 - B + B * self.lens[doc as usize] / self.avg_len);
-                *scores.entry(doc).or_default() += idf * tf * (K1 + 1.0) / (tf + norm);
+                scores[doc as usize] += idf * tf * (K1 + 1.0) / (tf + norm);
             }
         }
-        let mut out: Vec<(usize, f32)> = scores.into_iter().map(|(d, s)| (d as usize, s)).collect();
+        let mut out: Vec<(usize, f32)> = scores.into_iter().enumerate().filter(|(_, s)| *s > 0.0).collect();
         let by_score = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if out.len() > k && k > 0 {
             out.select_nth_unstable_by(k - 1, by_score);
