@@ -7,6 +7,7 @@ pub mod domain;
 pub mod events;
 pub mod jobs;
 pub mod keys;
+pub mod lexical;
 pub mod media;
 pub mod metrics;
 pub mod pricing;

@@ -1,6 +1,6 @@
-//! Hybrid retrieval over knowledge bases: Postgres full-text search plus exact cosine
-//! similarity over vectors held in memory, fused with reciprocal rank fusion; and the parsing
-//! of `[n]` citation markers in answers.
+//! Hybrid retrieval over knowledge bases: BM25 over Postgres full-text vectors
+//! ([`crate::lexical`]) plus exact cosine similarity over vectors held in memory, fused with
+//! weighted reciprocal rank fusion; and the parsing of `[n]` citation markers in answers.
 
 use std::{
     collections::HashMap,
@@ -153,10 +153,16 @@ impl VectorCache {
 
 /// Reciprocal rank fusion of ranked id lists: `score = Σ 1 / (RRF_K + rank)`, rank from 1.
 pub fn rrf(lists: &[&[Uuid]]) -> Vec<(Uuid, f32)> {
+    let weighted: Vec<(f32, &[Uuid])> = lists.iter().map(|l| (1.0, *l)).collect();
+    weighted_rrf(&weighted)
+}
+
+/// Weighted reciprocal rank fusion: `score = Σ weight / (RRF_K + rank)`, rank from 1.
+pub fn weighted_rrf(lists: &[(f32, &[Uuid])]) -> Vec<(Uuid, f32)> {
     let mut scores: HashMap<Uuid, f32> = HashMap::new();
-    for list in lists {
+    for (weight, list) in lists {
         for (rank, id) in list.iter().enumerate() {
-            *scores.entry(*id).or_default() += 1.0 / (RRF_K + rank as f32 + 1.0);
+            *scores.entry(*id).or_default() += weight / (RRF_K + rank as f32 + 1.0);
         }
     }
     let mut fused: Vec<(Uuid, f32)> = scores.into_iter().collect();
@@ -225,39 +231,109 @@ pub struct SearchStats {
     pub embedding_error: Option<ProviderError>,
 }
 
-/// Hybrid search across `kb_ids` (which share `model` and `dims`): the `k` best live chunks,
-/// within `max_tokens` when given. When the query cannot be embedded the search is
-/// keyword-only and the error is reported in the stats.
+/// The weights of the two rankings in the fusion. A weight of 0 leaves that side out (the
+/// query is then not embedded, or not searched by keyword).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fusion {
+    /// Weight of the BM25 ranking.
+    pub keyword: f32,
+    /// Weight of the vector ranking.
+    pub vector: f32,
+}
+
+impl Fusion {
+    /// Keyword (BM25) ranking only.
+    pub const KEYWORD: Fusion = Fusion { keyword: 1.0, vector: 0.0 };
+    /// Vector ranking only.
+    pub const VECTOR: Fusion = Fusion { keyword: 0.0, vector: 1.0 };
+    /// The default weights, tuned with `ops/eval/run` (see ops/eval/README.md): with lexical
+    /// stand-in embeddings BM25 is the better ranker and the vectors break its ties.
+    pub const DEFAULT: Fusion = Fusion { keyword: 1.0, vector: 0.05 };
+
+    /// The weights of this process: `CHATQ_FUSION_KEYWORD_WEIGHT` and
+    /// `CHATQ_FUSION_VECTOR_WEIGHT` (read once; non-negative numbers), else [`Fusion::DEFAULT`].
+    /// A deployment whose embedding model ranks better than BM25 (a real model rather than the
+    /// stand-in) raises the vector weight.
+    pub fn configured() -> Fusion {
+        static CONFIGURED: std::sync::OnceLock<Fusion> = std::sync::OnceLock::new();
+        *CONFIGURED.get_or_init(|| {
+            let read = |name: &str, default: f32| {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<f32>().ok())
+                    .filter(|w| *w >= 0.0)
+                    .unwrap_or(default)
+            };
+            Fusion {
+                keyword: read("CHATQ_FUSION_KEYWORD_WEIGHT", Fusion::DEFAULT.keyword),
+                vector: read("CHATQ_FUSION_VECTOR_WEIGHT", Fusion::DEFAULT.vector),
+            }
+        })
+    }
+}
+
+/// Hybrid search across `kb_ids` (which share `model` and `dims`) with the process's
+/// [`Fusion::configured`] weights: the `k` best live chunks, within `max_tokens` when given.
+/// When the query cannot be embedded the search is keyword-only and the error is reported in
+/// the stats.
 #[expect(clippy::too_many_arguments)]
 pub async fn search(
     pool: &sqlx::PgPool,
     provider: &Provider,
     cache: &VectorCache,
     kb_ids: &[Uuid],
-    (model, dims): (&str, usize),
+    model: (&str, usize),
     query: &str,
     k: usize,
     max_tokens: Option<usize>,
+) -> Result<(Vec<Source>, SearchStats), RetrievalError> {
+    search_with(pool, provider, cache, kb_ids, model, query, (k, max_tokens), Fusion::configured()).await
+}
+
+/// [`search`] with the given fusion weights.
+#[expect(clippy::too_many_arguments)]
+pub async fn search_with(
+    pool: &sqlx::PgPool,
+    provider: &Provider,
+    cache: &VectorCache,
+    kb_ids: &[Uuid],
+    (model, dims): (&str, usize),
+    query: &str,
+    (k, max_tokens): (usize, Option<usize>),
+    fusion: Fusion,
 ) -> Result<(Vec<Source>, SearchStats), RetrievalError> {
     let mut stats = SearchStats::default();
     if kb_ids.is_empty() || query.trim().is_empty() || k == 0 {
         return Ok((Vec::new(), stats));
     }
-    let keyword = db::knowledge::keyword_search(pool, kb_ids, query, CANDIDATES as i64).await?;
-    let semantic: Vec<Uuid> = match provider.embed_with_retries(model, dims, &[query.to_string()], 3).await {
-        Ok(mut e) => {
-            stats.embedding_tokens = e.tokens;
-            let mut v = e.vectors.pop().unwrap_or_default();
-            normalize(&mut v);
-            cache.search(pool, kb_ids, &v, CANDIDATES).await?.into_iter().map(|(id, _)| id).collect()
-        }
-        Err(e) => {
-            tracing::warn!(code = %e.code, detail = %e.detail, "query embedding failed; keyword search only");
-            stats.embedding_error = Some(e);
-            Vec::new()
-        }
+    let keyword: Vec<Uuid> = match fusion.keyword > 0.0 {
+        true => crate::lexical::LexicalCache::global()
+            .search(pool, kb_ids, query, CANDIDATES)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect(),
+        false => Vec::new(),
     };
-    let fused = rrf(&[&semantic, &keyword]);
+    let semantic: Vec<Uuid> = match fusion.vector > 0.0 {
+        false => Vec::new(),
+        true => match provider.embed_with_retries(model, dims, &[query.to_string()], 3).await {
+            Ok(mut e) => {
+                stats.embedding_tokens = e.tokens;
+                let mut v = e.vectors.pop().unwrap_or_default();
+                normalize(&mut v);
+                // A chunk with nothing in common with the query (cosine ≤ 0) is no candidate.
+                let hits = cache.search(pool, kb_ids, &v, CANDIDATES).await?;
+                hits.into_iter().filter(|(_, score)| *score > 0.0).map(|(id, _)| id).collect()
+            }
+            Err(e) => {
+                tracing::warn!(code = %e.code, detail = %e.detail, "query embedding failed; keyword search only");
+                stats.embedding_error = Some(e);
+                Vec::new()
+            }
+        },
+    };
+    let fused = weighted_rrf(&[(fusion.vector, &semantic), (fusion.keyword, &keyword)]);
     let wanted: Vec<Uuid> = fused.iter().take(k * 3).map(|(id, _)| *id).collect();
     let mut hits: HashMap<Uuid, ChunkHit> =
         db::knowledge::chunks_by_ids(pool, &wanted).await?.into_iter().map(|c| (c.id, c)).collect();
@@ -401,6 +477,20 @@ mod tests {
         let fused = rrf(&[&[a, b], &[b, c]]);
         assert_eq!(fused[0].0, b);
         assert!((fused[0].1 - (1.0 / 62.0 + 1.0 / 61.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn weighted_rrf_follows_the_heavier_ranking_and_breaks_its_ties_with_the_other() {
+        let (a, b, c) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        // The keyword ranking (weight 1) says a, b; the vector one (0.5) says b, a: a stays first.
+        let fused = weighted_rrf(&[(1.0, &[a, b]), (0.5, &[b, a])]);
+        assert_eq!(fused[0].0, a);
+        // The keyword ranking ties nothing out; the vector ranking orders what it leaves out.
+        let fused = weighted_rrf(&[(1.0, &[a]), (0.5, &[c, b])]);
+        assert_eq!(fused.iter().map(|f| f.0).collect::<Vec<_>>(), [a, c, b]);
+        // A zero weight leaves that ranking out of the order.
+        let fused = weighted_rrf(&[(1.0, &[b, a]), (0.0, &[a, b])]);
+        assert_eq!(fused[0].0, b);
     }
 
     #[test]

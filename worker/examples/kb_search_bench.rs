@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
         cache.search(&pool, &[kb.id], &v, 50).await?;
         vec_t.push(t.elapsed());
         let t = Instant::now();
-        db::knowledge::keyword_search(&pool, &[kb.id], query, 50).await?;
+        chatq_common::lexical::LexicalCache::global().search(&pool, &[kb.id], query, 50).await?;
         kw_t.push(t.elapsed());
         let t = Instant::now();
         let (found, _) =
@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     }
     for (name, t) in [
         ("vector (exact, in memory)", &mut vec_t),
-        ("full-text (Postgres)", &mut kw_t),
+        ("BM25 (in memory)", &mut kw_t),
         ("hybrid search total", &mut all_t),
     ] {
         println!("{name:28} p50 {:7.1} ms  p95 {:7.1} ms", percentile(t, 0.5), percentile(t, 0.95));

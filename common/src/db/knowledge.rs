@@ -24,13 +24,24 @@ pub struct KnowledgeBase {
     pub embedding_dims: i32,
     /// Bumped whenever its chunks change.
     pub embeddings_version: i64,
+    /// Postgres text search configuration of its full-text index (stemming, stop words).
+    pub language: String,
     /// Live documents.
     pub document_count: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
 
-/// Creates a knowledge base.
+/// Whether `name` is a Postgres text search configuration (`english`, `simple`, `german`, …),
+/// usable as a knowledge base's language.
+pub async fn text_search_config_exists(pool: &PgPool, name: &str) -> Result<bool, sqlx::Error> {
+    let exists = sqlx::query_scalar!(r#"SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1) AS "e!""#, name)
+        .fetch_one(pool)
+        .await?;
+    Ok(exists)
+}
+
+/// Creates a knowledge base in English.
 pub async fn create_kb(
     pool: &PgPool,
     name: &str,
@@ -38,14 +49,28 @@ pub async fn create_kb(
     model: &str,
     dims: i32,
 ) -> Result<KnowledgeBase, sqlx::Error> {
+    create_kb_in(pool, name, description, (model, dims), "english").await
+}
+
+/// Creates a knowledge base whose full-text index uses `language` (a text search
+/// configuration: see [`text_search_config_exists`]).
+pub async fn create_kb_in(
+    pool: &PgPool,
+    name: &str,
+    description: &str,
+    (model, dims): (&str, i32),
+    language: &str,
+) -> Result<KnowledgeBase, sqlx::Error> {
     let id = crate::new_id();
     sqlx::query!(
-        "INSERT INTO knowledge_bases (id, name, description, embedding_model, embedding_dims) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO knowledge_bases (id, name, description, embedding_model, embedding_dims, language)
+         VALUES ($1, $2, $3, $4, $5, $6)",
         id,
         name,
         description,
         model,
         dims,
+        language,
     )
     .execute(pool)
     .await?;
@@ -56,7 +81,7 @@ pub async fn create_kb(
 pub async fn get_kb(pool: &PgPool, id: Uuid) -> Result<Option<KnowledgeBase>, sqlx::Error> {
     sqlx::query_as!(
         KnowledgeBase,
-        r#"SELECT kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version,
+        r#"SELECT kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version, kb.language,
            (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.deleted_at IS NULL)
              AS "document_count!",
            kb.created_at FROM knowledge_bases kb WHERE kb.id = $1 AND kb.deleted_at IS NULL"#,
@@ -70,7 +95,7 @@ pub async fn get_kb(pool: &PgPool, id: Uuid) -> Result<Option<KnowledgeBase>, sq
 pub async fn list_kbs(pool: &PgPool, after: Option<Uuid>, limit: i64) -> Result<Page<KnowledgeBase>, sqlx::Error> {
     let rows = sqlx::query_as!(
         KnowledgeBase,
-        r#"SELECT kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version,
+        r#"SELECT kb.id, kb.name, kb.description, kb.embedding_model, kb.embedding_dims, kb.embeddings_version, kb.language,
            (SELECT count(*) FROM documents d WHERE d.knowledge_base_id = kb.id AND d.deleted_at IS NULL)
              AS "document_count!",
            kb.created_at FROM knowledge_bases kb
@@ -548,11 +573,16 @@ pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk
         return Ok(false);
     }
     sqlx::query!("DELETE FROM chunks WHERE document_id = $1", doc.id).execute(&mut *tx).await?;
+    // The chunks' full-text vectors are built in the base's language (a generated column).
+    let language = sqlx::query_scalar!("SELECT language FROM knowledge_bases WHERE id = $1", doc.knowledge_base_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or_else(|| "english".into());
     // Built at run time: one multi-row INSERT per 200 chunks, and the number of rows (hence of
     // placeholders) varies with the document.
     for (n, part) in chunks.chunks(200).enumerate() {
         let mut qb = QueryBuilder::<Postgres>::new(
-            "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, location, embedding) ",
+            "INSERT INTO chunks (id, document_id, knowledge_base_id, ordinal, content, token_count, char_start, char_end, location, embedding, language) ",
         );
         qb.push_values(part.iter().enumerate(), |mut b, (i, c)| {
             b.push_bind(crate::new_id())
@@ -564,7 +594,9 @@ pub async fn complete_document(pool: &PgPool, doc: &Document, chunks: &[NewChunk
                 .push_bind(c.char_start)
                 .push_bind(c.char_end)
                 .push_bind(&c.location)
-                .push_bind(&c.embedding);
+                .push_bind(&c.embedding)
+                .push_bind(&language)
+                .push_unseparated("::regconfig");
         });
         qb.build().execute(&mut *tx).await?;
     }
@@ -602,20 +634,39 @@ pub async fn load_vectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid,
     Ok((version, rows.into_iter().map(|r| (r.id, r.embedding)).collect()))
 }
 
-/// Full-text candidates: chunk ids of live documents in `kb_ids`, best first. The query's
-/// lexemes are OR-ed (`plainto_tsquery` ANDs them, which misses most natural questions).
-pub async fn keyword_search(pool: &PgPool, kb_ids: &[Uuid], query: &str, limit: i64) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar!(
-        "WITH q AS (SELECT replace(plainto_tsquery('english', $2)::text, ' & ', ' | ')::tsquery AS tsq)
-         SELECT c.id FROM chunks c, q
-         WHERE c.knowledge_base_id = ANY($1) AND c.tsv @@ q.tsq
-         ORDER BY ts_rank_cd(c.tsv, q.tsq, 32) DESC, c.id LIMIT $3",
-        kb_ids,
+/// For each live base among `ids`: its `embeddings_version` and the lexemes of `query` in the
+/// base's language (stemmed, stop words dropped), in query order.
+pub async fn query_lexemes(
+    pool: &PgPool,
+    ids: &[Uuid],
+    query: &str,
+) -> Result<Vec<(Uuid, i64, Vec<String>)>, sqlx::Error> {
+    let rows = sqlx::query!(
+        r#"SELECT kb.id, kb.embeddings_version,
+                  tsvector_to_array(to_tsvector(kb.language::regconfig, $2)) AS "terms!"
+           FROM knowledge_bases kb WHERE kb.id = ANY($1) AND kb.deleted_at IS NULL"#,
+        ids,
         query,
-        limit,
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.id, r.embeddings_version, r.terms)).collect())
+}
+
+/// Every chunk id of a base with its full-text vector as text, and the base's version read in
+/// the same snapshot.
+pub async fn load_tsvectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid, String)>), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
+    let version = sqlx::query_scalar!("SELECT embeddings_version FROM knowledge_bases WHERE id = $1", kb_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .unwrap_or(-1);
+    let rows = sqlx::query!(r#"SELECT id, tsv::text AS "tsv!" FROM chunks WHERE knowledge_base_id = $1"#, kb_id)
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok((version, rows.into_iter().map(|r| (r.id, r.tsv)).collect()))
 }
 
 /// A retrieved chunk with what a citation needs.

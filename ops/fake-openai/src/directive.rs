@@ -49,6 +49,9 @@ pub(crate) struct Directive {
     /// `trigger_at=K`: the K-th word of the reply (from 1, `Echo:` included) is the moderation
     /// trigger word, so an answer can be flagged while the question is not.
     pub trigger_at: Option<usize>,
+    /// `cite=N`: a reply to a prompt with numbered sources quotes and cites source N instead
+    /// of source 1.
+    pub cite: Option<usize>,
 }
 
 /// Keys that are flags: a bare `no_usage` means `no_usage=1`.
@@ -82,6 +85,7 @@ impl Directive {
                 "no_finish" => d.no_finish = Some(value == "1"),
                 "no_done" => d.no_done = Some(value == "1"),
                 "trigger_at" => d.trigger_at = value.parse().ok().or(d.trigger_at),
+                "cite" => d.cite = value.parse().ok().filter(|n| *n > 0).or(d.cite),
                 _ => {}
             }
         }
@@ -107,6 +111,7 @@ impl Directive {
             no_finish: over.no_finish.or(self.no_finish),
             no_done: over.no_done.or(self.no_done),
             trigger_at: over.trigger_at.or(self.trigger_at),
+            cite: over.cite.or(self.cite),
         }
     }
 }

@@ -74,12 +74,12 @@ pub(crate) fn prompt_reply(messages: &[Message]) -> Vec<String> {
 }
 
 /// Reply for a prompt with numbered sources (a line starting `[1] ` followed by the source's
-/// text, as chatq's retrieval writes them): quotes the first sentence of source 1 and cites
-/// it, `According to the sources, "<sentence>" [1]`. The quote is copied verbatim from the
-/// prompt. `None` when no message has a source 1.
-pub(crate) fn cited_reply(messages: &[Message]) -> Option<Vec<String>> {
-    let sentence = messages.iter().find_map(|m| source_sentence(&m.content))?;
-    Some(split_keeping_spaces(&format!("According to the sources, \"{sentence}\" [1]")))
+/// text, as chatq's retrieval writes them): quotes the first sentence of source `n` (1 unless
+/// `cite=N` says otherwise) and cites it, `According to the sources, "<sentence>" [n]`. The
+/// quote is copied verbatim from the prompt. `None` when no message has a source `n`.
+pub(crate) fn cited_reply(messages: &[Message], n: usize) -> Option<Vec<String>> {
+    let sentence = messages.iter().find_map(|m| source_sentence(&m.content, n))?;
+    Some(split_keeping_spaces(&format!("According to the sources, \"{sentence}\" [{n}]")))
 }
 
 fn is_source_header(line: &str) -> bool {
@@ -88,8 +88,9 @@ fn is_source_header(line: &str) -> bool {
     digits > 0 && rest[digits..].starts_with("] ")
 }
 
-fn source_sentence(content: &str) -> Option<String> {
-    let mut lines = content.lines().skip_while(|l| !l.starts_with("[1] "));
+fn source_sentence(content: &str, n: usize) -> Option<String> {
+    let header = format!("[{n}] ");
+    let mut lines = content.lines().skip_while(|l| !l.starts_with(&header));
     lines.next()?;
     let body: Vec<&str> = lines.take_while(|l| !is_source_header(l)).map(str::trim).filter(|l| !l.is_empty()).collect();
     let line = body.iter().find(|l| !l.starts_with('#') && l.len() >= 20).or(body.first())?;
@@ -130,9 +131,13 @@ mod tests {
             Message { role: "system".into(), content: system.into() },
             Message { role: "user".into(), content: "how?".into() },
         ];
-        let reply = cited_reply(&messages).unwrap();
+        let reply = cited_reply(&messages, 1).unwrap();
         assert_eq!(reply.concat(), "According to the sources, \"Run  the installer now.\" [1]");
-        assert!(cited_reply(&messages[1..]).is_none());
+        assert!(cited_reply(&messages[1..], 1).is_none());
+        // `cite=2`: source 2 is quoted and cited; a source that is not there gives no citation.
+        let reply = cited_reply(&messages, 2).unwrap();
+        assert_eq!(reply.concat(), "According to the sources, \"Nope.\" [2]");
+        assert!(cited_reply(&messages, 3).is_none());
     }
 
     #[test]

@@ -61,7 +61,8 @@ fn html(bytes: &[u8]) -> Result<String, ExtractError> {
         let title = html_title(&text);
         let text = strip_boilerplate(&text);
         html2text::config::plain().string_from_read(text.as_bytes(), 10_000).map(|body| match title {
-            Some(t) if !body.contains(&t) => format!("# {t}\n\n{body}"),
+            // The title is often the first heading again, with other spaces (no-break ones).
+            Some(t) if !squashed(&body).contains(&squashed(&t)) => format!("# {t}\n\n{body}"),
             _ => body,
         })
     });
@@ -155,6 +156,11 @@ fn tags(lower: &str) -> Vec<Tag<'_>> {
         out.push(Tag { start, end, name, closing, furniture });
     }
     out
+}
+
+/// `text` with all whitespace (no-break spaces included) removed.
+fn squashed(text: &str) -> String {
+    text.chars().filter(|c| !c.is_whitespace()).collect()
 }
 
 fn html_title(html: &str) -> Option<String> {

@@ -1,5 +1,5 @@
 //! Turning an uploaded document into chunks: one module per format, dispatched on the media type
-//! here, then [`chunk`]ed into token-sized pieces that know where they come from. All of it,
+//! here, then [`chunk`]ed at its headings into token-sized pieces that know where they come from. All of it,
 //! whatever the format, runs in the [`sandbox`] child process under its wall-clock, memory and
 //! output limits; the worker only rebuilds the pieces from what the child sends back.
 //! `jobs::ingest` embeds and stores them.
@@ -104,7 +104,7 @@ pub enum Format {
     Plain,
 }
 
-/// A unit of extracted text: a whole document, or one PDF page.
+/// A unit of extracted text: a whole document, or one PDF page. Chunks never cross sections.
 #[derive(Debug, Clone)]
 pub struct Section {
     /// `page N` for PDF pages; `None` otherwise.
@@ -113,6 +113,9 @@ pub struct Section {
     pub text: String,
     /// How to locate chunks inside it.
     pub format: Format,
+    /// `(level, title)` of the headings a PDF's outline puts in this section (page), in order;
+    /// `None` when the document has no outline (headings are then found by layout).
+    pub outline: Option<Vec<(usize, String)>>,
 }
 
 /// The extracted text of a document, and the pages it had (PDF) or 1.
@@ -126,7 +129,7 @@ pub struct Extracted {
 
 /// The whole document as one section of `format`.
 fn whole(text: String, format: Format) -> Extracted {
-    Extracted { sections: vec![Section { location: None, text, format }], pages: 1 }
+    Extracted { sections: vec![Section { location: None, text, format, outline: None }], pages: 1 }
 }
 
 /// A document's chunks, ready to embed, and the pages it had.

@@ -1,13 +1,17 @@
 //! PDF: `pdf-extract` panics, loops or exhausts memory on hostile input, so it runs in the
 //! [`sandbox`](super::sandbox) child process, with a `catch_unwind` per page inside. Chunks are
-//! located by page.
+//! located by page and heading path: the headings come from the PDF outline (bookmarks) when it
+//! has one, else from layout (numbered titles). Running headers and footers (lines that repeat
+//! on most pages, page numbers aside) are dropped, so they neither look like headings nor match
+//! every question.
 
 use chatq_common::domain::DocumentErrorCode;
 
 use super::{ExtractError, Extracted, Format, Section};
 
-/// Page numbers (from 1) with their text, and the page numbers that failed.
-type Pages = (Vec<(u32, String)>, Vec<u32>);
+/// Page numbers (from 1) with their text, the page numbers that failed, and the outline
+/// (`(page, level, title)` in document order; empty without one).
+type Pages = (Vec<(u32, String)>, Vec<u32>, Vec<(u32, usize, String)>);
 
 /// Extracts every page's text.
 fn extract_pages(bytes: &[u8]) -> Result<Pages, ExtractError> {
@@ -33,6 +37,11 @@ fn extract_pages(bytes: &[u8]) -> Result<Pages, ExtractError> {
     if numbers.is_empty() {
         return err(DocumentErrorCode::PdfNoPages, "the PDF has no pages".into());
     }
+    // The outline is optional and its parser can fail or panic on odd files: no outline then.
+    let outline = match catch_unwind(AssertUnwindSafe(|| doc.get_toc())) {
+        Ok(Ok(toc)) => toc.toc.into_iter().map(|t| (t.page as u32, t.level, t.title)).collect(),
+        _ => Vec::new(),
+    };
     let mut pages = Vec::new();
     let mut failed_pages = Vec::new();
     for n in numbers {
@@ -46,19 +55,24 @@ fn extract_pages(bytes: &[u8]) -> Result<Pages, ExtractError> {
             _ => failed_pages.push(n),
         }
     }
-    Ok((pages, failed_pages))
+    Ok((pages, failed_pages, outline))
 }
 
 /// A PDF's text, one section per page; in the extractor child only.
 pub fn extract(bytes: &[u8]) -> Result<Extracted, ExtractError> {
-    let (pages, failed_pages) = extract_pages(bytes)?;
+    let (pages, failed_pages, outline) = extract_pages(bytes)?;
     let total = pages.len() + failed_pages.len();
+    let texts: Vec<String> = pages.iter().map(|(_, t)| clean_pdf_text(t)).collect();
+    let running = running_lines(&texts);
     let sections: Vec<Section> = pages
-        .into_iter()
-        .map(|(n, text)| Section {
+        .iter()
+        .zip(texts)
+        .map(|((n, _), text)| Section {
             location: Some(format!("page {n}")),
-            text: clean_pdf_text(&text),
+            text: drop_lines(&text, &running),
             format: Format::Plain,
+            outline: (!outline.is_empty())
+                .then(|| outline.iter().filter(|(p, _, _)| p == n).map(|(_, l, t)| (*l, t.clone())).collect()),
         })
         .collect();
     let chars: usize = sections.iter().map(|s| s.text.trim().chars().count()).sum();
@@ -92,4 +106,49 @@ fn clean_pdf_text(text: &str) -> String {
         out.push('\n');
     }
     out
+}
+
+/// A line with its digits blanked, so "Page 3 / 73" and "Page 4 / 73" compare equal.
+fn line_key(line: &str) -> String {
+    line.trim().chars().map(|c| if c.is_ascii_digit() { '#' } else { c }).collect()
+}
+
+/// The lines (as [`line_key`]s) that appear on more than half the pages of a document of at
+/// least four pages: running headers and footers.
+fn running_lines(pages: &[String]) -> std::collections::HashSet<String> {
+    let mut counts: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for page in pages {
+        let keys: std::collections::HashSet<String> = page.lines().map(line_key).filter(|k| !k.is_empty()).collect();
+        for k in keys {
+            *counts.entry(k).or_default() += 1;
+        }
+    }
+    if pages.len() < 4 {
+        return Default::default();
+    }
+    counts.into_iter().filter(|(_, n)| n * 2 > pages.len()).map(|(k, _)| k).collect()
+}
+
+/// `text` without the lines in `running`.
+fn drop_lines(text: &str, running: &std::collections::HashSet<String>) -> String {
+    if running.is_empty() {
+        return text.to_string();
+    }
+    text.lines().filter(|l| !running.contains(&line_key(l))).map(|l| format!("{l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn running_headers_and_page_numbers_are_dropped_but_body_lines_stay() {
+        let words = ["apt", "dpkg", "kernel", "mirror", "release"];
+        let pages: Vec<String> =
+            (1..=5).map(|n| format!("The Debian FAQ\n\nA page about {}.\n\n{n} / 73\n", words[n - 1])).collect();
+        let running = running_lines(&pages);
+        let cleaned = drop_lines(&pages[2], &running);
+        assert_eq!(cleaned, "\nA page about kernel.\n\n");
+        assert!(running_lines(&pages[..3]).is_empty(), "too few pages to tell");
+    }
 }

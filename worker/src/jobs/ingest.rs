@@ -145,7 +145,7 @@ async fn embed(
             tokens += pieces[end].tokens;
             end += 1;
         }
-        let inputs: Vec<String> = pieces[start..end].iter().map(|p| p.content.clone()).collect();
+        let inputs: Vec<String> = pieces[start..end].iter().map(Piece::indexed_text).collect();
         let began = Instant::now();
         let result = ctx.provider.embed_with_retries(model, dims, &inputs, 5).await;
         let latency_ms = began.elapsed().as_millis() as i64;

@@ -16,7 +16,7 @@ use crate::{
     extract::{Json, Path, Query},
     routes::{List, PageQuery},
     state::AppState,
-    validate::{Problems, Validate},
+    validate::{Problem, Problems, Validate},
 };
 
 pub(crate) fn router() -> OpenApiRouter<AppState> {
@@ -34,12 +34,19 @@ pub struct KnowledgeBaseIn {
     #[serde(default)]
     #[schema(max_length = 16384)]
     pub description: String,
+    /// Language of its documents, for full-text search (stemming and stop words): a Postgres
+    /// text search configuration such as `english` (the default), `simple` (no stemming, no
+    /// stop words), `french`, `german`, `spanish`.
+    #[serde(default)]
+    #[schema(max_length = 63)]
+    pub language: Option<String>,
 }
 
 impl Validate for KnowledgeBaseIn {
     fn validate(&self, p: &mut Problems) {
         p.text("name", &self.name, 1, 200);
         p.text("description", &self.description, 0, 16_384);
+        p.opt_text("language", self.language.as_deref(), 1, 63);
     }
 }
 
@@ -60,6 +67,8 @@ pub struct KnowledgeBaseOut {
     pub embedding_model: String,
     /// Embedding dimensions.
     pub embedding_dims: i32,
+    /// Language of its full-text search (a Postgres text search configuration).
+    pub language: String,
     /// Creation time.
     pub created_at: DateTime<Utc>,
 }
@@ -74,6 +83,7 @@ impl From<KnowledgeBase> for KnowledgeBaseOut {
             document_count: k.document_count,
             embedding_model: k.embedding_model,
             embedding_dims: k.embedding_dims,
+            language: k.language,
             created_at: k.created_at,
         }
     }
@@ -89,12 +99,21 @@ pub async fn create_kb(
 ) -> Result<(StatusCode, Json<KnowledgeBaseOut>), ApiError> {
     principal.require_admin()?;
     let c = &state.config.knowledge;
-    let kb = db::knowledge::create_kb(
+    let language = input.language.as_deref().unwrap_or("english");
+    if !db::knowledge::text_search_config_exists(&state.pool, language).await? {
+        return Err(ApiError::invalid_fields(vec![Problem {
+            field: "language".into(),
+            message: format!(
+                "{language:?} is not a text search configuration of this database (english, simple, french, german, …)"
+            ),
+        }]));
+    }
+    let kb = db::knowledge::create_kb_in(
         &state.pool,
         input.name.trim(),
         &input.description,
-        &c.embedding_model,
-        c.embedding_dims as i32,
+        (&c.embedding_model, c.embedding_dims as i32),
+        language,
     )
     .await?;
     Ok((StatusCode::CREATED, Json(kb.into())))

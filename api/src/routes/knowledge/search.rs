@@ -38,6 +38,23 @@ pub struct SearchIn {
     /// Results wanted, 1 to 50 (default 5).
     #[schema(minimum = 1, maximum = 50)]
     pub k: Option<usize>,
+    /// `hybrid` (the default: what answers use), `keyword` (BM25 only) or `vector` (embeddings
+    /// only), to see what each side contributes.
+    #[serde(default)]
+    pub mode: SearchMode,
+}
+
+/// Which rankings a search uses.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// BM25 and vectors, fused with the configured weights.
+    #[default]
+    Hybrid,
+    /// BM25 only.
+    Keyword,
+    /// Vectors only.
+    Vector,
 }
 
 impl Validate for SearchIn {
@@ -60,7 +77,7 @@ pub struct SearchResult {
     pub location: Option<String>,
     /// Text.
     pub content: String,
-    /// Reciprocal-rank-fusion score (higher is better).
+    /// Weighted reciprocal-rank-fusion score (higher is better).
     pub score: f32,
 }
 
@@ -71,7 +88,7 @@ pub struct SearchOut {
     pub results: Vec<SearchResult>,
 }
 
-/// Hybrid search (full-text + vectors, fused by reciprocal rank) in one knowledge base, to
+/// Hybrid search (BM25 + vectors, fused by weighted reciprocal rank) in one knowledge base, to
 /// debug retrieval.
 #[utoipa::path(post, path = "/v1/knowledge-bases/{id}/search", tag = "knowledge", params(("id" = Uuid, Path)),
     request_body = SearchIn, responses((status = 200, body = SearchOut), (status = 404), (status = 422)))]
@@ -86,13 +103,26 @@ pub async fn search(
     let kb = live_kb(&state, id).await?;
     let started = Instant::now();
     let model = (kb.embedding_model.as_str(), kb.embedding_dims as usize);
-    let (sources, stats) =
-        retrieval::search(&state.pool, &state.provider, &state.vectors, &[kb.id], model, &input.query, k, None)
-            .await
-            .map_err(|e| match e {
-            retrieval::RetrievalError::Db(e) => ApiError::from(e),
-            e => ApiError::Internal(e.into()),
-        })?;
+    let fusion = match input.mode {
+        SearchMode::Hybrid => retrieval::Fusion::configured(),
+        SearchMode::Keyword => retrieval::Fusion::KEYWORD,
+        SearchMode::Vector => retrieval::Fusion::VECTOR,
+    };
+    let (sources, stats) = retrieval::search_with(
+        &state.pool,
+        &state.provider,
+        &state.vectors,
+        &[kb.id],
+        model,
+        &input.query,
+        (k, None),
+        fusion,
+    )
+    .await
+    .map_err(|e| match e {
+        retrieval::RetrievalError::Db(e) => ApiError::from(e),
+        e => ApiError::Internal(e.into()),
+    })?;
     let usage = TokenUsage { input: stats.embedding_tokens, cached_input: 0, output: 0 };
     let pricing_cost = state.pricing.cost(&kb.embedding_model, Utc::now().date_naive(), usage);
     let record = NewUsage {

@@ -171,7 +171,7 @@ fn respond(shared: &Arc<Shared>, body: &[u8]) -> (Response, Duration) {
     let config = &shared.config;
     let mut tokens = if eff.echo_prompt == Some(true) {
         prompt_reply(&request.messages)
-    } else if let Some(cited) = cited_reply(&request.messages) {
+    } else if let Some(cited) = cited_reply(&request.messages, eff.cite.unwrap_or(1)) {
         cited
     } else {
         echo_reply(&echo, eff.tokens.unwrap_or(config.tokens))

@@ -665,3 +665,129 @@ fn row_status<'a>(table: &'a str, file: &str) -> &'a str {
         .and_then(|l| l.split_whitespace().nth(1))
         .unwrap_or("")
 }
+
+/// A FAQ in Markdown whose sections each answer one question; the section titles do not use
+/// the words of the paraphrased questions asked of it.
+const FAQ_MD: &str = "# Garden FAQ
+
+## Watering
+
+Tomato plants want deep watering twice a week rather than a little every day, so the roots grow down.
+In a heat wave, water them early in the morning.
+
+## Pests
+
+Aphids cluster under the leaves of roses; a jet of water or ladybirds keep them down without spraying.
+Slugs come out at night after rain and eat young lettuce.
+
+## Soil
+
+Compost made from kitchen peelings and autumn leaves is ready after about a year of turning.
+Clay soil drains better once sand and compost are dug in.
+
+## Tools
+
+Secateurs stay sharp when wiped clean after pruning and oiled before winter storage in the shed.
+";
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn search_ranks_the_section_that_answers_a_paraphrased_question_first(pool: PgPool) {
+    let s = stack(pool.clone(), &[]).await;
+    let kb = create_kb(&s, "Garden").await;
+    let (_, up) = upload(&s, &s.admin_key, &kb, &[("faq.md", FAQ_MD.as_bytes().to_vec())]).await;
+    let batch = settle(&s, up["batch_id"].as_str().unwrap()).await;
+    assert_eq!(batch["counts"]["ready"], 1, "{batch}");
+    // One chunk per section, each carrying its heading path.
+    let locations: Vec<String> =
+        sqlx::query_scalar("SELECT location FROM chunks ORDER BY ordinal").fetch_all(&pool).await.unwrap();
+    assert_eq!(
+        locations,
+        ["Garden FAQ > Watering", "Garden FAQ > Pests", "Garden FAQ > Soil", "Garden FAQ > Tools"],
+        "a chunk per section"
+    );
+    for (question, section) in [
+        ("how often should I water my tomatoes?", "Garden FAQ > Watering"),
+        ("what eats my lettuce seedlings at night", "Garden FAQ > Pests"),
+        ("how long until my compost heap is usable", "Garden FAQ > Soil"),
+        ("keeping pruning shears sharp over the winter", "Garden FAQ > Tools"),
+    ] {
+        let results = search(&s, &kb, question).await;
+        assert_eq!(results[0]["location"], section, "{question}: {results:#?}");
+    }
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn a_knowledge_bases_language_decides_stemming_and_an_unknown_one_is_refused(pool: PgPool) {
+    let s = stack(pool.clone(), &[]).await;
+    let (status, err) =
+        s.admin(Method::POST, "/v1/knowledge-bases", Some(json!({"name": "x", "language": "klingon"}))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{err}");
+    assert_eq!(err["error"]["code"], "invalid_request", "{err}");
+    assert_eq!(err["error"]["details"]["problems"][0]["field"], "language", "{err}");
+
+    let mut kbs = Vec::new();
+    for language in ["english", "simple"] {
+        let (status, kb) =
+            s.admin(Method::POST, "/v1/knowledge-bases", Some(json!({"name": language, "language": language}))).await;
+        assert_eq!(status, StatusCode::CREATED, "{kb}");
+        assert_eq!(kb["language"], language);
+        let kb = kb["id"].as_str().unwrap().to_string();
+        let text = b"The foxes were digging burrows under the hedges.".to_vec();
+        let (_, up) = upload(&s, &s.admin_key, &kb, &[("foxes.txt", text)]).await;
+        assert_eq!(settle(&s, up["batch_id"].as_str().unwrap()).await["counts"]["ready"], 1);
+        kbs.push(kb);
+    }
+    let keyword = |kb: String| {
+        let s = &s;
+        async move {
+            let body = json!({"query": "fox dig burrow", "mode": "keyword"});
+            let (status, r) = s.admin(Method::POST, &format!("/v1/knowledge-bases/{kb}/search"), Some(body)).await;
+            assert_eq!(status, StatusCode::OK, "{r}");
+            r["results"].as_array().unwrap().len()
+        }
+    };
+    // English stems "foxes" and "digging" to what the query's words stem to; `simple` does not.
+    assert_eq!(keyword(kbs[0].clone()).await, 1, "english stems");
+    assert_eq!(keyword(kbs[1].clone()).await, 0, "simple does not stem");
+    s.shutdown().await;
+}
+
+#[sqlx::test(migrator = "chatq_common::MIGRATOR")]
+async fn an_answer_citing_source_two_gets_source_twos_document_chunk_and_a_verbatim_quote(pool: PgPool) {
+    let s = stack(pool.clone(), &[]).await;
+    let kb = create_kb(&s, "Zoo").await;
+    let (_, up) = upload(&s, &s.admin_key, &kb, &good_files()).await;
+    assert_eq!(settle(&s, up["batch_id"].as_str().unwrap()).await["counts"]["ready"], 4);
+    let assistant = s.create_assistant(json!({"knowledge_base_ids": [kb]})).await;
+    let thread = s.create_thread(&assistant, "alice").await;
+    let run = s.send(&thread, "How often is the penguin pool scrubbed? [[fake cite=2]]").await;
+    let run = s.wait_run(run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "completed", "{run}");
+    let text = run["output_text"].as_str().unwrap();
+    // Source 2 as the model saw it: the second `[n] filename (location)` block of the prompt.
+    let request = s.fake.chat_requests().into_iter().last().expect("a chat request");
+    assert!(text.ends_with("[2]"), "{text}\n{request:#}");
+    let messages = request["messages"].as_array().unwrap();
+    let system = messages.iter().filter_map(|m| m["content"].as_str()).find(|c| c.contains("\nSources:\n")).unwrap();
+    let block = system.split("\n[2] ").nth(1).expect("a source 2").split("\n[3] ").next().unwrap();
+    let (header, body) = block.split_once('\n').unwrap();
+    let citations = run["citations"].as_array().unwrap();
+    assert_eq!(citations.len(), 1, "{run}");
+    let c = &citations[0];
+    assert_eq!(c["index"], 2);
+    let location = c["location"].as_str().map(|l| format!(" ({l})")).unwrap_or_default();
+    assert_eq!(format!("{}{location}", c["filename"].as_str().unwrap()), header, "source 2's file and location");
+    let (chunk, document): (String, String) =
+        sqlx::query_as("SELECT content, document_id::text FROM chunks WHERE id = $1::uuid")
+            .bind(c["chunk_id"].as_str().unwrap())
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(chunk.trim(), body.trim(), "source 2's chunk");
+    assert_eq!(c["document_id"], document.as_str());
+    let quote = c["quote"].as_str().unwrap();
+    assert!(quote.len() > 10 && chunk.contains(quote), "quote {quote:?} is a verbatim span of {chunk:?}");
+    assert!(text.contains(quote), "the answer quoted it");
+    s.shutdown().await;
+}
