@@ -87,6 +87,7 @@ impl WorkerCtx {
     fn build(config: Config, pool: PgPool, redis: ConnectionManager, pricing: Pricing) -> anyhow::Result<Self> {
         let provider = Provider::new(&config).context("cannot build the provider client")?;
         let queues = Queues::new(&config.redis.queue_prefix);
+        let vectors = Arc::new(VectorCache::new(config.knowledge.ann));
         let breaker =
             Arc::new(breaker::Breaker::new(config.provider.breaker_failures, config.provider.breaker_cooldown));
         let metrics = Metrics::with_max_assistants(config.worker.metrics_max_assistants);
@@ -117,7 +118,7 @@ impl WorkerCtx {
             scrape: Arc::new(scrape::ScrapeCache::default()),
             release: CancellationToken::new(),
             breaker,
-            vectors: Arc::default(),
+            vectors,
             cancels: Arc::new(cancel::Cancels::default()),
         })
     }
