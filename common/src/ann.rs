@@ -222,11 +222,12 @@ mod tests {
 
     #[test]
     fn hnsw_recall_at_10_against_exact_search_is_at_least_095() {
-        let (n, dims) = (3_000, 64);
+        // Small enough to build in seconds unoptimised (tests run at opt-level 0).
+        let (n, dims) = (2_000, 32);
         let vectors = random_vectors(n, dims, 7);
         let exact = Arc::new(ExactIndex::new(&vectors));
         let hnsw = HnswIndex::build(exact.clone(), DEFAULT_EF_SEARCH);
-        let queries = random_vectors(200, dims, 99);
+        let queries = random_vectors(100, dims, 99);
         let truth: Vec<_> = queries.iter().map(|q| exact.search(q, 10)).collect();
         let found: Vec<_> = queries.iter().map(|q| hnsw.search(q, 10)).collect();
         let recall = recall_at_k(&truth, &found, 10);

@@ -427,5 +427,4 @@ mod tests {
         assert_eq!(sorted.len(), VOCAB);
         assert!(v.iter().all(|w| w.len() == 6 && w.chars().all(|c| c.is_ascii_lowercase())));
     }
-
 }
