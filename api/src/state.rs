@@ -74,6 +74,7 @@ impl AppState {
 
     fn build(config: Config, pool: PgPool, redis: ConnectionManager, pricing: Pricing) -> anyhow::Result<Self> {
         let queues = Queues::new(&config.redis.queue_prefix);
+        let vectors = Arc::new(VectorCache::new(config.knowledge.ann));
         let chat_queue = chatq_common::jobs::storage(redis.clone(), &queues);
         let ingest_queue = chatq_common::jobs::storage(redis.clone(), &queues);
         let provider = Provider::new(&config).context("cannot build the provider client")?;
@@ -95,7 +96,7 @@ impl AppState {
             metrics,
             provider,
             pricing: Arc::new(pricing),
-            vectors: Arc::default(),
+            vectors,
             hub,
             tokens,
             revocations: Arc::default(),

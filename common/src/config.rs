@@ -288,6 +288,10 @@ pub struct KnowledgeConfig {
     pub retrieval_top_k: usize,
     /// Token budget of the sources in a prompt (`CHATQ_RETRIEVAL_MAX_TOKENS`).
     pub retrieval_max_tokens: usize,
+    /// Which bases are searched with an HNSW graph instead of exactly: those with at least
+    /// `CHATQ_ANN_THRESHOLD` chunks (0 = never), with a candidate list of
+    /// `CHATQ_ANN_EF_SEARCH`.
+    pub ann: crate::ann::AnnSettings,
     /// Wall-clock limit of one extraction child process, which extracts and chunks every
     /// document whatever its format; past it the child is killed and the document fails with
     /// `extraction_timeout` (`CHATQ_EXTRACT_TIMEOUT_SECS`).
@@ -446,6 +450,10 @@ impl Config {
                 chunk_overlap_tokens: r.parse("CHATQ_CHUNK_OVERLAP_TOKENS", "30"),
                 retrieval_top_k: r.parse("CHATQ_RETRIEVAL_TOP_K", "6"),
                 retrieval_max_tokens: r.parse("CHATQ_RETRIEVAL_MAX_TOKENS", "3000"),
+                ann: crate::ann::AnnSettings {
+                    threshold: r.parse("CHATQ_ANN_THRESHOLD", "20000"),
+                    ef_search: r.parse("CHATQ_ANN_EF_SEARCH", "128"),
+                },
                 extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
                 extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
                 extract_max_output_bytes: r.parse("CHATQ_EXTRACT_MAX_OUTPUT_BYTES", "33554432"),
@@ -523,6 +531,7 @@ impl Config {
             ("CHATQ_EMBEDDING_BATCH_TOKENS", knowledge.embedding_batch_tokens),
             ("CHATQ_CHUNK_TOKENS", knowledge.chunk_tokens),
             ("CHATQ_RETRIEVAL_TOP_K", knowledge.retrieval_top_k),
+            ("CHATQ_ANN_EF_SEARCH", knowledge.ann.ef_search),
             ("CHATQ_HTTP_MAX_CONNECTIONS", self.http.max_connections),
             ("CHATQ_STREAMS_MAX", self.http.max_streams),
             ("CHATQ_STREAMS_PER_KEY", self.http.max_streams_per_key),

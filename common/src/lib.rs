@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod ann;
 pub mod config;
 pub mod connections;
 pub mod db;

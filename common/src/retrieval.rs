@@ -12,6 +12,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::{
+    ann::{self, AnnSettings},
     db::{self, knowledge::ChunkHit},
     provider::{Provider, ProviderError},
 };
@@ -21,8 +22,8 @@ pub const RRF_K: f32 = 60.0;
 /// Candidates taken from each of the two searches before fusion.
 pub const CANDIDATES: usize = 50;
 
-/// A nearest-neighbour index over one base's vectors. Exact search today; an ANN index
-/// (pgvector HNSW, ...) can implement the same trait later.
+/// A nearest-neighbour index over one base's vectors: [`ExactIndex`] for small bases, an HNSW
+/// graph ([`crate::ann`]) for large ones.
 pub trait VectorIndex: Send + Sync {
     /// The `k` entries most similar to `query` (unit length), best first, as
     /// `(position, score)`.
@@ -32,6 +33,10 @@ pub trait VectorIndex: Send + Sync {
     /// Whether it holds no vector.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Which search answers now (`exact` or `hnsw`), for logs and tests.
+    fn kind(&self) -> &'static str {
+        "exact"
     }
 }
 
@@ -54,6 +59,16 @@ impl ExactIndex {
             }
         }
         Self { dims, data }
+    }
+
+    /// Length of every vector (0 for an empty index).
+    pub fn dims(&self) -> usize {
+        self.dims
+    }
+
+    /// Vector number `i`.
+    pub fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dims..(i + 1) * self.dims]
     }
 }
 
@@ -110,9 +125,22 @@ struct CachedBase {
 #[derive(Default)]
 pub struct VectorCache {
     bases: Mutex<HashMap<Uuid, Arc<CachedBase>>>,
+    /// Which bases get an approximate index.
+    ann: AnnSettings,
 }
 
 impl VectorCache {
+    /// An empty cache whose large bases get HNSW indexes as `ann` says.
+    pub fn new(ann: AnnSettings) -> Self {
+        Self { bases: Mutex::default(), ann }
+    }
+
+    /// The kind (`exact`, `hnsw`) and size of the index cached for `kb`, if any.
+    pub fn index_kind(&self, kb: Uuid) -> Option<(&'static str, usize)> {
+        let bases = self.bases.lock().unwrap_or_else(|p| p.into_inner());
+        bases.get(&kb).map(|b| (b.index.kind(), b.index.len()))
+    }
+
     /// Top `k` chunk ids by cosine similarity across `kb_ids`, best first.
     pub async fn search(
         &self,
@@ -130,11 +158,12 @@ impl VectorCache {
                     let started = Instant::now();
                     let (version, rows) = db::knowledge::load_vectors(pool, kb).await?;
                     let (ids, vectors): (Vec<Uuid>, Vec<Vec<f32>>) = rows.into_iter().unzip();
-                    let index = tokio::task::spawn_blocking(move || ExactIndex::new(&vectors))
+                    let ann = self.ann;
+                    let index = tokio::task::spawn_blocking(move || ann::index_for(&vectors, ann))
                         .await
                         .map_err(RetrievalError::Index)?;
                     tracing::info!(kb.id = %kb, vectors = ids.len(), ms = started.elapsed().as_millis() as u64, "vectors loaded");
-                    let base = Arc::new(CachedBase { version, ids, index: Box::new(index) });
+                    let base = Arc::new(CachedBase { version, ids, index });
                     self.bases.lock().unwrap_or_else(|p| p.into_inner()).insert(kb, base.clone());
                     base
                 }

@@ -90,6 +90,7 @@ impl WorkerCtx {
         let queues = Queues::new(&config.redis.queue_prefix);
         let upstreams =
             Arc::new(upstream::ChatUpstreams::new(&config).context("cannot build the chat upstreams' clients")?);
+        let vectors = Arc::new(VectorCache::new(config.knowledge.ann));
         let metrics = Metrics::with_max_assistants(config.worker.metrics_max_assistants);
         let queue_names: Vec<String> = crate::jobs::QUEUES.iter().map(|q| q.name(&queues)).collect();
         let upstream_names: Vec<&str> = upstreams.all().iter().map(|u| u.name.as_str()).collect();
@@ -119,7 +120,7 @@ impl WorkerCtx {
             worker_restarts: Arc::new(AtomicUsize::new(0)),
             scrape: Arc::new(scrape::ScrapeCache::default()),
             release: CancellationToken::new(),
-            vectors: Arc::default(),
+            vectors,
             cancels: Arc::new(cancel::Cancels::default()),
         })
     }

@@ -30,6 +30,10 @@ pub enum Command {
     /// Many concurrent streaming runs in one worker (default 2,000): worker CPU and peak RSS
     /// (`--worker-pid`), Postgres commits per run-second (`--database-url`).
     Streams(scenarios::streams::Args),
+    /// Knowledge-base search at scale, in process: fills a base with N synthetic chunks in
+    /// Postgres, then vector (exact, HNSW), full-text and hybrid latency, recall@10 of HNSW
+    /// against exact, HNSW build time and memory.
+    Search(scenarios::search::Args),
 }
 
 /// Where the API is and how to authenticate; shared by every scenario.
@@ -54,6 +58,8 @@ pub enum Report {
     StreamLatency(scenarios::stream_latency::Report),
     /// Result of `streams`.
     Streams(scenarios::streams::Report),
+    /// Result of `search`.
+    Search(scenarios::search::Report),
 }
 
 /// Runs the chosen scenario and returns its result, which the binary prints as one JSON object
@@ -64,5 +70,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<Report> {
         Command::StreamLatency(args) => Ok(Report::StreamLatency(scenarios::stream_latency::run(args).await?)),
         Command::Subscribers(args) => Ok(Report::StreamLatency(scenarios::subscribers::run(args).await?)),
         Command::Streams(args) => Ok(Report::Streams(scenarios::streams::run(args).await?)),
+        Command::Search(args) => Ok(Report::Search(scenarios::search::run(args).await?)),
     }
 }

@@ -13,5 +13,6 @@ mod util;
 
 pub use config::FakeConfig;
 pub use reply::FILLER;
+pub use routes::embed;
 pub use server::{FakeHandle, spawn};
 pub use state::FakeStats;

@@ -6,6 +6,7 @@
 //! and [`crate::stats`] for percentiles, and add a variant to [`crate::Command`].
 
 pub mod runs;
+pub mod search;
 pub mod stream_latency;
 pub mod streams;
 pub mod subscribers;

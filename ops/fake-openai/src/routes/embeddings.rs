@@ -107,8 +107,9 @@ fn inputs(input: Option<&Value>) -> Result<Vec<&str>, OpenAiError> {
 }
 
 /// Hashes lowercase alphanumeric words and word bigrams into `dims` signed buckets and
-/// L2-normalises, so texts sharing words get a high cosine. Empty text maps to `e_0`.
-pub(crate) fn embed(text: &str, dims: usize) -> Vec<f32> {
+/// L2-normalises, so texts sharing words get a high cosine. Empty text maps to `e_0`. Public so
+/// benchmarks can fill a base with the very vectors this server would return.
+pub fn embed(text: &str, dims: usize) -> Vec<f32> {
     let lower = text.to_lowercase();
     let words: Vec<&str> = lower.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()).collect();
     let mut vector = vec![0f32; dims];

@@ -6,6 +6,8 @@ mod embeddings;
 mod models;
 mod moderations;
 
+pub use embeddings::embed;
+
 use std::sync::Arc;
 
 use axum::Router;
