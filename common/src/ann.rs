@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn hnsw_recall_at_10_against_exact_search_is_at_least_095() {
         // Small enough to build in seconds unoptimised (tests run at opt-level 0).
-        let (n, dims) = (2_000, 32);
+        let (n, dims) = (1_000, 16);
         let vectors = random_vectors(n, dims, 7);
         let exact = Arc::new(ExactIndex::new(&vectors));
         let hnsw = HnswIndex::build(exact.clone(), DEFAULT_EF_SEARCH);
