@@ -619,14 +619,24 @@ pub async fn kb_versions(pool: &PgPool, ids: &[Uuid]) -> Result<Vec<(Uuid, i64)>
     Ok(rows.into_iter().map(|r| (r.id, r.embeddings_version)).collect())
 }
 
-/// Every chunk id and embedding of a base, with the base's version read in the same snapshot.
-pub async fn load_vectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid, Vec<f32>)>), sqlx::Error> {
+/// A read-only repeatable-read transaction and the base's `embeddings_version` in it (-1 when
+/// the base is gone), so what is read next matches that version.
+async fn snapshot_of(
+    pool: &PgPool,
+    kb_id: Uuid,
+) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, i64), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
     let version = sqlx::query_scalar!("SELECT embeddings_version FROM knowledge_bases WHERE id = $1", kb_id)
         .fetch_optional(&mut *tx)
         .await?
         .unwrap_or(-1);
+    Ok((tx, version))
+}
+
+/// Every chunk id and embedding of a base, with the base's version read in the same snapshot.
+pub async fn load_vectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid, Vec<f32>)>), sqlx::Error> {
+    let (mut tx, version) = snapshot_of(pool, kb_id).await?;
     let rows = sqlx::query!("SELECT id, embedding FROM chunks WHERE knowledge_base_id = $1", kb_id)
         .fetch_all(&mut *tx)
         .await?;
@@ -656,12 +666,7 @@ pub async fn query_lexemes(
 /// Every chunk id of a base with its full-text vector as text, and the base's version read in
 /// the same snapshot.
 pub async fn load_tsvectors(pool: &PgPool, kb_id: Uuid) -> Result<(i64, Vec<(Uuid, String)>), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY").execute(&mut *tx).await?;
-    let version = sqlx::query_scalar!("SELECT embeddings_version FROM knowledge_bases WHERE id = $1", kb_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .unwrap_or(-1);
+    let (mut tx, version) = snapshot_of(pool, kb_id).await?;
     let rows = sqlx::query!(r#"SELECT id, tsv::text AS "tsv!" FROM chunks WHERE knowledge_base_id = $1"#, kb_id)
         .fetch_all(&mut *tx)
         .await?;
