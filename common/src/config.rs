@@ -292,6 +292,9 @@ pub struct KnowledgeConfig {
     /// `CHATQ_ANN_THRESHOLD` chunks (0 = never), with a candidate list of
     /// `CHATQ_ANN_EF_SEARCH`.
     pub ann: crate::ann::AnnSettings,
+    /// Weights of the hybrid search's fusion (`CHATQ_FUSION_KEYWORD_WEIGHT`,
+    /// `CHATQ_FUSION_VECTOR_WEIGHT`; non-negative, not both 0).
+    pub fusion: crate::retrieval::Fusion,
     /// Wall-clock limit of one extraction child process, which extracts and chunks every
     /// document whatever its format; past it the child is killed and the document fails with
     /// `extraction_timeout` (`CHATQ_EXTRACT_TIMEOUT_SECS`).
@@ -454,6 +457,10 @@ impl Config {
                     threshold: r.parse("CHATQ_ANN_THRESHOLD", "20000"),
                     ef_search: r.parse("CHATQ_ANN_EF_SEARCH", "128"),
                 },
+                fusion: crate::retrieval::Fusion {
+                    keyword: r.parse("CHATQ_FUSION_KEYWORD_WEIGHT", "1.0"),
+                    vector: r.parse("CHATQ_FUSION_VECTOR_WEIGHT", "0.05"),
+                },
                 extract_timeout: Duration::from_secs(r.parse("CHATQ_EXTRACT_TIMEOUT_SECS", "60")),
                 extract_memory_mb: r.parse("CHATQ_EXTRACT_MEMORY_MB", "1024"),
                 extract_max_output_bytes: r.parse("CHATQ_EXTRACT_MAX_OUTPUT_BYTES", "33554432"),
@@ -545,6 +552,13 @@ impl Config {
         let retention = &self.retention;
         if retention.thread_days == 0 {
             errors.push("CHATQ_RETENTION_DAYS must be greater than 0".into());
+        }
+        let fusion = self.knowledge.fusion;
+        let weight_ok = |w: f32| w.is_finite() && w >= 0.0;
+        if !weight_ok(fusion.keyword) || !weight_ok(fusion.vector) || fusion.keyword + fusion.vector == 0.0 {
+            errors.push(
+                "CHATQ_FUSION_KEYWORD_WEIGHT and CHATQ_FUSION_VECTOR_WEIGHT must be non-negative and not both 0".into(),
+            );
         }
         if !(1..=100_000).contains(&retention.cleanup_batch) {
             errors.push("CHATQ_CLEANUP_BATCH must be between 1 and 100000".into());
@@ -739,6 +753,19 @@ mod tests {
         assert!(err.contains("CHATQ_LISTEN"), "{err}");
         assert!(err.contains("CHATQ_CHAT_CONCURRENCY"), "{err}");
         assert!(err.contains("CHATQ_TOKEN_SECRET"), "{err}");
+    }
+
+    #[test]
+    fn fusion_weights_are_read_and_checked_at_start_up() {
+        let c = from(&[("CHATQ_FUSION_VECTOR_WEIGHT", "0.5")]).unwrap();
+        assert_eq!(c.knowledge.fusion, crate::retrieval::Fusion { keyword: 1.0, vector: 0.5 });
+        assert_eq!(from(&[]).unwrap().knowledge.fusion, crate::retrieval::Fusion::DEFAULT);
+        for bad in [("CHATQ_FUSION_VECTOR_WEIGHT", "-1"), ("CHATQ_FUSION_KEYWORD_WEIGHT", "lots")] {
+            let err = from(&[bad]).unwrap_err().to_string();
+            assert!(err.contains(bad.0), "{err}");
+        }
+        let err = from(&[("CHATQ_FUSION_VECTOR_WEIGHT", "0"), ("CHATQ_FUSION_KEYWORD_WEIGHT", "0")]).unwrap_err();
+        assert!(err.to_string().contains("not both 0"), "{err}");
     }
 
     #[test]

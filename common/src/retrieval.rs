@@ -278,50 +278,14 @@ impl Fusion {
     /// The default weights, tuned with `ops/eval/run` (see ops/eval/README.md): with lexical
     /// stand-in embeddings BM25 is the better ranker and the vectors break its ties.
     pub const DEFAULT: Fusion = Fusion { keyword: 1.0, vector: 0.05 };
-
-    /// The weights of this process: `CHATQ_FUSION_KEYWORD_WEIGHT` and
-    /// `CHATQ_FUSION_VECTOR_WEIGHT` (read once; non-negative numbers), else [`Fusion::DEFAULT`].
-    /// A deployment whose embedding model ranks better than BM25 (a real model rather than the
-    /// stand-in) raises the vector weight.
-    pub fn configured() -> Fusion {
-        static CONFIGURED: std::sync::OnceLock<Fusion> = std::sync::OnceLock::new();
-        *CONFIGURED.get_or_init(|| {
-            let read = |name: &str, default: f32| {
-                std::env::var(name)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<f32>().ok())
-                    .filter(|w| *w >= 0.0)
-                    .unwrap_or(default)
-            };
-            Fusion {
-                keyword: read("CHATQ_FUSION_KEYWORD_WEIGHT", Fusion::DEFAULT.keyword),
-                vector: read("CHATQ_FUSION_VECTOR_WEIGHT", Fusion::DEFAULT.vector),
-            }
-        })
-    }
 }
 
-/// Hybrid search across `kb_ids` (which share `model` and `dims`) with the process's
-/// [`Fusion::configured`] weights: the `k` best live chunks, within `max_tokens` when given.
-/// When the query cannot be embedded the search is keyword-only and the error is reported in
-/// the stats.
+/// Hybrid search across `kb_ids` (which share `model` and `dims`) with the given fusion
+/// weights (`Config::knowledge.fusion` for answers): the `k` best live chunks, within
+/// `max_tokens` when given. When the query cannot be embedded the search is keyword-only and
+/// the error is reported in the stats.
 #[expect(clippy::too_many_arguments)]
 pub async fn search(
-    pool: &sqlx::PgPool,
-    provider: &Provider,
-    cache: &VectorCache,
-    kb_ids: &[Uuid],
-    model: (&str, usize),
-    query: &str,
-    k: usize,
-    max_tokens: Option<usize>,
-) -> Result<(Vec<Source>, SearchStats), RetrievalError> {
-    search_with(pool, provider, cache, kb_ids, model, query, (k, max_tokens), Fusion::configured()).await
-}
-
-/// [`search`] with the given fusion weights.
-#[expect(clippy::too_many_arguments)]
-pub async fn search_with(
     pool: &sqlx::PgPool,
     provider: &Provider,
     cache: &VectorCache,

@@ -104,11 +104,11 @@ pub async fn search(
     let started = Instant::now();
     let model = (kb.embedding_model.as_str(), kb.embedding_dims as usize);
     let fusion = match input.mode {
-        SearchMode::Hybrid => retrieval::Fusion::configured(),
+        SearchMode::Hybrid => state.config.knowledge.fusion,
         SearchMode::Keyword => retrieval::Fusion::KEYWORD,
         SearchMode::Vector => retrieval::Fusion::VECTOR,
     };
-    let (sources, stats) = retrieval::search_with(
+    let (sources, stats) = retrieval::search(
         &state.pool,
         &state.provider,
         &state.vectors,

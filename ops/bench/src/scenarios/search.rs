@@ -23,7 +23,7 @@ use chatq_common::{
     config::Config,
     db::{self, knowledge},
     provider::Provider,
-    retrieval::{self, ExactIndex, VectorCache, VectorIndex},
+    retrieval::{self, ExactIndex, Fusion, VectorCache, VectorIndex},
 };
 use serde::Serialize;
 use sqlx::PgPool;
@@ -316,7 +316,7 @@ async fn hybrid(
     args: &Args,
 ) -> anyhow::Result<Summary> {
     let search = |q: String| async move {
-        retrieval::search(pool, provider, cache, &[kb], (MODEL, dims), &q, args.top_k, None).await
+        retrieval::search(pool, provider, cache, &[kb], (MODEL, dims), &q, (args.top_k, None), Fusion::DEFAULT).await
     };
     search(queries[0].clone()).await?;
     let mut samples = Samples::new();

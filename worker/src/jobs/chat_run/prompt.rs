@@ -122,8 +122,8 @@ pub(super) async fn retrieve(
             &ids,
             (&model, dims),
             question,
-            k,
-            Some(budget),
+            (k, Some(budget)),
+            ctx.config.knowledge.fusion,
         )
         .await
         {
